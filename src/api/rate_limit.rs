@@ -1,0 +1,108 @@
+//! Per-client-IP rate limits (GCRA): a steady rate with a burst of the same size, O(1) memory per active client.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+pub struct ClientLimiter {
+    emission: Duration,
+    tolerance: Duration,
+    state: Mutex<HashMap<IpAddr, Instant>>,
+}
+
+const PRUNE_ABOVE: usize = 10_000;
+
+impl ClientLimiter {
+    /// `per_minute` events per client per minute, up to `per_minute` at once.
+    pub fn per_minute(per_minute: u32) -> Self {
+        let per_minute = per_minute.max(1);
+        let emission = Duration::from_secs(60) / per_minute;
+        Self { emission, tolerance: emission * (per_minute - 1), state: Mutex::new(HashMap::new()) }
+    }
+
+    /// Counts one event; `Err(wait)` if the client is over its budget (the event is then not counted).
+    pub fn check(&self, ip: IpAddr) -> Result<(), Duration> {
+        self.decide(ip, true)
+    }
+
+    /// Whether one more event would be allowed, without counting it.
+    pub fn peek(&self, ip: IpAddr) -> Result<(), Duration> {
+        self.decide(ip, false)
+    }
+
+    fn decide(&self, ip: IpAddr, count: bool) -> Result<(), Duration> {
+        let key = client_key(ip);
+        let now = Instant::now();
+        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let tat = state.get(&key).copied().unwrap_or(now).max(now);
+        let ahead = tat - now;
+        if ahead > self.tolerance {
+            return Err(ahead - self.tolerance);
+        }
+        if count {
+            if state.len() >= PRUNE_ABOVE {
+                state.retain(|_, t| *t > now);
+            }
+            state.insert(key, tat + self.emission);
+        }
+        Ok(())
+    }
+}
+
+/// IPv6 clients are limited per /64: one host usually owns a whole /64, so per-address limits would be trivial to dodge.
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+        v4 => v4,
+    }
+}
+
+/// Seconds for a `Retry-After` header (at least 1).
+pub fn retry_after_secs(wait: Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn burst_then_refusal_with_a_retry_hint() {
+        let limiter = ClientLimiter::per_minute(3);
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        for _ in 0..3 {
+            assert!(limiter.check(ip).is_ok());
+        }
+        let wait = limiter.check(ip).unwrap_err();
+        assert!(wait > Duration::from_secs(15) && wait <= Duration::from_secs(20), "{wait:?}");
+        assert_eq!(retry_after_secs(wait), wait.as_secs() + 1);
+        // Another client is unaffected.
+        assert!(limiter.check("192.0.2.2".parse().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn peek_does_not_count() {
+        let limiter = ClientLimiter::per_minute(1);
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        for _ in 0..5 {
+            assert!(limiter.peek(ip).is_ok());
+        }
+        assert!(limiter.check(ip).is_ok());
+        assert!(limiter.peek(ip).is_err());
+    }
+
+    #[test]
+    fn ipv6_clients_share_their_64() {
+        let limiter = ClientLimiter::per_minute(1);
+        assert!(limiter.check("2001:db8:1:2::1".parse().unwrap()).is_ok());
+        assert!(limiter.check("2001:db8:1:2::ffff".parse().unwrap()).is_err());
+        assert!(limiter.check("2001:db8:1:3::1".parse().unwrap()).is_ok());
+    }
+}

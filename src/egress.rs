@@ -1,0 +1,288 @@
+//! The guard on every URL reliablegpt sends a customer's request (and key) to: Azure endpoints and custom base URLs.
+//!
+//! Rules: https only; the host must match the operator's allowlist; every address the host resolves to must be public
+//! (no loopback, private, link-local, unique-local, IPv4-mapped, CGNAT or cloud-metadata address). Redirects are never
+//! followed by the HTTP client. `allow_private` (for local demos and tests) lifts the scheme and address rules, never the
+//! allowlist.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use url::{Host, Url};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EgressError {
+    #[error("URL is not valid")]
+    Unparsable,
+    #[error("URL must use https")]
+    Scheme,
+    #[error("URL must not contain credentials, a query or a fragment")]
+    Shape,
+    #[error("host `{0}` is not on the allowed upstream hosts list")]
+    HostNotAllowed(String),
+    #[error("host resolves to a non-public address")]
+    PrivateAddress,
+    #[error("host could not be resolved")]
+    Unresolvable,
+}
+
+/// An allowlist entry: an exact host (`api.openai.com`) or a wildcard for any subdomain (`*.openai.azure.com`).
+#[derive(Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    Exact(String),
+    AnySubdomainOf(String),
+}
+
+impl HostPattern {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim().trim_end_matches('.').to_ascii_lowercase();
+        let (wild, host) = match text.strip_prefix("*.") {
+            Some(rest) => (true, rest.to_owned()),
+            None => (false, text.clone()),
+        };
+        let valid = !host.is_empty()
+            && host.len() <= 253
+            && host
+                .split('.')
+                .all(|l| !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+        if !valid {
+            return Err(format!("`{text}` is not a host name or *.domain pattern"));
+        }
+        Ok(if wild { Self::AnySubdomainOf(host) } else { Self::Exact(host) })
+    }
+
+    fn matches(&self, host: &str) -> bool {
+        match self {
+            Self::Exact(h) => h == host,
+            Self::AnySubdomainOf(suffix) => host
+                .strip_suffix(suffix.as_str())
+                .is_some_and(|prefix| prefix.len() > 1 && prefix.ends_with('.')),
+        }
+    }
+}
+
+impl fmt::Debug for HostPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Exact(h) => write!(f, "{h}"),
+            Self::AnySubdomainOf(h) => write!(f, "*.{h}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct EgressPolicy {
+    allowed_hosts: Vec<HostPattern>,
+    allow_private: bool,
+}
+
+impl EgressPolicy {
+    pub fn new(allowed_hosts: Vec<HostPattern>, allow_private: bool) -> Self {
+        Self { allowed_hosts, allow_private }
+    }
+
+    pub fn allow_private(&self) -> bool {
+        self.allow_private
+    }
+
+    pub fn host_allowed(&self, host: &str) -> bool {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        self.allowed_hosts.iter().any(|p| p.matches(&host))
+    }
+
+    /// Parses and checks a URL without touching the network (scheme, shape, allowlist, literal IP addresses).
+    pub fn check_url(&self, text: &str) -> Result<Url, EgressError> {
+        let url = Url::parse(text.trim()).map_err(|_| EgressError::Unparsable)?;
+        match url.scheme() {
+            "https" => {}
+            "http" if self.allow_private => {}
+            _ => return Err(EgressError::Scheme),
+        }
+        if !url.username().is_empty() || url.password().is_some() || url.query().is_some() || url.fragment().is_some()
+        {
+            return Err(EgressError::Shape);
+        }
+        // The WHATWG parser already turned decimal, octal and hex IPv4 forms into a plain address here.
+        let host_text = match url.host() {
+            None => return Err(EgressError::Unparsable),
+            Some(Host::Domain(d)) => d.to_owned(),
+            Some(Host::Ipv4(ip)) => {
+                self.check_ip(IpAddr::V4(ip))?;
+                ip.to_string()
+            }
+            Some(Host::Ipv6(ip)) => {
+                self.check_ip(IpAddr::V6(ip))?;
+                ip.to_string()
+            }
+        };
+        if !self.host_allowed(&host_text) {
+            return Err(EgressError::HostNotAllowed(host_text));
+        }
+        Ok(url)
+    }
+
+    /// Refuses non-public addresses unless private upstreams are allowed.
+    pub fn check_ip(&self, ip: IpAddr) -> Result<(), EgressError> {
+        if self.allow_private || is_public(ip) { Ok(()) } else { Err(EgressError::PrivateAddress) }
+    }
+
+    /// Resolves the URL's host and checks every address, so a public name pointing at a private address is refused.
+    /// Returns the checked addresses: connect to these, not to a second resolution (DNS rebinding).
+    pub async fn resolve(&self, url: &Url) -> Result<Vec<SocketAddr>, EgressError> {
+        let host = url.host_str().ok_or(EgressError::Unparsable)?;
+        let port = url.port_or_known_default().ok_or(EgressError::Unparsable)?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|_| EgressError::Unresolvable)?
+            .collect();
+        if addrs.is_empty() {
+            return Err(EgressError::Unresolvable);
+        }
+        for addr in &addrs {
+            self.check_ip(addr.ip())?;
+        }
+        Ok(addrs)
+    }
+}
+
+/// True only for globally routable unicast addresses.
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => is_public_v4(v4),
+        IpAddr::V6(v6) => is_public_v6(v6),
+    }
+}
+
+fn is_public_v4(ip: Ipv4Addr) -> bool {
+    let [a, b, c, _] = ip.octets();
+    !(ip.is_unspecified()
+        || ip.is_loopback()
+        || ip.is_private()
+        || ip.is_link_local() // 169.254.0.0/16, including the 169.254.169.254 metadata service
+        || ip.is_broadcast()
+        || ip.is_multicast()
+        || ip.is_documentation()
+        || a == 0
+        || (a == 100 && (64..128).contains(&b)) // CGNAT, including Alibaba's 100.100.100.200 metadata service
+        || (a == 192 && b == 0 && c == 0) // IETF protocol assignments
+        || (a == 198 && (b == 18 || b == 19)) // benchmarking
+        || a >= 240) // reserved
+}
+
+fn is_public_v6(ip: Ipv6Addr) -> bool {
+    let seg = ip.segments();
+    if ip.to_ipv4_mapped().is_some() {
+        // ::ffff:a.b.c.d is refused outright: it is the classic way to smuggle 127.0.0.1 past a filter.
+        return false;
+    }
+    !(ip.is_unspecified()
+        || ip.is_loopback()
+        || ip.is_multicast()
+        || (seg[0] & 0xfe00) == 0xfc00 // unique local fc00::/7 (includes AWS's fd00:ec2::254 metadata)
+        || (seg[0] & 0xffc0) == 0xfe80 // link-local fe80::/10
+        || (seg[0] & 0xffc0) == 0xfec0 // deprecated site-local
+        || (seg[0] == 0x2001 && seg[1] == 0x0db8) // documentation
+        || (seg[0] == 0x0064 && seg[1] == 0xff9b) // NAT64 can reach IPv4 private space
+        || (seg[0] == 0 && seg[1] == 0 && seg[2] == 0 && seg[3] == 0 && seg[4] == 0 && seg[5] == 0)) // IPv4-compatible
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(hosts: &[&str], allow_private: bool) -> EgressPolicy {
+        EgressPolicy::new(hosts.iter().map(|h| HostPattern::parse(h).unwrap()).collect(), allow_private)
+    }
+
+    fn default_policy() -> EgressPolicy {
+        policy(&["api.openai.com", "*.openai.azure.com"], false)
+    }
+
+    #[test]
+    fn ssrf_table_is_refused() {
+        let p = policy(
+            &["api.openai.com", "*.openai.azure.com", "127.0.0.1", "169.254.169.254", "localhost"],
+            false,
+        );
+        let cases: &[(&str, EgressError)] = &[
+            ("https://169.254.169.254/latest/meta-data/", EgressError::PrivateAddress),
+            ("https://[::ffff:127.0.0.1]/", EgressError::PrivateAddress),
+            ("https://[::ffff:7f00:1]/", EgressError::PrivateAddress),
+            ("https://2130706433/", EgressError::PrivateAddress), // decimal 127.0.0.1
+            ("https://0177.0.0.1/", EgressError::PrivateAddress), // octal 127.0.0.1
+            ("https://0x7f.0.0.1/", EgressError::PrivateAddress), // hex 127.0.0.1
+            ("https://127.1/", EgressError::PrivateAddress),
+            ("https://[::1]/", EgressError::PrivateAddress),
+            ("https://[fd00:ec2::254]/", EgressError::PrivateAddress),
+            ("https://10.0.0.5/", EgressError::PrivateAddress),
+            ("http://api.openai.com/v1", EgressError::Scheme),
+            ("ftp://api.openai.com/", EgressError::Scheme),
+            ("https://evil.example.com/", EgressError::HostNotAllowed("evil.example.com".into())),
+            ("https://openai.azure.com/", EgressError::HostNotAllowed("openai.azure.com".into())),
+            ("https://x.openai.azure.com.evil.net/", EgressError::HostNotAllowed("x.openai.azure.com.evil.net".into())),
+            ("https://api.openai.com.evil.net/", EgressError::HostNotAllowed("api.openai.com.evil.net".into())),
+            ("https://user:pw@api.openai.com/", EgressError::Shape),
+            ("https://api.openai.com/v1?x=1", EgressError::Shape),
+            ("not a url", EgressError::Unparsable),
+        ];
+        for (url, expected) in cases {
+            assert_eq!(p.check_url(url).as_ref().err(), Some(expected), "{url}");
+        }
+    }
+
+    #[test]
+    fn allowlisted_public_urls_pass() {
+        let p = default_policy();
+        assert!(p.check_url("https://api.openai.com/v1").is_ok());
+        assert!(p.check_url("https://my-res.openai.azure.com").is_ok());
+        assert!(p.check_url("https://MY-RES.OpenAI.Azure.com.").is_ok());
+    }
+
+    #[test]
+    fn allow_private_lifts_scheme_and_address_rules_only() {
+        let p = policy(&["127.0.0.1", "localhost"], true);
+        assert!(p.check_url("http://127.0.0.1:9000/v1").is_ok());
+        assert!(p.check_url("http://localhost:9000/v1").is_ok());
+        assert_eq!(
+            p.check_url("http://10.1.2.3/").unwrap_err(),
+            EgressError::HostNotAllowed("10.1.2.3".into())
+        );
+        assert_eq!(
+            p.check_url("http://evil.example.com/").unwrap_err(),
+            EgressError::HostNotAllowed("evil.example.com".into())
+        );
+    }
+
+    #[test]
+    fn address_classification() {
+        for private in [
+            "127.0.0.1", "10.1.1.1", "172.16.0.1", "172.31.255.255", "192.168.1.1", "169.254.169.254", "100.100.100.200",
+            "0.0.0.0", "255.255.255.255", "224.0.0.1", "::1", "::", "fe80::1", "fc00::1", "fd12:3456::1",
+            "::ffff:8.8.8.8", "64:ff9b::a00:1", "::127.0.0.1",
+        ] {
+            assert!(!is_public(private.parse().unwrap()), "{private} must not be public");
+        }
+        for public in ["8.8.8.8", "1.1.1.1", "172.32.0.1", "2606:4700:4700::1111", "2001:4860:4860::8888"] {
+            assert!(is_public(public.parse().unwrap()), "{public} must be public");
+        }
+    }
+
+    #[tokio::test]
+    async fn resolution_to_a_private_address_is_refused() {
+        // `localhost` is on the allowlist here, but it resolves to loopback: refused unless private upstreams are allowed.
+        let strict = policy(&["localhost"], false);
+        let url = Url::parse("https://localhost:8443/v1").unwrap();
+        assert_eq!(strict.resolve(&url).await.unwrap_err(), EgressError::PrivateAddress);
+        let relaxed = policy(&["localhost"], true);
+        let addrs = relaxed.resolve(&url).await.unwrap();
+        assert!(addrs.iter().all(|a| a.ip().is_loopback() && a.port() == 8443));
+    }
+
+    #[test]
+    fn bad_patterns_are_refused() {
+        for bad in ["", "*.", "exa mple.com", "*.*.com", "http://x.com"] {
+            assert!(HostPattern::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

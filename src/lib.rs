@@ -1,0 +1,9 @@
+//! reliablegpt: a reliability gateway for LLM apps. See `docs/ARCHITECTURE.md` for how the modules fit.
+
+pub mod api;
+pub mod config;
+pub mod db;
+pub mod egress;
+pub mod startup;
+pub mod telemetry;
+pub mod vault;

@@ -1,0 +1,93 @@
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use reliablegpt::config::{Settings, generate_secrets};
+use reliablegpt::startup::Application;
+use reliablegpt::{api, db, telemetry};
+
+#[derive(Parser)]
+#[command(name = "reliablegpt", version, about = "A reliability gateway for LLM apps")]
+struct Cli {
+    /// Optional TOML settings file; environment variables override it.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP service.
+    Serve {
+        /// Apply pending migrations before serving.
+        #[arg(long)]
+        migrate: bool,
+    },
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Print a freshly generated master key and token pepper as `export` lines.
+    Secrets,
+    /// Print the OpenAPI document (what `openapi/openapi.json` must contain).
+    Openapi,
+    /// Show how many key sets each master key version still wraps (a version with none left can be retired).
+    KeyringStatus,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Secrets => write_stdout(&generate_secrets()),
+        Command::Openapi => write_stdout(&api::openapi::document()),
+        command => run_async(command, cli.config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            // One line, and never a secret: every error here is built from names and reasons, not values.
+            let _ = writeln!(std::io::stderr(), "reliablegpt: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn write_stdout(text: &str) -> Result<(), String> {
+    std::io::stdout().write_all(text.as_bytes()).map_err(|e| e.to_string())
+}
+
+fn run_async(command: Command, config: Option<PathBuf>) -> Result<(), String> {
+    let settings = Settings::load(config.as_deref()).map_err(|e| e.to_string())?;
+    telemetry::init();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
+    runtime.block_on(async move {
+        match command {
+            Command::Serve { migrate } => {
+                let app = Application::build(settings, migrate).await.map_err(|e| e.to_string())?;
+                app.run_until_stopped().await.map_err(|e| e.to_string())
+            }
+            Command::Migrate => {
+                let pool = db::connect(&settings).await.map_err(|e| format!("cannot connect to the database: {e}"))?;
+                db::migrate(&pool).await.map_err(|e| e.to_string())?;
+                db::check_schema(&pool).await.map_err(|e| e.to_string())?;
+                tracing::info!(version = db::expected_version(), "database schema is current");
+                Ok(())
+            }
+            Command::KeyringStatus => {
+                let pool = db::connect(&settings).await.map_err(|e| format!("cannot connect to the database: {e}"))?;
+                let vault = reliablegpt::vault::Vault::new(
+                    pool,
+                    std::sync::Arc::new(settings.master_keys),
+                    std::sync::Arc::new(settings.token_pepper),
+                );
+                let usage = vault.master_key_usage().await.map_err(|e| e.to_string())?;
+                let mut text = String::from("master_key_version\tkey_sets\n");
+                for (version, count) in usage {
+                    text.push_str(&format!("v{version}\t{count}\n"));
+                }
+                write_stdout(&text)
+            }
+            Command::Secrets | Command::Openapi => Ok(()),
+        }
+    })
+}

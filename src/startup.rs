@@ -1,0 +1,84 @@
+//! Builds the actix application from settings. Tests and production start the service the same way: `build` binds
+//! (port 0 picks a free port) and reports the bound address.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+
+use actix_web::dev::Server;
+use actix_web::middleware::from_fn;
+use actix_web::{App, HttpServer, web};
+use sqlx::PgPool;
+use utoipa::OpenApi;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::api::{self, AppState, openapi::ApiDoc, rate_limit::ClientLimiter};
+use crate::config::Settings;
+use crate::db;
+use crate::vault::Vault;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot connect to the database: {0}")]
+    Database(#[source] sqlx::Error),
+    #[error(transparent)]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(transparent)]
+    Schema(#[from] db::SchemaError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+}
+
+pub struct Application {
+    addr: SocketAddr,
+    server: Server,
+}
+
+impl Application {
+    /// Connects, optionally migrates, refuses an out-of-date schema, binds. The server runs once awaited.
+    pub async fn build(settings: Settings, migrate: bool) -> Result<Self, StartError> {
+        let pool = db::connect(&settings).await.map_err(StartError::Database)?;
+        if migrate {
+            db::migrate(&pool).await?;
+        }
+        db::check_schema(&pool).await?;
+        Self::build_with_pool(settings, pool)
+    }
+
+    pub fn build_with_pool(settings: Settings, pool: PgPool) -> Result<Self, StartError> {
+        let listener = TcpListener::bind(&settings.listen)
+            .map_err(|source| StartError::Bind { addr: settings.listen.clone(), source })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: settings.listen.clone(), source })?;
+        let state = web::Data::new(AppState {
+            vault: Vault::new(pool.clone(), Arc::new(settings.master_keys), Arc::new(settings.token_pepper)),
+            pool,
+            egress: settings.egress,
+            key_set_limiter: ClientLimiter::per_minute(settings.limits.key_sets_per_minute),
+            auth_failure_limiter: ClientLimiter::per_minute(settings.limits.auth_failures_per_minute),
+        });
+        let server = HttpServer::new(move || {
+            App::new()
+                .wrap(from_fn(api::request_context))
+                .app_data(state.clone())
+                .configure(api::routes)
+                .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", ApiDoc::openapi()))
+                .default_service(web::to(api::not_found))
+        })
+        .listen(listener)
+        .map_err(|source| StartError::Bind { addr: addr.to_string(), source })?
+        .run();
+        tracing::info!(addr = %addr, "listening");
+        Ok(Self { addr, server })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}

@@ -1,0 +1,654 @@
+//! Parsing and validation of what customers send to `/v1/keys`: raw JSON in, domain values out. Every violation names the
+//! field it is about and never echoes a secret.
+
+use std::collections::{BTreeMap, HashSet};
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use url::Url;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::egress::EgressPolicy;
+
+pub const MAX_KEYS: usize = 32;
+pub const MAX_KEY_LEN: usize = 512;
+const MAX_EMAIL_LEN: usize = 254;
+const MAX_MODEL_LIST: usize = 16;
+const MAX_NAME_LEN: usize = 128;
+const MAX_GRACEFUL_LEN: usize = 4096;
+const MAX_DEPLOYMENTS: usize = 64;
+
+/// A violation of the request contract, with the JSON path of the offending field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{param}: {message}")]
+pub struct Invalid {
+    pub param: String,
+    pub message: String,
+}
+
+pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Invalid {
+    Invalid { param: param.into(), message: message.into() }
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Wire types
+// ---------------------------------------------------------------------------------------------------------------------
+
+/// Body of `POST /v1/keys`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKeySetRequest {
+    /// Contact address for alerts. It authorises nothing; mail goes only to a verified address.
+    #[schema(example = "dev@example.com")]
+    pub user_email: String,
+    /// 1–32 provider keys, tried in this order. A bare string is an OpenAI key.
+    #[schema(value_type = Vec<KeyInput>)]
+    pub keys: Vec<serde_json::Value>,
+    /// Optional; every field has a default.
+    #[serde(default)]
+    pub policy: Option<Policy>,
+}
+
+/// Body of `PATCH /v1/keys`. Every field is optional; all changes apply atomically or not at all.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateKeySetRequest {
+    /// New contact address (it must be verified again).
+    pub user_email: Option<String>,
+    /// Keys to append (after `order` is applied), validated like `POST /v1/keys`.
+    #[serde(default)]
+    #[schema(value_type = Vec<KeyInput>)]
+    pub add_keys: Vec<serde_json::Value>,
+    /// Ids of keys to remove.
+    #[serde(default)]
+    pub remove_keys: Vec<Uuid>,
+    /// The new order of the remaining existing keys: every one of them exactly once.
+    pub order: Option<Vec<Uuid>>,
+    /// Ids of keys marked `invalid` to put back into rotation at once.
+    #[serde(default)]
+    pub revive_keys: Vec<Uuid>,
+    /// Replaces the whole policy.
+    pub policy: Option<Policy>,
+}
+
+/// A provider key: a bare string (an OpenAI key) or an object.
+#[derive(ToSchema)]
+#[allow(dead_code)] // documents the accepted shapes in the OpenAPI spec; parsing goes through `parse_key`.
+#[serde(untagged)]
+pub enum KeyInput {
+    Bare(String),
+    Detailed(ProviderKeyInput),
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderKeyInput {
+    /// `openai` (also any OpenAI-compatible server via `base_url`) or `azure`.
+    #[schema(example = "openai")]
+    pub provider: String,
+    /// The secret. Stored encrypted; never returned.
+    pub key: String,
+    /// OpenAI only: an OpenAI-compatible base URL (https, allowlisted host). Default: OpenAI's.
+    pub base_url: Option<String>,
+    /// Azure only: `https://NAME.openai.azure.com`.
+    pub endpoint: Option<String>,
+    /// Azure only: API version, e.g. `2024-10-21`.
+    pub api_version: Option<String>,
+    /// Azure only: model name → deployment name.
+    pub deployments: Option<BTreeMap<String, String>>,
+}
+
+/// How requests made with this key set are served. Every field is optional.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Models to try, in order, after the requested one. A repeated model means "try it again". Default: `[]`.
+    #[serde(default)]
+    #[schema(example = json!(["gpt-4o", "gpt-4o-mini"]))]
+    pub fallback_strategy: Vec<String>,
+    /// Azure deployment names to try, in order, before any OpenAI key. Default: `[]` (the deployment mapped to the
+    /// requested model).
+    #[serde(default)]
+    pub azure_fallback_strategy: Vec<String>,
+    /// Answer from the semantic cache when every upstream fails. Default: `false`.
+    #[serde(default)]
+    pub caching: bool,
+    /// Most requests in flight for this key set; beyond it the cache answers. Default: `null` (no limit).
+    #[serde(default)]
+    pub max_concurrency: Option<u32>,
+    /// Returned as a normal completion when everything failed, instead of an error. Default: `null` (return the error).
+    #[serde(default)]
+    pub graceful_string: Option<String>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            fallback_strategy: Vec::new(),
+            azure_fallback_strategy: Vec::new(),
+            caching: false,
+            max_concurrency: None,
+            graceful_string: None,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Domain values
+// ---------------------------------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    Openai,
+    Azure,
+}
+
+impl Provider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Openai => "openai",
+            Self::Azure => "azure",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "openai" => Some(Self::Openai),
+            "azure" => Some(Self::Azure),
+            _ => None,
+        }
+    }
+}
+
+/// Non-secret settings of a provider key (stored in clear, returned to the owner).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct KeyTarget {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deployments: Option<BTreeMap<String, String>>,
+}
+
+/// A validated provider key, secret held in a zeroizing type.
+#[derive(Debug)]
+pub struct ProviderKeySpec {
+    pub provider: Provider,
+    pub secret: SecretString,
+    pub target: KeyTarget,
+}
+
+impl ProviderKeySpec {
+    /// What the owner sees instead of the key: at most a quarter of it, never less than 24 hidden characters.
+    pub fn masked(&self) -> String {
+        mask(self.secret.expose_secret())
+    }
+}
+
+pub fn mask(secret: &str) -> String {
+    let chars: Vec<char> = secret.chars().collect();
+    if chars.len() >= 28 {
+        let head: String = chars[..3].iter().collect();
+        let tail: String = chars[chars.len() - 4..].iter().collect();
+        format!("{head}...{tail}")
+    } else {
+        "...".to_owned()
+    }
+}
+
+/// An email address: trimmed, at most 254 characters, domain lower-cased.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmailAddress(String);
+
+impl EmailAddress {
+    pub fn parse(param: &str, text: &str) -> Result<Self, Invalid> {
+        let bad = || invalid(param, "must be a valid email address of at most 254 characters");
+        let text = text.trim();
+        if text.is_empty() || text.len() > MAX_EMAIL_LEN {
+            return Err(bad());
+        }
+        let (local, domain) = text.rsplit_once('@').ok_or_else(bad)?;
+        let local_ok = !local.is_empty()
+            && local.len() <= 64
+            && !local.starts_with('.')
+            && !local.ends_with('.')
+            && !local.contains("..")
+            && local.chars().all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~.".contains(c));
+        let domain = domain.to_ascii_lowercase();
+        let labels: Vec<&str> = domain.split('.').collect();
+        let domain_ok = labels.len() >= 2
+            && labels.iter().all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+                    && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            })
+            && labels.last().is_some_and(|tld| tld.len() >= 2 && tld.chars().all(|c| c.is_ascii_alphabetic()));
+        if !local_ok || !domain_ok {
+            return Err(bad());
+        }
+        Ok(Self(format!("{local}@{domain}")))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[derive(Debug)]
+pub struct NewKeySet {
+    pub user_email: EmailAddress,
+    pub keys: Vec<ProviderKeySpec>,
+    pub policy: Policy,
+}
+
+#[derive(Debug, Default)]
+pub struct KeySetChanges {
+    pub user_email: Option<EmailAddress>,
+    pub add_keys: Vec<ProviderKeySpec>,
+    pub remove_keys: Vec<Uuid>,
+    pub order: Option<Vec<Uuid>>,
+    pub revive_keys: Vec<Uuid>,
+    pub policy: Option<Policy>,
+}
+
+impl NewKeySet {
+    pub fn parse(req: CreateKeySetRequest, egress: &EgressPolicy) -> Result<Self, Invalid> {
+        let user_email = EmailAddress::parse("user_email", &req.user_email)?;
+        if req.keys.is_empty() || req.keys.len() > MAX_KEYS {
+            return Err(invalid("keys", format!("must hold between 1 and {MAX_KEYS} keys")));
+        }
+        let keys = parse_keys("keys", req.keys, egress)?;
+        let policy = req.policy.unwrap_or_default();
+        validate_policy(&policy)?;
+        check_policy_against_keys(&policy, keys.iter().map(|k| &k.target))?;
+        Ok(Self { user_email, keys, policy })
+    }
+}
+
+impl KeySetChanges {
+    /// Checks each field on its own; checks that need the stored key set happen in the vault's transaction.
+    pub fn parse(req: UpdateKeySetRequest, egress: &EgressPolicy) -> Result<Self, Invalid> {
+        let user_email = req.user_email.map(|e| EmailAddress::parse("user_email", &e)).transpose()?;
+        if req.add_keys.len() > MAX_KEYS {
+            return Err(invalid("add_keys", format!("must hold at most {MAX_KEYS} keys")));
+        }
+        let add_keys = parse_keys("add_keys", req.add_keys, egress)?;
+        if let Some(policy) = &req.policy {
+            validate_policy(policy)?;
+        }
+        for (name, ids) in [("remove_keys", &req.remove_keys), ("revive_keys", &req.revive_keys)] {
+            no_duplicates(name, ids)?;
+        }
+        if let Some(order) = &req.order {
+            no_duplicates("order", order)?;
+        }
+        Ok(Self {
+            user_email,
+            add_keys,
+            remove_keys: req.remove_keys,
+            order: req.order,
+            revive_keys: req.revive_keys,
+            policy: req.policy,
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.user_email.is_none()
+            && self.add_keys.is_empty()
+            && self.remove_keys.is_empty()
+            && self.order.is_none()
+            && self.revive_keys.is_empty()
+            && self.policy.is_none()
+    }
+}
+
+fn no_duplicates(name: &str, ids: &[Uuid]) -> Result<(), Invalid> {
+    let mut seen = HashSet::new();
+    for (i, id) in ids.iter().enumerate() {
+        if !seen.insert(id) {
+            return Err(invalid(format!("{name}[{i}]"), "appears twice"));
+        }
+    }
+    Ok(())
+}
+
+fn parse_keys(
+    name: &str,
+    values: Vec<serde_json::Value>,
+    egress: &EgressPolicy,
+) -> Result<Vec<ProviderKeySpec>, Invalid> {
+    let mut keys = Vec::with_capacity(values.len());
+    for (i, value) in values.into_iter().enumerate() {
+        let key = parse_key(&format!("{name}[{i}]"), value, egress)?;
+        let duplicate = keys.iter().any(|k: &ProviderKeySpec| {
+            k.provider == key.provider
+                && k.target == key.target
+                && k.secret.expose_secret() == key.secret.expose_secret()
+        });
+        if duplicate {
+            return Err(invalid(format!("{name}[{i}]"), "duplicates an earlier key"));
+        }
+        keys.push(key);
+    }
+    Ok(keys)
+}
+
+fn parse_key(param: &str, value: serde_json::Value, egress: &EgressPolicy) -> Result<ProviderKeySpec, Invalid> {
+    let input = match value {
+        serde_json::Value::String(key) => ProviderKeyInput {
+            provider: "openai".into(),
+            key,
+            base_url: None,
+            endpoint: None,
+            api_version: None,
+            deployments: None,
+        },
+        serde_json::Value::Object(_) => serde_json::from_value::<ProviderKeyInput>(value)
+            .map_err(|e| invalid(param, describe_serde_error(&e)))?,
+        _ => return Err(invalid(param, "must be a string (an OpenAI key) or an object with `provider` and `key`")),
+    };
+    let provider = Provider::parse(&input.provider)
+        .ok_or_else(|| invalid(format!("{param}.provider"), "must be `openai` or `azure`"))?;
+    let secret = parse_secret(&format!("{param}.key"), input.key)?;
+    let url = |field: &str, text: &str| {
+        egress
+            .check_url(text)
+            .map(|u| normalise_base(&u))
+            .map_err(|e| invalid(format!("{param}.{field}"), e.to_string()))
+    };
+    let target = match provider {
+        Provider::Openai => {
+            for (field, present) in [
+                ("endpoint", input.endpoint.is_some()),
+                ("api_version", input.api_version.is_some()),
+                ("deployments", input.deployments.is_some()),
+            ] {
+                if present {
+                    return Err(invalid(format!("{param}.{field}"), "is only allowed for provider `azure`"));
+                }
+            }
+            KeyTarget { base_url: input.base_url.as_deref().map(|b| url("base_url", b)).transpose()?, ..Default::default() }
+        }
+        Provider::Azure => {
+            if input.base_url.is_some() {
+                return Err(invalid(format!("{param}.base_url"), "is not allowed for provider `azure`; use `endpoint`"));
+            }
+            let endpoint = input
+                .endpoint
+                .ok_or_else(|| invalid(format!("{param}.endpoint"), "is required for provider `azure`"))?;
+            let api_version = input
+                .api_version
+                .ok_or_else(|| invalid(format!("{param}.api_version"), "is required for provider `azure`"))?;
+            if !is_api_version(&api_version) {
+                return Err(invalid(format!("{param}.api_version"), "must look like 2024-10-21 or 2025-01-01-preview"));
+            }
+            let deployments = input
+                .deployments
+                .ok_or_else(|| invalid(format!("{param}.deployments"), "is required for provider `azure`"))?;
+            if deployments.is_empty() || deployments.len() > MAX_DEPLOYMENTS {
+                return Err(invalid(
+                    format!("{param}.deployments"),
+                    format!("must map between 1 and {MAX_DEPLOYMENTS} models to deployment names"),
+                ));
+            }
+            for (model, deployment) in &deployments {
+                if !is_name(model) || !is_name(deployment) {
+                    return Err(invalid(
+                        format!("{param}.deployments"),
+                        "model and deployment names must be 1-128 characters of letters, digits, `.`, `_`, `-`, `:`",
+                    ));
+                }
+            }
+            KeyTarget {
+                base_url: None,
+                endpoint: Some(url("endpoint", &endpoint)?),
+                api_version: Some(api_version),
+                deployments: Some(deployments),
+            }
+        }
+    };
+    Ok(ProviderKeySpec { provider, secret, target })
+}
+
+fn normalise_base(url: &Url) -> String {
+    url.as_str().trim_end_matches('/').to_owned()
+}
+
+fn parse_secret(param: &str, raw: String) -> Result<SecretString, Invalid> {
+    let raw = zeroize::Zeroizing::new(raw);
+    let trimmed = raw.trim();
+    if trimmed.is_empty() || trimmed.len() > MAX_KEY_LEN || !trimmed.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid(param, format!("must be 1-{MAX_KEY_LEN} printable ASCII characters without spaces")));
+    }
+    Ok(SecretString::from(trimmed.to_owned()))
+}
+
+/// Serde's message for a value of the wrong shape, with any quoted string value removed (it could be a secret sent in
+/// the wrong field) and without the position suffix, which means nothing inside an already-parsed value.
+pub fn describe_serde_error(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let text = match text.rfind(" at line ") {
+        Some(i) => &text[..i],
+        None => text.as_str(),
+    };
+    redact_quoted_strings(text)
+}
+
+/// `invalid type: string "sk-...", expected a sequence` → `invalid type: a string, expected a sequence`.
+pub fn redact_quoted_strings(text: &str) -> String {
+    match (text.find("string \""), text.rfind("\", ")) {
+        (Some(start), Some(end)) if end > start => {
+            format!("{}a string{}", &text[..start], &text[end + 1..])
+        }
+        (Some(start), _) => format!("{}a string", &text[..start]),
+        _ => text.to_owned(),
+    }
+}
+
+fn is_name(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= MAX_NAME_LEN
+        && text.chars().all(|c| c.is_ascii_alphanumeric() || "._-:/".contains(c))
+}
+
+fn is_api_version(text: &str) -> bool {
+    let (date, suffix) = text.split_at(text.len().min(10));
+    let b = date.as_bytes();
+    date.len() == 10
+        && b.iter().enumerate().all(|(i, c)| if i == 4 || i == 7 { *c == b'-' } else { c.is_ascii_digit() })
+        && (suffix.is_empty() || suffix == "-preview")
+}
+
+pub fn validate_policy(policy: &Policy) -> Result<(), Invalid> {
+    for (name, list) in [
+        ("policy.fallback_strategy", &policy.fallback_strategy),
+        ("policy.azure_fallback_strategy", &policy.azure_fallback_strategy),
+    ] {
+        if list.len() > MAX_MODEL_LIST {
+            return Err(invalid(name, format!("must hold at most {MAX_MODEL_LIST} entries")));
+        }
+        for (i, model) in list.iter().enumerate() {
+            if !is_name(model) {
+                return Err(invalid(
+                    format!("{name}[{i}]"),
+                    "must be 1-128 characters of letters, digits, `.`, `_`, `-`, `:`, `/`",
+                ));
+            }
+        }
+    }
+    if let Some(n) = policy.max_concurrency {
+        if n == 0 || n > 100_000 {
+            return Err(invalid("policy.max_concurrency", "must be between 1 and 100000, or null"));
+        }
+    }
+    if let Some(text) = &policy.graceful_string {
+        if text.is_empty() || text.chars().count() > MAX_GRACEFUL_LEN {
+            return Err(invalid("policy.graceful_string", format!("must be 1-{MAX_GRACEFUL_LEN} characters, or null")));
+        }
+    }
+    Ok(())
+}
+
+/// `azure_fallback_strategy` may only name deployments that some Azure key of the set defines.
+pub fn check_policy_against_keys<'a>(
+    policy: &Policy,
+    targets: impl Iterator<Item = &'a KeyTarget>,
+) -> Result<(), Invalid> {
+    if policy.azure_fallback_strategy.is_empty() {
+        return Ok(());
+    }
+    let known: HashSet<&String> = targets.filter_map(|t| t.deployments.as_ref()).flat_map(|d| d.values()).collect();
+    for (i, deployment) in policy.azure_fallback_strategy.iter().enumerate() {
+        if !known.contains(deployment) {
+            return Err(invalid(
+                format!("policy.azure_fallback_strategy[{i}]"),
+                "names no deployment of any Azure key in this key set",
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::egress::HostPattern;
+    use serde_json::json;
+
+    fn egress() -> EgressPolicy {
+        EgressPolicy::new(
+            vec![HostPattern::parse("api.openai.com").unwrap(), HostPattern::parse("*.openai.azure.com").unwrap()],
+            false,
+        )
+    }
+
+    fn create(body: serde_json::Value) -> Result<NewKeySet, Invalid> {
+        let req: CreateKeySetRequest = serde_json::from_value(body).map_err(|e| invalid("body", e.to_string()))?;
+        NewKeySet::parse(req, &egress())
+    }
+
+    fn param_of(body: serde_json::Value) -> String {
+        create(body).unwrap_err().param
+    }
+
+    const KEY: &str = "sk-test-0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn full_example_parses() {
+        let set = create(json!({
+            "user_email": "  Dev@Example.COM ",
+            "keys": [KEY,
+                     {"provider": "openai", "key": "sk-other-key-000000000000000000000", "base_url": "https://api.openai.com/v1/"},
+                     {"provider": "azure", "key": "0123456789abcdef0123456789abcdef", "endpoint": "https://name.openai.azure.com",
+                      "api_version": "2024-10-21", "deployments": {"gpt-4o": "prod-gpt4o"}}],
+            "policy": {"fallback_strategy": ["gpt-4o", "gpt-4o-mini"], "azure_fallback_strategy": ["prod-gpt4o"]}
+        }))
+        .unwrap();
+        assert_eq!(set.user_email.as_str(), "Dev@example.com");
+        assert_eq!(set.keys.len(), 3);
+        assert_eq!(set.keys[0].provider, Provider::Openai);
+        assert_eq!(set.keys[1].target.base_url.as_deref(), Some("https://api.openai.com/v1"));
+        assert_eq!(set.keys[2].provider, Provider::Azure);
+        assert_eq!(set.keys[2].target.endpoint.as_deref(), Some("https://name.openai.azure.com"));
+        assert_eq!(set.keys[0].masked(), "sk-...cdef");
+        assert_eq!(set.policy.fallback_strategy, vec!["gpt-4o", "gpt-4o-mini"]);
+        assert!(!set.policy.caching);
+    }
+
+    #[test]
+    fn each_violation_names_its_field() {
+        let azure = |extra: serde_json::Value| {
+            let mut k = json!({"provider": "azure", "key": KEY, "endpoint": "https://n.openai.azure.com",
+                               "api_version": "2024-10-21", "deployments": {"gpt-4o": "d1"}});
+            for (name, value) in extra.as_object().unwrap() {
+                if value.is_null() {
+                    k.as_object_mut().unwrap().remove(name);
+                } else {
+                    k[name] = value.clone();
+                }
+            }
+            json!({"user_email": "a@b.co", "keys": [k]})
+        };
+        let cases = [
+            (json!({"user_email": "nope", "keys": [KEY]}), "user_email"),
+            (json!({"user_email": format!("{}@b.co", "a".repeat(260)), "keys": [KEY]}), "user_email"),
+            (json!({"user_email": "a@b", "keys": [KEY]}), "user_email"),
+            (json!({"user_email": "a@b.co", "keys": []}), "keys"),
+            (json!({"user_email": "a@b.co", "keys": vec![KEY; 33]}), "keys"),
+            (json!({"user_email": "a@b.co", "keys": [KEY, "x".repeat(513)]}), "keys[1].key"),
+            (json!({"user_email": "a@b.co", "keys": ["has space inside"]}), "keys[0].key"),
+            (json!({"user_email": "a@b.co", "keys": [""]}), "keys[0].key"),
+            (json!({"user_email": "a@b.co", "keys": [42]}), "keys[0]"),
+            (json!({"user_email": "a@b.co", "keys": [KEY, KEY]}), "keys[1]"),
+            (json!({"user_email": "a@b.co", "keys": [{"provider": "anthropic", "key": KEY}]}), "keys[0].provider"),
+            (json!({"user_email": "a@b.co", "keys": [{"provider": "openai", "key": KEY, "extra": 1}]}), "keys[0]"),
+            (json!({"user_email": "a@b.co", "keys": [{"provider": "openai", "key": KEY, "base_url": "http://api.openai.com"}]}), "keys[0].base_url"),
+            (json!({"user_email": "a@b.co", "keys": [{"provider": "openai", "key": KEY, "base_url": "https://169.254.169.254"}]}), "keys[0].base_url"),
+            (json!({"user_email": "a@b.co", "keys": [{"provider": "openai", "key": KEY, "endpoint": "https://n.openai.azure.com"}]}), "keys[0].endpoint"),
+            (azure(json!({"endpoint": "https://evil.example.com"})), "keys[0].endpoint"),
+            (azure(json!({"endpoint": null})), "keys[0].endpoint"),
+            (azure(json!({"api_version": "latest"})), "keys[0].api_version"),
+            (azure(json!({"deployments": {}})), "keys[0].deployments"),
+            (azure(json!({"deployments": {"gpt 4o": "d"}})), "keys[0].deployments"),
+            (json!({"user_email": "a@b.co", "keys": [KEY], "policy": {"fallback_strategy": [""]}}), "policy.fallback_strategy[0]"),
+            (json!({"user_email": "a@b.co", "keys": [KEY], "policy": {"max_concurrency": 0}}), "policy.max_concurrency"),
+            (json!({"user_email": "a@b.co", "keys": [KEY], "policy": {"graceful_string": ""}}), "policy.graceful_string"),
+            (json!({"user_email": "a@b.co", "keys": [KEY], "policy": {"azure_fallback_strategy": ["nope"]}}), "policy.azure_fallback_strategy[0]"),
+        ];
+        for (body, param) in cases {
+            assert_eq!(param_of(body.clone()), param, "{body}");
+        }
+    }
+
+    #[test]
+    fn errors_never_echo_the_key() {
+        let secret = "sk-secret with-a-space-0123456789";
+        let err = create(json!({"user_email": "a@b.co", "keys": [secret]})).unwrap_err();
+        assert!(!err.to_string().contains("sk-secret"), "{err}");
+        let err = create(json!({"user_email": "a@b.co", "keys": [{"provider": "nope", "key": secret}]})).unwrap_err();
+        assert!(!err.to_string().contains("sk-secret"), "{err}");
+    }
+
+    #[test]
+    fn serde_messages_lose_quoted_values() {
+        let e = serde_json::from_str::<Vec<u8>>("\"sk-secret-value\"").unwrap_err();
+        let text = describe_serde_error(&e);
+        assert_eq!(text, "invalid type: a string, expected a sequence");
+        let e = serde_json::from_value::<ProviderKeyInput>(json!({"provider": "openai", "key": "k", "deployments": "sk-secret-value"}))
+            .unwrap_err();
+        let text = describe_serde_error(&e);
+        assert!(!text.contains("sk-secret"), "{text}");
+        assert!(text.contains("expected a map"), "{text}");
+    }
+
+    #[test]
+    fn masking_hides_short_keys_entirely() {
+        assert_eq!(mask("short-key"), "...");
+        assert_eq!(mask(&"k".repeat(27)), "...");
+        assert_eq!(mask("0123456789abcdef0123456789abcdef"), "012...cdef");
+    }
+
+    #[test]
+    fn api_versions() {
+        assert!(is_api_version("2024-10-21"));
+        assert!(is_api_version("2025-01-01-preview"));
+        for bad in ["2024-1-21", "latest", "2024-10-21-beta", "", "2024/10/21"] {
+            assert!(!is_api_version(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn patch_rejects_duplicate_ids() {
+        let id = Uuid::new_v4();
+        let req = UpdateKeySetRequest { remove_keys: vec![id, id], ..Default::default() };
+        assert_eq!(KeySetChanges::parse(req, &egress()).unwrap_err().param, "remove_keys[1]");
+        assert!(KeySetChanges::parse(UpdateKeySetRequest::default(), &egress()).unwrap().is_empty());
+    }
+}

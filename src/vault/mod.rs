@@ -1,0 +1,356 @@
+//! The key vault: special tokens, envelope encryption, key sets and their provider keys.
+//!
+//! A key set is a tenant. Its provider keys are sealed with a random per-set data key (AES-256-GCM, AAD = set + key +
+//! purpose); the data key is wrapped under HKDF(master key, token), so the database plus the master key decrypt nothing
+//! without the customer's token. Revocation deletes the wrapped data key and every ciphertext.
+
+pub mod crypto;
+pub mod input;
+mod queries;
+pub mod token;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+use sqlx::PgPool;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::config::{MasterKeyring, Secret32};
+use crypto::{AeadKey, CryptoError, Purpose, aad, derive_kek};
+pub use input::{
+    CreateKeySetRequest, Invalid, KeySetChanges, KeyTarget, NewKeySet, Policy, Provider, UpdateKeySetRequest,
+};
+use input::{MAX_KEYS, ProviderKeySpec, check_policy_against_keys, invalid};
+use queries::SealedKey;
+pub use token::Token;
+
+/// PostgreSQL NOTIFY channel carrying the id of each revoked key set, so every replica can drop what it cached.
+pub const REVOCATION_CHANNEL: &str = "reliablegpt_vault_revoked";
+
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    /// Missing, malformed, mutated, unknown or revoked token. Deliberately one variant: callers must not tell them apart.
+    #[error("authentication failed")]
+    Unauthenticated,
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    #[error("master key version v{0} is not in RELIABLEGPT_MASTER_KEY")]
+    MasterKeyMissing(u32),
+    #[error("stored key material failed to decrypt")]
+    Crypto(#[from] CryptoError),
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+}
+
+/// Status of a provider key as the owner sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyStatus {
+    Active,
+    Invalid,
+    CoolingDown,
+}
+
+/// A provider key as shown to its owner: never the key itself.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct KeyView {
+    pub id: Uuid,
+    pub provider: Provider,
+    /// At most the first 3 and last 4 characters.
+    #[schema(example = "sk-...abcd")]
+    pub masked: String,
+    pub status: KeyStatus,
+    pub last_error: Option<String>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    #[serde(flatten)]
+    pub target: KeyTarget,
+}
+
+/// A key set as shown to its owner (`GET /v1/keys`).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct KeySetView {
+    pub key_set_id: Uuid,
+    pub user_email: String,
+    pub email_verified: bool,
+    pub keys: Vec<KeyView>,
+    pub policy: Policy,
+}
+
+/// The result of `POST /v1/keys`: the only time the token is ever shown.
+#[derive(Serialize, ToSchema)]
+pub struct CreatedKeySet {
+    /// The special token. Shown once; we store only a keyed hash of it.
+    #[schema(value_type = String, example = "rgpt_...")]
+    #[serde(serialize_with = "expose_token")]
+    pub token: Token,
+    #[serde(flatten)]
+    pub key_set: KeySetView,
+}
+
+fn expose_token<S: serde::Serializer>(token: &Token, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(token.expose())
+}
+
+/// An authenticated caller: the key set id and its unwrapped data key (zeroized on drop).
+#[derive(Debug)]
+pub struct KeySetSession {
+    pub key_set_id: Uuid,
+    dek: AeadKey,
+}
+
+/// A decrypted provider key, for the engine's use while serving one request.
+#[derive(Debug)]
+pub struct ProviderKey {
+    pub id: Uuid,
+    pub provider: Provider,
+    pub secret: SecretString,
+    pub target: KeyTarget,
+    pub invalid: bool,
+}
+
+#[derive(Debug)]
+pub struct OpenKeySet {
+    pub key_set_id: Uuid,
+    pub policy: Policy,
+    pub keys: Vec<ProviderKey>,
+}
+
+#[derive(Clone)]
+pub struct Vault {
+    pool: PgPool,
+    keyring: Arc<MasterKeyring>,
+    pepper: Arc<Secret32>,
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vault").field("keyring", &self.keyring).finish_non_exhaustive()
+    }
+}
+
+impl Vault {
+    pub fn new(pool: PgPool, keyring: Arc<MasterKeyring>, pepper: Arc<Secret32>) -> Self {
+        Self { pool, keyring, pepper }
+    }
+
+    pub async fn create_key_set(&self, new: NewKeySet) -> Result<CreatedKeySet, VaultError> {
+        let key_set_id = Uuid::new_v4();
+        let token = Token::generate();
+        let dek = AeadKey::random();
+        let (version, master) = self.keyring.active();
+        let wrapped = dek.wrap(&derive_kek(master.expose(), token.expose().as_bytes(), key_set_id), key_set_id);
+        let token_hash = token.hash(self.pepper.expose());
+
+        let mut tx = self.pool.begin().await?;
+        queries::insert_key_set(
+            &mut tx,
+            key_set_id,
+            &token_hash.0,
+            &wrapped,
+            version_i32(version),
+            new.user_email.as_str(),
+            &new.policy,
+        )
+        .await?;
+        queries::insert_keys(&mut tx, key_set_id, 0, seal_keys(&dek, key_set_id, new.keys)).await?;
+        let key_set = describe_in(&mut tx, key_set_id).await?.ok_or(VaultError::Unauthenticated)?;
+        tx.commit().await?;
+        tracing::info!(%key_set_id, keys = key_set.keys.len(), "key set created");
+        Ok(CreatedKeySet { token, key_set })
+    }
+
+    /// Checks a bearer token (shape and checksum first, with no database access) and unwraps the key set's data key.
+    /// A data key still wrapped under an older master key version is re-wrapped under the active one.
+    pub async fn authenticate(&self, token_text: &str) -> Result<KeySetSession, VaultError> {
+        let token = Token::parse(token_text).map_err(|_| VaultError::Unauthenticated)?;
+        let token_hash = token.hash(self.pepper.expose());
+        let row = queries::find_by_token_hash(&self.pool, &token_hash.0)
+            .await?
+            .ok_or(VaultError::Unauthenticated)?;
+        let version = u32::try_from(row.master_key_version).map_err(|_| CryptoError::Forged)?;
+        let master = self.keyring.get(version).ok_or(VaultError::MasterKeyMissing(version))?;
+        let kek = derive_kek(master.expose(), token.expose().as_bytes(), row.id);
+        let dek = AeadKey::unwrap(&row.wrapped_dek, &kek, row.id)?;
+
+        let (active_version, active) = self.keyring.active();
+        if version != active_version {
+            let rewrapped = dek.wrap(&derive_kek(active.expose(), token.expose().as_bytes(), row.id), row.id);
+            let done =
+                queries::rewrap(&self.pool, row.id, row.master_key_version, version_i32(active_version), &rewrapped)
+                    .await?;
+            if done {
+                tracing::info!(key_set_id = %row.id, from = version, to = active_version, "data key re-wrapped");
+            }
+        }
+        Ok(KeySetSession { key_set_id: row.id, dek })
+    }
+
+    pub async fn describe(&self, session: &KeySetSession) -> Result<KeySetView, VaultError> {
+        let mut conn = self.pool.acquire().await?;
+        describe_in(&mut conn, session.key_set_id).await?.ok_or(VaultError::Unauthenticated)
+    }
+
+    /// Applies a PATCH atomically: on any violation nothing changes.
+    pub async fn update(&self, session: &KeySetSession, changes: KeySetChanges) -> Result<KeySetView, VaultError> {
+        let id = session.key_set_id;
+        let mut tx = self.pool.begin().await?;
+        let current = queries::key_set(&mut *tx, id, true).await?.ok_or(VaultError::Unauthenticated)?;
+        let existing = queries::provider_keys(&mut *tx, id).await?;
+        let existing_ids: Vec<Uuid> = existing.iter().map(|k| k.id).collect();
+
+        for (i, key_id) in changes.remove_keys.iter().enumerate() {
+            if !existing_ids.contains(key_id) {
+                return Err(invalid(format!("remove_keys[{i}]"), "is not a key of this key set").into());
+            }
+        }
+        let removed: HashSet<Uuid> = changes.remove_keys.iter().copied().collect();
+        for (i, key_id) in changes.revive_keys.iter().enumerate() {
+            if !existing_ids.contains(key_id) || removed.contains(key_id) {
+                return Err(invalid(format!("revive_keys[{i}]"), "is not a remaining key of this key set").into());
+            }
+        }
+        let remaining: Vec<Uuid> = existing_ids.iter().copied().filter(|k| !removed.contains(k)).collect();
+        let ordered = match &changes.order {
+            None => remaining.clone(),
+            Some(order) => {
+                let same_set = order.len() == remaining.len() && order.iter().all(|k| remaining.contains(k));
+                if !same_set {
+                    return Err(invalid("order", "must list every remaining key id exactly once").into());
+                }
+                order.clone()
+            }
+        };
+        let total = ordered.len() + changes.add_keys.len();
+        if total == 0 || total > MAX_KEYS {
+            return Err(invalid("keys", format!("a key set must keep between 1 and {MAX_KEYS} keys")).into());
+        }
+
+        let policy = changes.policy.clone().unwrap_or(current.policy.0);
+        let final_targets = existing
+            .iter()
+            .filter(|k| !removed.contains(&k.id))
+            .map(|k| &k.target.0)
+            .chain(changes.add_keys.iter().map(|k| &k.target));
+        check_policy_against_keys(&policy, final_targets)?;
+
+        if !changes.remove_keys.is_empty() {
+            queries::delete_keys(&mut tx, id, &changes.remove_keys).await?;
+        }
+        queries::set_positions(&mut tx, id, &ordered).await?;
+        if !changes.add_keys.is_empty() {
+            let first = i32::try_from(ordered.len()).unwrap_or(i32::MAX);
+            queries::insert_keys(&mut tx, id, first, seal_keys(&session.dek, id, changes.add_keys)).await?;
+        }
+        if !changes.revive_keys.is_empty() {
+            queries::revive_keys(&mut tx, id, &changes.revive_keys).await?;
+        }
+        let (email, verified) = match &changes.user_email {
+            Some(e) if e.as_str() != current.user_email => (e.as_str().to_owned(), false),
+            _ => (current.user_email, current.email_verified),
+        };
+        queries::update_key_set(&mut tx, id, &email, verified, &policy).await?;
+        let view = describe_in(&mut tx, id).await?.ok_or(VaultError::Unauthenticated)?;
+        tx.commit().await?;
+        tracing::info!(key_set_id = %id, "key set updated");
+        Ok(view)
+    }
+
+    /// Crypto-shredding: the wrapped data key and every ciphertext are deleted; the token stops working at once.
+    pub async fn revoke(&self, session: &KeySetSession) -> Result<(), VaultError> {
+        let mut tx = self.pool.begin().await?;
+        let deleted = queries::delete_key_set(&mut tx, session.key_set_id).await?;
+        tx.commit().await?;
+        if !deleted {
+            return Err(VaultError::Unauthenticated);
+        }
+        tracing::info!(key_set_id = %session.key_set_id, "key set revoked");
+        Ok(())
+    }
+
+    /// Decrypts every provider key of the set (for the engine, while it serves a request carrying the token).
+    pub async fn open_key_set(&self, session: &KeySetSession) -> Result<OpenKeySet, VaultError> {
+        let id = session.key_set_id;
+        let policy = queries::key_set(&self.pool, id, false).await?.ok_or(VaultError::Unauthenticated)?.policy.0;
+        let rows = queries::ciphertexts(&self.pool, id).await?;
+        let mut keys = Vec::with_capacity(rows.len());
+        for row in rows {
+            let plain = session.dek.open(&row.ciphertext, &aad(Purpose::ProviderKey, id, row.id))?;
+            let secret = std::str::from_utf8(&plain).map_err(|_| CryptoError::Forged)?;
+            keys.push(ProviderKey {
+                id: row.id,
+                provider: Provider::parse(&row.provider).ok_or(CryptoError::Forged)?,
+                secret: SecretString::from(secret.to_owned()),
+                target: row.target.0,
+                invalid: row.status == "invalid",
+            });
+        }
+        Ok(OpenKeySet { key_set_id: id, policy, keys })
+    }
+
+    /// Takes a key out of rotation after a genuine credential error; `reason` is shown to the owner.
+    pub async fn mark_key_invalid(&self, key_set_id: Uuid, key_id: Uuid, reason: &str) -> Result<bool, VaultError> {
+        Ok(queries::mark_key_invalid(&self.pool, key_set_id, key_id, reason).await?)
+    }
+
+    /// Key sets per master key version; a version with no key sets left can be removed from the keyring.
+    pub async fn master_key_usage(&self) -> Result<Vec<(u32, u64)>, VaultError> {
+        Ok(queries::master_key_usage(&self.pool)
+            .await?
+            .into_iter()
+            .map(|(v, n)| (u32::try_from(v).unwrap_or(0), u64::try_from(n).unwrap_or(0)))
+            .collect())
+    }
+}
+
+fn version_i32(version: u32) -> i32 {
+    i32::try_from(version).unwrap_or(i32::MAX)
+}
+
+fn seal_keys(dek: &AeadKey, key_set_id: Uuid, keys: Vec<ProviderKeySpec>) -> Vec<SealedKey> {
+    keys.into_iter()
+        .map(|key| {
+            let id = Uuid::new_v4();
+            SealedKey {
+                id,
+                provider: key.provider.as_str(),
+                ciphertext: dek.seal(key.secret.expose_secret().as_bytes(), &aad(Purpose::ProviderKey, key_set_id, id)),
+                masked: key.masked(),
+                target: key.target,
+            }
+        })
+        .collect()
+}
+
+async fn describe_in(conn: &mut sqlx::PgConnection, id: Uuid) -> Result<Option<KeySetView>, VaultError> {
+    let Some(set) = queries::key_set(&mut *conn, id, false).await? else {
+        return Ok(None);
+    };
+    let keys = queries::provider_keys(&mut *conn, id)
+        .await?
+        .into_iter()
+        .map(|row| KeyView {
+            id: row.id,
+            provider: Provider::parse(&row.provider).unwrap_or(Provider::Openai),
+            masked: row.masked,
+            status: match (row.status.as_str(), row.cooling_down) {
+                ("invalid", _) => KeyStatus::Invalid,
+                (_, true) => KeyStatus::CoolingDown,
+                _ => KeyStatus::Active,
+            },
+            last_error: row.last_error,
+            last_used_at: row.last_used_at,
+            target: row.target.0,
+        })
+        .collect();
+    Ok(Some(KeySetView {
+        key_set_id: id,
+        user_email: set.user_email,
+        email_verified: set.email_verified,
+        keys,
+        policy: set.policy.0,
+    }))
+}

@@ -1,0 +1,266 @@
+//! All SQL of the vault module. Other modules call `vault` functions, never these tables.
+
+use chrono::{DateTime, Utc};
+use sqlx::types::Json;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use super::input::{KeyTarget, Policy};
+
+#[derive(sqlx::FromRow)]
+pub struct KeySetSecretRow {
+    pub id: Uuid,
+    pub wrapped_dek: Vec<u8>,
+    pub master_key_version: i32,
+}
+
+#[derive(sqlx::FromRow)]
+pub struct KeySetRow {
+    pub user_email: String,
+    pub email_verified: bool,
+    pub policy: Json<Policy>,
+}
+
+#[derive(sqlx::FromRow)]
+pub struct ProviderKeyRow {
+    pub id: Uuid,
+    pub provider: String,
+    pub masked: String,
+    pub target: Json<KeyTarget>,
+    pub status: String,
+    pub cooling_down: bool,
+    pub last_error: Option<String>,
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+#[derive(sqlx::FromRow)]
+pub struct CiphertextRow {
+    pub id: Uuid,
+    pub provider: String,
+    pub ciphertext: Vec<u8>,
+    pub target: Json<KeyTarget>,
+    pub status: String,
+}
+
+/// One provider key ready for insertion (already encrypted).
+pub struct SealedKey {
+    pub id: Uuid,
+    pub provider: &'static str,
+    pub ciphertext: Vec<u8>,
+    pub masked: String,
+    pub target: KeyTarget,
+}
+
+pub async fn find_by_token_hash(pool: &PgPool, token_hash: &[u8]) -> sqlx::Result<Option<KeySetSecretRow>> {
+    sqlx::query_as("SELECT id, wrapped_dek, master_key_version FROM vault_key_sets WHERE token_hash = $1")
+        .bind(token_hash)
+        .fetch_optional(pool)
+        .await
+}
+
+pub async fn insert_key_set(
+    conn: &mut PgConnection,
+    id: Uuid,
+    token_hash: &[u8],
+    wrapped_dek: &[u8],
+    master_key_version: i32,
+    user_email: &str,
+    policy: &Policy,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO vault_key_sets (id, token_hash, wrapped_dek, master_key_version, user_email, policy) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(id)
+    .bind(token_hash)
+    .bind(wrapped_dek)
+    .bind(master_key_version)
+    .bind(user_email)
+    .bind(Json(policy))
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
+/// Inserts keys at positions `first_position..` in one round trip.
+pub async fn insert_keys(
+    conn: &mut PgConnection,
+    key_set_id: Uuid,
+    first_position: i32,
+    keys: Vec<SealedKey>,
+) -> sqlx::Result<()> {
+    let mut ids = Vec::with_capacity(keys.len());
+    let mut positions = Vec::with_capacity(keys.len());
+    let mut providers = Vec::with_capacity(keys.len());
+    let mut ciphertexts = Vec::with_capacity(keys.len());
+    let mut masks = Vec::with_capacity(keys.len());
+    let mut targets = Vec::with_capacity(keys.len());
+    for (offset, key) in (0..).zip(keys) {
+        ids.push(key.id);
+        positions.push(first_position + offset);
+        providers.push(key.provider);
+        ciphertexts.push(key.ciphertext);
+        masks.push(key.masked);
+        targets.push(Json(key.target));
+    }
+    sqlx::query(
+        "INSERT INTO vault_provider_keys (id, key_set_id, position, provider, ciphertext, masked, target) \
+         SELECT u.id, $2, u.position, u.provider, u.ciphertext, u.masked, u.target \
+         FROM UNNEST($1::uuid[], $3::int4[], $4::text[], $5::bytea[], $6::text[], $7::jsonb[]) \
+              AS u(id, position, provider, ciphertext, masked, target)",
+    )
+    .bind(ids)
+    .bind(key_set_id)
+    .bind(positions)
+    .bind(providers)
+    .bind(ciphertexts)
+    .bind(masks)
+    .bind(targets)
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
+pub async fn rewrap(
+    pool: &PgPool,
+    id: Uuid,
+    old_version: i32,
+    new_version: i32,
+    wrapped_dek: &[u8],
+) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE vault_key_sets SET wrapped_dek = $3, master_key_version = $4 \
+         WHERE id = $1 AND master_key_version = $2",
+    )
+    .bind(id)
+    .bind(old_version)
+    .bind(wrapped_dek)
+    .bind(new_version)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub async fn key_set<'c>(
+    conn: impl sqlx::PgExecutor<'c>,
+    id: Uuid,
+    for_update: bool,
+) -> sqlx::Result<Option<KeySetRow>> {
+    let sql = if for_update {
+        "SELECT user_email, email_verified, policy FROM vault_key_sets WHERE id = $1 FOR UPDATE"
+    } else {
+        "SELECT user_email, email_verified, policy FROM vault_key_sets WHERE id = $1"
+    };
+    sqlx::query_as(sql).bind(id).fetch_optional(conn).await
+}
+
+pub async fn provider_keys<'c>(conn: impl sqlx::PgExecutor<'c>, key_set_id: Uuid) -> sqlx::Result<Vec<ProviderKeyRow>> {
+    sqlx::query_as(
+        "SELECT id, provider, masked, target, status, \
+                (cooling_down_until IS NOT NULL AND cooling_down_until > now()) AS cooling_down, \
+                last_error, last_used_at \
+         FROM vault_provider_keys WHERE key_set_id = $1 ORDER BY position",
+    )
+    .bind(key_set_id)
+    .fetch_all(conn)
+    .await
+}
+
+pub async fn ciphertexts(pool: &PgPool, key_set_id: Uuid) -> sqlx::Result<Vec<CiphertextRow>> {
+    sqlx::query_as(
+        "SELECT id, provider, ciphertext, target, status FROM vault_provider_keys \
+         WHERE key_set_id = $1 ORDER BY position",
+    )
+    .bind(key_set_id)
+    .fetch_all(pool)
+    .await
+}
+
+pub async fn delete_keys(conn: &mut PgConnection, key_set_id: Uuid, ids: &[Uuid]) -> sqlx::Result<()> {
+    sqlx::query("DELETE FROM vault_provider_keys WHERE key_set_id = $1 AND id = ANY($2)")
+        .bind(key_set_id)
+        .bind(ids)
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
+pub async fn set_positions(conn: &mut PgConnection, key_set_id: Uuid, ordered_ids: &[Uuid]) -> sqlx::Result<()> {
+    let positions: Vec<i32> = (0..).take(ordered_ids.len()).collect();
+    sqlx::query(
+        "UPDATE vault_provider_keys AS k SET position = u.position \
+         FROM UNNEST($2::uuid[], $3::int4[]) AS u(id, position) \
+         WHERE k.key_set_id = $1 AND k.id = u.id AND k.position <> u.position",
+    )
+    .bind(key_set_id)
+    .bind(ordered_ids)
+    .bind(positions)
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
+pub async fn revive_keys(conn: &mut PgConnection, key_set_id: Uuid, ids: &[Uuid]) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE vault_provider_keys \
+         SET status = 'active', last_error = NULL, invalid_since = NULL, cooling_down_until = NULL \
+         WHERE key_set_id = $1 AND id = ANY($2)",
+    )
+    .bind(key_set_id)
+    .bind(ids)
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
+pub async fn update_key_set(
+    conn: &mut PgConnection,
+    id: Uuid,
+    user_email: &str,
+    email_verified: bool,
+    policy: &Policy,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE vault_key_sets SET user_email = $2, email_verified = $3, policy = $4, updated_at = now() WHERE id = $1",
+    )
+    .bind(id)
+    .bind(user_email)
+    .bind(email_verified)
+    .bind(Json(policy))
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
+pub async fn mark_key_invalid(pool: &PgPool, key_set_id: Uuid, key_id: Uuid, reason: &str) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE vault_provider_keys SET status = 'invalid', last_error = $3, invalid_since = now() \
+         WHERE key_set_id = $1 AND id = $2",
+    )
+    .bind(key_set_id)
+    .bind(key_id)
+    .bind(reason)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Deletes the key set, its wrapped data key and (by cascade) every ciphertext, and tells every replica.
+pub async fn delete_key_set(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<bool> {
+    let done = sqlx::query("DELETE FROM vault_key_sets WHERE id = $1").bind(id).execute(&mut *conn).await?;
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(super::REVOCATION_CHANNEL)
+        .bind(id.to_string())
+        .execute(&mut *conn)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// How many key sets each master key version still wraps (tells the operator when an old version can go).
+pub async fn master_key_usage(pool: &PgPool) -> sqlx::Result<Vec<(i32, i64)>> {
+    sqlx::query_as(
+        "SELECT master_key_version, count(*) FROM vault_key_sets GROUP BY master_key_version ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await
+}

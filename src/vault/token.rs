@@ -1,0 +1,188 @@
+//! Special tokens: `rgpt_` + 256 random bits in base62 (43 chars) + a 6-char base62 CRC32 checksum, GitHub-style, so secret
+//! scanners recognise them and typos are rejected before any database access. Stored only as HMAC-SHA256(pepper, token).
+
+use std::fmt;
+
+use hmac::{Hmac, Mac};
+use rand::RngCore;
+use secrecy::{ExposeSecret, SecretString};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+
+pub const PREFIX: &str = "rgpt_";
+const BODY_LEN: usize = 43;
+const CHECKSUM_LEN: usize = 6;
+pub const TOKEN_LEN: usize = PREFIX.len() + BODY_LEN + CHECKSUM_LEN;
+const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("token is malformed")]
+    Malformed,
+    #[error("token checksum does not match")]
+    Checksum,
+}
+
+/// A syntactically valid token. Never printed: `Debug` shows only the prefix.
+pub struct Token(SecretString);
+
+/// HMAC-SHA256(pepper, token): what the database stores and looks tokens up by.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct TokenHash(pub [u8; 32]);
+
+impl TokenHash {
+    pub fn ct_eq(&self, other: &[u8]) -> bool {
+        self.0.as_slice().ct_eq(other).into()
+    }
+}
+
+impl fmt::Debug for TokenHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TokenHash(..)")
+    }
+}
+
+impl Token {
+    pub fn generate() -> Self {
+        let mut entropy = zeroize::Zeroizing::new([0u8; 32]);
+        rand::rngs::OsRng.fill_bytes(entropy.as_mut());
+        let mut text = String::with_capacity(TOKEN_LEN);
+        text.push_str(PREFIX);
+        text.push_str(&encode_base62(entropy.as_ref(), BODY_LEN));
+        let checksum = crc32fast::hash(text.as_bytes());
+        text.push_str(&encode_base62(&checksum.to_be_bytes(), CHECKSUM_LEN));
+        Self(SecretString::from(text))
+    }
+
+    /// Checks shape and checksum only; no database access, so a mutated token costs us nothing.
+    pub fn parse(text: &str) -> Result<Self, TokenError> {
+        if text.len() != TOKEN_LEN || !text.starts_with(PREFIX) {
+            return Err(TokenError::Malformed);
+        }
+        let rest = &text[PREFIX.len()..];
+        if !rest.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(TokenError::Malformed);
+        }
+        let (signed, checksum) = text.split_at(PREFIX.len() + BODY_LEN);
+        let expected = encode_base62(&crc32fast::hash(signed.as_bytes()).to_be_bytes(), CHECKSUM_LEN);
+        if !bool::from(expected.as_bytes().ct_eq(checksum.as_bytes())) {
+            return Err(TokenError::Checksum);
+        }
+        Ok(Self(SecretString::from(text.to_owned())))
+    }
+
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+
+    pub fn hash(&self, pepper: &[u8; 32]) -> TokenHash {
+        let Ok(mut mac) = <Hmac<Sha256> as Mac>::new_from_slice(pepper) else {
+            unreachable!("HMAC accepts keys of every length")
+        };
+        mac.update(self.expose().as_bytes());
+        TokenHash(mac.finalize().into_bytes().into())
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Token({PREFIX}[REDACTED])")
+    }
+}
+
+/// Big-endian base62, left-padded with '0' to a fixed width.
+fn encode_base62(bytes: &[u8], width: usize) -> String {
+    let mut number = bytes.to_vec();
+    let mut digits = Vec::with_capacity(width);
+    while number.iter().any(|&b| b != 0) {
+        let mut remainder: u32 = 0;
+        for byte in number.iter_mut() {
+            let acc = (remainder << 8) | u32::from(*byte);
+            *byte = (acc / 62) as u8;
+            remainder = acc % 62;
+        }
+        digits.push(ALPHABET[remainder as usize]);
+    }
+    while digits.len() < width {
+        digits.push(b'0');
+    }
+    digits.reverse();
+    digits.into_iter().map(char::from).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_tokens_have_the_documented_shape_and_parse() {
+        let t = Token::generate();
+        let s = t.expose();
+        assert_eq!(s.len(), TOKEN_LEN);
+        assert_eq!(s.len(), 54);
+        assert!(s.starts_with("rgpt_"));
+        assert!(s[5..].bytes().all(|b| b.is_ascii_alphanumeric()));
+        assert_eq!(Token::parse(s).unwrap().expose(), s);
+        assert_ne!(Token::generate().expose(), s);
+    }
+
+    #[test]
+    fn every_single_character_mutation_is_rejected() {
+        let t = Token::generate();
+        let s = t.expose().to_owned();
+        for i in PREFIX.len()..s.len() {
+            for replacement in [b'0', b'z', b'Q'] {
+                let mut bytes = s.clone().into_bytes();
+                if bytes[i] == replacement {
+                    continue;
+                }
+                bytes[i] = replacement;
+                let mutated = String::from_utf8(bytes).unwrap();
+                assert!(Token::parse(&mutated).is_err(), "mutation at {i} accepted");
+            }
+        }
+    }
+
+    #[test]
+    fn malformed_inputs() {
+        let good = Token::generate().expose().to_owned();
+        for bad in [
+            String::new(),
+            "rgpt_".into(),
+            good[..good.len() - 1].to_string(),
+            format!("{good}0"),
+            good.replacen("rgpt_", "rgpx_", 1),
+            format!("rgpt_{}", "é".repeat(24)),
+            good.replacen(&good[10..11], "-", 1),
+        ] {
+            assert!(Token::parse(&bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn base62_is_fixed_width_and_injective_on_edges() {
+        assert_eq!(encode_base62(&[0; 32], 43), "0".repeat(43));
+        assert_eq!(encode_base62(&[0xff; 32], 43).len(), 43);
+        assert_eq!(encode_base62(&[0, 0, 0, 61], 6), "00000z");
+        assert_eq!(encode_base62(&[0, 0, 0, 62], 6), "000010");
+        assert_eq!(encode_base62(&u32::MAX.to_be_bytes(), 6), "4gfFC3");
+    }
+
+    #[test]
+    fn hash_depends_on_pepper_and_compares_in_constant_time() {
+        let t = Token::generate();
+        let h1 = t.hash(&[1; 32]);
+        let h2 = t.hash(&[2; 32]);
+        assert_ne!(h1, h2);
+        assert!(h1.ct_eq(&h1.0));
+        assert!(!h1.ct_eq(&h2.0));
+        assert!(!h1.ct_eq(&h1.0[..31]));
+    }
+
+    #[test]
+    fn debug_is_redacted() {
+        let t = Token::generate();
+        let debug = format!("{t:?} {:?}", t.hash(&[0; 32]));
+        assert!(!debug.contains(&t.expose()[5..]));
+    }
+}
