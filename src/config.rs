@@ -62,11 +62,8 @@ impl Secret32 {
     }
 
     fn parse_base64(name: &'static str, text: &str) -> Result<Self, ConfigError> {
-        let decoded = zeroize::Zeroizing::new(
-            BASE64
-                .decode(text.trim())
-                .map_err(|_| malformed(name, "not valid base64"))?,
-        );
+        let decoded =
+            zeroize::Zeroizing::new(BASE64.decode(text.trim()).map_err(|_| malformed(name, "not valid base64"))?);
         let bytes: [u8; 32] = decoded
             .as_slice()
             .try_into()
@@ -143,10 +140,7 @@ impl MasterKeyring {
 
 impl fmt::Debug for MasterKeyring {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MasterKeyring")
-            .field("versions", &self.versions())
-            .field("keys", &"[REDACTED]")
-            .finish()
+        f.debug_struct("MasterKeyring").field("versions", &self.versions()).field("keys", &"[REDACTED]").finish()
     }
 }
 
@@ -179,39 +173,31 @@ pub struct Settings {
 impl Settings {
     /// Reads the process environment, layered over the TOML file if one is given.
     pub fn load(config_file: Option<&Path>) -> Result<Self, ConfigError> {
-        let file = match config_file {
-            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| ConfigError::File {
-                path: path.display().to_string(),
-                reason: e.kind().to_string(),
-            })?),
-            None => None,
-        };
+        let file =
+            match config_file {
+                Some(path) => Some(std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+                    path: path.display().to_string(),
+                    reason: e.kind().to_string(),
+                })?),
+                None => None,
+            };
         Self::from_sources(file.as_deref(), |name| std::env::var(name).ok())
     }
 
     /// Builds settings from TOML text (keys are the variable names in lower case without the `RELIABLEGPT_` prefix, e.g.
     /// `master_key`, `database_url`) and an environment lookup, which wins.
-    pub fn from_sources(
-        toml_text: Option<&str>,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Self, ConfigError> {
+    pub fn from_sources(toml_text: Option<&str>, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let file = match toml_text {
             Some(text) => parse_toml(text)?,
             None => HashMap::new(),
         };
-        let get = |name: &'static str| -> Option<String> {
-            env(name).or_else(|| file.get(&file_key(name)).cloned())
-        };
+        let get = |name: &'static str| -> Option<String> { env(name).or_else(|| file.get(&file_key(name)).cloned()) };
 
-        let database_url = get(env::DATABASE_URL)
-            .filter(|s| !s.trim().is_empty())
-            .ok_or(ConfigError::Missing(env::DATABASE_URL))?;
-        let master_keys = MasterKeyring::parse(
-            &get(env::MASTER_KEY).ok_or(ConfigError::Missing(env::MASTER_KEY))?,
-        )?;
-        let pepper_text = get(env::TOKEN_PEPPER)
-            .filter(|s| !s.trim().is_empty())
-            .ok_or(ConfigError::Missing(env::TOKEN_PEPPER))?;
+        let database_url =
+            get(env::DATABASE_URL).filter(|s| !s.trim().is_empty()).ok_or(ConfigError::Missing(env::DATABASE_URL))?;
+        let master_keys = MasterKeyring::parse(&get(env::MASTER_KEY).ok_or(ConfigError::Missing(env::MASTER_KEY))?)?;
+        let pepper_text =
+            get(env::TOKEN_PEPPER).filter(|s| !s.trim().is_empty()).ok_or(ConfigError::Missing(env::TOKEN_PEPPER))?;
         let token_pepper = Secret32::parse_base64(env::TOKEN_PEPPER, &pepper_text)?;
 
         let listen = get(env::LISTEN).unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
@@ -219,8 +205,7 @@ impl Settings {
             return Err(malformed(env::LISTEN, "expected host:port"));
         }
 
-        let hosts_text =
-            get(env::ALLOWED_UPSTREAM_HOSTS).unwrap_or_else(|| DEFAULT_ALLOWED_UPSTREAM_HOSTS.to_owned());
+        let hosts_text = get(env::ALLOWED_UPSTREAM_HOSTS).unwrap_or_else(|| DEFAULT_ALLOWED_UPSTREAM_HOSTS.to_owned());
         let allowed_hosts = hosts_text
             .split(',')
             .map(str::trim)

@@ -13,7 +13,9 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {
-    #[error("the database has no reliablegpt schema: run `reliablegpt migrate` (or start with `reliablegpt serve --migrate`)")]
+    #[error(
+        "the database has no reliablegpt schema: run `reliablegpt migrate` (or start with `reliablegpt serve --migrate`)"
+    )]
     Missing,
     #[error(
         "the database schema is older than this build (at {applied}, needs {expected}): run `reliablegpt migrate` (or start with `reliablegpt serve --migrate`)"
@@ -25,7 +27,9 @@ pub enum SchemaError {
     Dirty(i64),
     #[error("migration {0} was changed after it was applied")]
     Modified(i64),
-    #[error("the pgvector extension is not installed in this database: run `reliablegpt migrate` as a role allowed to CREATE EXTENSION")]
+    #[error(
+        "the pgvector extension is not installed in this database: run `reliablegpt migrate` as a role allowed to CREATE EXTENSION"
+    )]
     NoPgvector,
     #[error("cannot query the database")]
     Database(#[from] sqlx::Error),
@@ -49,13 +53,13 @@ pub fn expected_version() -> i64 {
 
 /// Full check, run once at start: every migration of this build applied, unmodified, and nothing newer.
 pub async fn check_schema(pool: &PgPool) -> Result<(), SchemaError> {
-    let table: Option<String> = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations')::text").fetch_one(pool).await?;
+    let table: Option<String> =
+        sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations')::text").fetch_one(pool).await?;
     if table.is_none() {
         return Err(SchemaError::Missing);
     }
-    let rows = sqlx::query("SELECT version, success, checksum FROM _sqlx_migrations ORDER BY version")
-        .fetch_all(pool)
-        .await?;
+    let rows =
+        sqlx::query("SELECT version, success, checksum FROM _sqlx_migrations ORDER BY version").fetch_all(pool).await?;
     let expected = expected_version();
     if rows.is_empty() {
         return Err(SchemaError::Missing);
@@ -68,7 +72,9 @@ pub async fn check_schema(pool: &PgPool) -> Result<(), SchemaError> {
             return Err(SchemaError::Dirty(version));
         }
         match MIGRATOR.iter().find(|m| m.version == version) {
-            None => return Err(SchemaError::Newer { applied: version, expected }),
+            None => {
+                return Err(SchemaError::Newer { applied: version, expected });
+            }
             Some(m) if *m.checksum != *checksum => return Err(SchemaError::Modified(version)),
             Some(_) => {}
         }

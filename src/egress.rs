@@ -54,9 +54,9 @@ impl HostPattern {
     fn matches(&self, host: &str) -> bool {
         match self {
             Self::Exact(h) => h == host,
-            Self::AnySubdomainOf(suffix) => host
-                .strip_suffix(suffix.as_str())
-                .is_some_and(|prefix| prefix.len() > 1 && prefix.ends_with('.')),
+            Self::AnySubdomainOf(suffix) => {
+                host.strip_suffix(suffix.as_str()).is_some_and(|prefix| prefix.len() > 1 && prefix.ends_with('.'))
+            }
         }
     }
 }
@@ -98,8 +98,7 @@ impl EgressPolicy {
             "http" if self.allow_private => {}
             _ => return Err(EgressError::Scheme),
         }
-        if !url.username().is_empty() || url.password().is_some() || url.query().is_some() || url.fragment().is_some()
-        {
+        if !url.username().is_empty() || url.password().is_some() || url.query().is_some() || url.fragment().is_some() {
             return Err(EgressError::Shape);
         }
         // The WHATWG parser already turned decimal, octal and hex IPv4 forms into a plain address here.
@@ -132,10 +131,8 @@ impl EgressPolicy {
         let host = url.host_str().ok_or(EgressError::Unparsable)?;
         let port = url.port_or_known_default().ok_or(EgressError::Unparsable)?;
         let host = host.trim_start_matches('[').trim_end_matches(']');
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
-            .await
-            .map_err(|_| EgressError::Unresolvable)?
-            .collect();
+        let addrs: Vec<SocketAddr> =
+            tokio::net::lookup_host((host, port)).await.map_err(|_| EgressError::Unresolvable)?.collect();
         if addrs.is_empty() {
             return Err(EgressError::Unresolvable);
         }
@@ -201,10 +198,7 @@ mod tests {
 
     #[test]
     fn ssrf_table_is_refused() {
-        let p = policy(
-            &["api.openai.com", "*.openai.azure.com", "127.0.0.1", "169.254.169.254", "localhost"],
-            false,
-        );
+        let p = policy(&["api.openai.com", "*.openai.azure.com", "127.0.0.1", "169.254.169.254", "localhost"], false);
         let cases: &[(&str, EgressError)] = &[
             ("https://169.254.169.254/latest/meta-data/", EgressError::PrivateAddress),
             ("https://[::ffff:127.0.0.1]/", EgressError::PrivateAddress),
@@ -244,10 +238,7 @@ mod tests {
         let p = policy(&["127.0.0.1", "localhost"], true);
         assert!(p.check_url("http://127.0.0.1:9000/v1").is_ok());
         assert!(p.check_url("http://localhost:9000/v1").is_ok());
-        assert_eq!(
-            p.check_url("http://10.1.2.3/").unwrap_err(),
-            EgressError::HostNotAllowed("10.1.2.3".into())
-        );
+        assert_eq!(p.check_url("http://10.1.2.3/").unwrap_err(), EgressError::HostNotAllowed("10.1.2.3".into()));
         assert_eq!(
             p.check_url("http://evil.example.com/").unwrap_err(),
             EgressError::HostNotAllowed("evil.example.com".into())
@@ -257,9 +248,24 @@ mod tests {
     #[test]
     fn address_classification() {
         for private in [
-            "127.0.0.1", "10.1.1.1", "172.16.0.1", "172.31.255.255", "192.168.1.1", "169.254.169.254", "100.100.100.200",
-            "0.0.0.0", "255.255.255.255", "224.0.0.1", "::1", "::", "fe80::1", "fc00::1", "fd12:3456::1",
-            "::ffff:8.8.8.8", "64:ff9b::a00:1", "::127.0.0.1",
+            "127.0.0.1",
+            "10.1.1.1",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.100.100.200",
+            "0.0.0.0",
+            "255.255.255.255",
+            "224.0.0.1",
+            "::1",
+            "::",
+            "fe80::1",
+            "fc00::1",
+            "fd12:3456::1",
+            "::ffff:8.8.8.8",
+            "64:ff9b::a00:1",
+            "::127.0.0.1",
         ] {
             assert!(!is_public(private.parse().unwrap()), "{private} must not be public");
         }

@@ -47,7 +47,8 @@ impl Application {
     pub fn build_with_pool(settings: Settings, pool: PgPool) -> Result<Self, StartError> {
         let listener = TcpListener::bind(&settings.listen)
             .map_err(|source| StartError::Bind { addr: settings.listen.clone(), source })?;
-        let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: settings.listen.clone(), source })?;
+        let addr =
+            listener.local_addr().map_err(|source| StartError::Bind { addr: settings.listen.clone(), source })?;
         let state = web::Data::new(AppState {
             vault: Vault::new(pool.clone(), Arc::new(settings.master_keys), Arc::new(settings.token_pepper)),
             pool,

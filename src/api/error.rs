@@ -175,7 +175,9 @@ pub fn json_error(err: actix_web::error::JsonPayloadError, limit: usize) -> ApiE
     use actix_web::error::JsonPayloadError as E;
     match err {
         E::Overflow { .. } | E::OverflowKnownLength { .. } => ApiError::payload_too_large(limit),
-        E::Deserialize(e) if e.is_data() => ApiError::bad_json(format!("Invalid request body: {}", describe_serde_error(&e))),
+        E::Deserialize(e) if e.is_data() => {
+            ApiError::bad_json(format!("Invalid request body: {}", describe_serde_error(&e)))
+        }
         E::Deserialize(e) => ApiError::bad_json(format!(
             "Malformed JSON at line {} column {}: {}",
             e.line(),

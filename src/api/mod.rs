@@ -33,17 +33,15 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .limit(KEYS_BODY_LIMIT)
         .content_type_required(false)
         .error_handler(|err, _req| error::json_error(err, KEYS_BODY_LIMIT).into());
-    cfg.route("/healthz", web::get().to(health::healthz))
-        .route("/readyz", web::get().to(health::readyz))
-        .service(
-            web::resource("/v1/keys")
-                .app_data(keys_json)
-                .route(web::post().to(keys::create))
-                .route(web::get().to(keys::get))
-                .route(web::patch().to(keys::update))
-                .route(web::delete().to(keys::revoke))
-                .default_service(web::to(method_not_allowed)),
-        );
+    cfg.route("/healthz", web::get().to(health::healthz)).route("/readyz", web::get().to(health::readyz)).service(
+        web::resource("/v1/keys")
+            .app_data(keys_json)
+            .route(web::post().to(keys::create))
+            .route(web::get().to(keys::get))
+            .route(web::patch().to(keys::update))
+            .route(web::delete().to(keys::revoke))
+            .default_service(web::to(method_not_allowed)),
+    );
 }
 
 pub async fn not_found(req: actix_web::HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {

@@ -23,10 +23,7 @@ impl Modify for BearerToken {
             components.add_security_scheme(
                 "token",
                 SecurityScheme::Http(
-                    HttpBuilder::new()
-                        .scheme(HttpAuthScheme::Bearer)
-                        .bearer_format("rgpt_ special token")
-                        .build(),
+                    HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("rgpt_ special token").build(),
                 ),
             );
         }

@@ -85,10 +85,8 @@ impl AeadKey {
         out.push(BLOB_V1);
         out.extend_from_slice(nonce);
         // Encryption with a valid key and in-memory buffers cannot fail; an empty body would only make `open` fail loudly.
-        let sealed = self
-            .cipher()
-            .encrypt(Nonce::from_slice(nonce), Payload { msg: plaintext, aad })
-            .unwrap_or_default();
+        let sealed =
+            self.cipher().encrypt(Nonce::from_slice(nonce), Payload { msg: plaintext, aad }).unwrap_or_default();
         out.extend_from_slice(&sealed);
         out
     }
@@ -158,10 +156,38 @@ mod tests {
         let p = "d9313225f88406e5a55909c5aff5269a86a7a9531534f7da2e4c303d8a318a721c3c0c95956809532fcf0e2449a6b525b16aedf5aa0de657ba637b39";
         let c = "522dc1f099567d07f47f37a32a84427d643a8cdcbfe5c0c97598a2bd2555d1aa8cb08e48590dbb3da7b08b1056828838c5f61e6393ba7a0abcc9f662";
         let cases = [
-            ("00".repeat(32), "00".repeat(12), String::new(), String::new(), String::new(), "530f8afbc74536b9a963b4f1c4cb738b"),
-            ("00".repeat(32), "00".repeat(12), "00".repeat(16), String::new(), "cea7403d4d606b6e074ec5d3baf39d18".into(), "d0d1c8a799996bf0265b98b5d48ab919"),
-            (k2.into(), "cafebabefacedbaddecaf888".into(), format!("{p}1aafd255"), String::new(), format!("{c}898015ad"), "b094dac5d93471bdec1a502270e3cc6c"),
-            (k2.into(), "cafebabefacedbaddecaf888".into(), p.into(), "feedfacedeadbeeffeedfacedeadbeefabaddad2".into(), c.into(), "76fc6ece0f4e1768cddf8853bb2d551b"),
+            (
+                "00".repeat(32),
+                "00".repeat(12),
+                String::new(),
+                String::new(),
+                String::new(),
+                "530f8afbc74536b9a963b4f1c4cb738b",
+            ),
+            (
+                "00".repeat(32),
+                "00".repeat(12),
+                "00".repeat(16),
+                String::new(),
+                "cea7403d4d606b6e074ec5d3baf39d18".into(),
+                "d0d1c8a799996bf0265b98b5d48ab919",
+            ),
+            (
+                k2.into(),
+                "cafebabefacedbaddecaf888".into(),
+                format!("{p}1aafd255"),
+                String::new(),
+                format!("{c}898015ad"),
+                "b094dac5d93471bdec1a502270e3cc6c",
+            ),
+            (
+                k2.into(),
+                "cafebabefacedbaddecaf888".into(),
+                p.into(),
+                "feedfacedeadbeeffeedfacedeadbeefabaddad2".into(),
+                c.into(),
+                "76fc6ece0f4e1768cddf8853bb2d551b",
+            ),
         ];
         for (key, nonce, plain, aad, cipher, tag) in cases {
             let key = key_of(&key);

@@ -100,7 +100,7 @@ pub struct ProviderKeyInput {
 }
 
 /// How requests made with this key set are served. Every field is optional.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
     /// Models to try, in order, after the requested one. A repeated model means "try it again". Default: `[]`.
@@ -120,18 +120,6 @@ pub struct Policy {
     /// Returned as a normal completion when everything failed, instead of an error. Default: `null` (return the error).
     #[serde(default)]
     pub graceful_string: Option<String>,
-}
-
-impl Default for Policy {
-    fn default() -> Self {
-        Self {
-            fallback_strategy: Vec::new(),
-            azure_fallback_strategy: Vec::new(),
-            caching: false,
-            max_concurrency: None,
-            graceful_string: None,
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------------------------------
@@ -350,9 +338,12 @@ fn parse_key(param: &str, value: serde_json::Value, egress: &EgressPolicy) -> Re
             api_version: None,
             deployments: None,
         },
-        serde_json::Value::Object(_) => serde_json::from_value::<ProviderKeyInput>(value)
-            .map_err(|e| invalid(param, describe_serde_error(&e)))?,
-        _ => return Err(invalid(param, "must be a string (an OpenAI key) or an object with `provider` and `key`")),
+        serde_json::Value::Object(_) => {
+            serde_json::from_value::<ProviderKeyInput>(value).map_err(|e| invalid(param, describe_serde_error(&e)))?
+        }
+        _ => {
+            return Err(invalid(param, "must be a string (an OpenAI key) or an object with `provider` and `key`"));
+        }
     };
     let provider = Provider::parse(&input.provider)
         .ok_or_else(|| invalid(format!("{param}.provider"), "must be `openai` or `azure`"))?;
@@ -374,11 +365,17 @@ fn parse_key(param: &str, value: serde_json::Value, egress: &EgressPolicy) -> Re
                     return Err(invalid(format!("{param}.{field}"), "is only allowed for provider `azure`"));
                 }
             }
-            KeyTarget { base_url: input.base_url.as_deref().map(|b| url("base_url", b)).transpose()?, ..Default::default() }
+            KeyTarget {
+                base_url: input.base_url.as_deref().map(|b| url("base_url", b)).transpose()?,
+                ..Default::default()
+            }
         }
         Provider::Azure => {
             if input.base_url.is_some() {
-                return Err(invalid(format!("{param}.base_url"), "is not allowed for provider `azure`; use `endpoint`"));
+                return Err(invalid(
+                    format!("{param}.base_url"),
+                    "is not allowed for provider `azure`; use `endpoint`",
+                ));
             }
             let endpoint = input
                 .endpoint
@@ -483,15 +480,15 @@ pub fn validate_policy(policy: &Policy) -> Result<(), Invalid> {
             }
         }
     }
-    if let Some(n) = policy.max_concurrency {
-        if n == 0 || n > 100_000 {
-            return Err(invalid("policy.max_concurrency", "must be between 1 and 100000, or null"));
-        }
+    if let Some(n) = policy.max_concurrency
+        && (n == 0 || n > 100_000)
+    {
+        return Err(invalid("policy.max_concurrency", "must be between 1 and 100000, or null"));
     }
-    if let Some(text) = &policy.graceful_string {
-        if text.is_empty() || text.chars().count() > MAX_GRACEFUL_LEN {
-            return Err(invalid("policy.graceful_string", format!("must be 1-{MAX_GRACEFUL_LEN} characters, or null")));
-        }
+    if let Some(text) = &policy.graceful_string
+        && (text.is_empty() || text.chars().count() > MAX_GRACEFUL_LEN)
+    {
+        return Err(invalid("policy.graceful_string", format!("must be 1-{MAX_GRACEFUL_LEN} characters, or null")));
     }
     Ok(())
 }
@@ -589,18 +586,39 @@ mod tests {
             (json!({"user_email": "a@b.co", "keys": [KEY, KEY]}), "keys[1]"),
             (json!({"user_email": "a@b.co", "keys": [{"provider": "anthropic", "key": KEY}]}), "keys[0].provider"),
             (json!({"user_email": "a@b.co", "keys": [{"provider": "openai", "key": KEY, "extra": 1}]}), "keys[0]"),
-            (json!({"user_email": "a@b.co", "keys": [{"provider": "openai", "key": KEY, "base_url": "http://api.openai.com"}]}), "keys[0].base_url"),
-            (json!({"user_email": "a@b.co", "keys": [{"provider": "openai", "key": KEY, "base_url": "https://169.254.169.254"}]}), "keys[0].base_url"),
-            (json!({"user_email": "a@b.co", "keys": [{"provider": "openai", "key": KEY, "endpoint": "https://n.openai.azure.com"}]}), "keys[0].endpoint"),
+            (
+                json!({"user_email": "a@b.co", "keys": [{"provider": "openai", "key": KEY, "base_url": "http://api.openai.com"}]}),
+                "keys[0].base_url",
+            ),
+            (
+                json!({"user_email": "a@b.co", "keys": [{"provider": "openai", "key": KEY, "base_url": "https://169.254.169.254"}]}),
+                "keys[0].base_url",
+            ),
+            (
+                json!({"user_email": "a@b.co", "keys": [{"provider": "openai", "key": KEY, "endpoint": "https://n.openai.azure.com"}]}),
+                "keys[0].endpoint",
+            ),
             (azure(json!({"endpoint": "https://evil.example.com"})), "keys[0].endpoint"),
             (azure(json!({"endpoint": null})), "keys[0].endpoint"),
             (azure(json!({"api_version": "latest"})), "keys[0].api_version"),
             (azure(json!({"deployments": {}})), "keys[0].deployments"),
             (azure(json!({"deployments": {"gpt 4o": "d"}})), "keys[0].deployments"),
-            (json!({"user_email": "a@b.co", "keys": [KEY], "policy": {"fallback_strategy": [""]}}), "policy.fallback_strategy[0]"),
-            (json!({"user_email": "a@b.co", "keys": [KEY], "policy": {"max_concurrency": 0}}), "policy.max_concurrency"),
-            (json!({"user_email": "a@b.co", "keys": [KEY], "policy": {"graceful_string": ""}}), "policy.graceful_string"),
-            (json!({"user_email": "a@b.co", "keys": [KEY], "policy": {"azure_fallback_strategy": ["nope"]}}), "policy.azure_fallback_strategy[0]"),
+            (
+                json!({"user_email": "a@b.co", "keys": [KEY], "policy": {"fallback_strategy": [""]}}),
+                "policy.fallback_strategy[0]",
+            ),
+            (
+                json!({"user_email": "a@b.co", "keys": [KEY], "policy": {"max_concurrency": 0}}),
+                "policy.max_concurrency",
+            ),
+            (
+                json!({"user_email": "a@b.co", "keys": [KEY], "policy": {"graceful_string": ""}}),
+                "policy.graceful_string",
+            ),
+            (
+                json!({"user_email": "a@b.co", "keys": [KEY], "policy": {"azure_fallback_strategy": ["nope"]}}),
+                "policy.azure_fallback_strategy[0]",
+            ),
         ];
         for (body, param) in cases {
             assert_eq!(param_of(body.clone()), param, "{body}");
@@ -621,8 +639,10 @@ mod tests {
         let e = serde_json::from_str::<Vec<u8>>("\"sk-secret-value\"").unwrap_err();
         let text = describe_serde_error(&e);
         assert_eq!(text, "invalid type: a string, expected a sequence");
-        let e = serde_json::from_value::<ProviderKeyInput>(json!({"provider": "openai", "key": "k", "deployments": "sk-secret-value"}))
-            .unwrap_err();
+        let e = serde_json::from_value::<ProviderKeyInput>(
+            json!({"provider": "openai", "key": "k", "deployments": "sk-secret-value"}),
+        )
+        .unwrap_err();
         let text = describe_serde_error(&e);
         assert!(!text.contains("sk-secret"), "{text}");
         assert!(text.contains("expected a map"), "{text}");

@@ -168,9 +168,7 @@ impl Vault {
     pub async fn authenticate(&self, token_text: &str) -> Result<KeySetSession, VaultError> {
         let token = Token::parse(token_text).map_err(|_| VaultError::Unauthenticated)?;
         let token_hash = token.hash(self.pepper.expose());
-        let row = queries::find_by_token_hash(&self.pool, &token_hash.0)
-            .await?
-            .ok_or(VaultError::Unauthenticated)?;
+        let row = queries::find_by_token_hash(&self.pool, &token_hash.0).await?.ok_or(VaultError::Unauthenticated)?;
         let version = u32::try_from(row.master_key_version).map_err(|_| CryptoError::Forged)?;
         let master = self.keyring.get(version).ok_or(VaultError::MasterKeyMissing(version))?;
         let kek = derive_kek(master.expose(), token.expose().as_bytes(), row.id);

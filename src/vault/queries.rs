@@ -258,9 +258,7 @@ pub async fn delete_key_set(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<b
 
 /// How many key sets each master key version still wraps (tells the operator when an old version can go).
 pub async fn master_key_usage(pool: &PgPool) -> sqlx::Result<Vec<(i32, i64)>> {
-    sqlx::query_as(
-        "SELECT master_key_version, count(*) FROM vault_key_sets GROUP BY master_key_version ORDER BY 1",
-    )
-    .fetch_all(pool)
-    .await
+    sqlx::query_as("SELECT master_key_version, count(*) FROM vault_key_sets GROUP BY master_key_version ORDER BY 1")
+        .fetch_all(pool)
+        .await
 }

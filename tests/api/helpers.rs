@@ -1,0 +1,210 @@
+//! Test harness: every test gets a fresh PostgreSQL database (random name, migrated) that is dropped afterwards, and a
+//! real reliablegpt listening on a random port.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use reliablegpt::config::{Settings, env};
+use reliablegpt::startup::Application;
+use serde_json::{Value, json};
+use sqlx::{Connection, PgConnection, PgPool};
+use url::Url;
+
+pub const CANARY_PREFIX: &str = "sk-canary-";
+
+/// A key no code path should ever echo, log or store in clear.
+pub fn canary_key() -> String {
+    format!("{CANARY_PREFIX}{}", uuid::Uuid::new_v4().simple())
+}
+
+pub fn random_secret() -> String {
+    BASE64.encode(rand::random::<[u8; 32]>())
+}
+
+fn admin_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| {
+        panic!(
+            "DATABASE_URL is not set. Run ./scripts/test (it provisions a local PostgreSQL with pgvector), \
+             or export DATABASE_URL=postgres://USER:PASSWORD@HOST:PORT/DB for a server whose user may CREATE DATABASE."
+        )
+    })
+}
+
+/// A database created for one test and dropped (with FORCE) when the last handle goes.
+pub struct TestDatabase {
+    pub name: String,
+    pub url: String,
+    admin_url: String,
+}
+
+impl TestDatabase {
+    pub async fn create() -> Arc<Self> {
+        let admin_url = admin_url();
+        let name = format!("test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = PgConnection::connect(&admin_url).await.expect("connect to DATABASE_URL");
+        sqlx::query(&format!(r#"CREATE DATABASE "{name}""#)).execute(&mut admin).await.expect("create database");
+        let mut url = Url::parse(&admin_url).expect("DATABASE_URL is a URL");
+        url.set_path(&name);
+        Arc::new(Self { name, url: url.to_string(), admin_url })
+    }
+
+    pub async fn pool(&self) -> PgPool {
+        PgPool::connect(&self.url).await.expect("connect to the test database")
+    }
+
+    /// Drops the database now, killing every connection (used to prove a code path never touches it).
+    pub async fn drop_now(&self) {
+        let mut admin = PgConnection::connect(&self.admin_url).await.expect("connect to DATABASE_URL");
+        sqlx::query(&format!(r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#, self.name))
+            .execute(&mut admin)
+            .await
+            .expect("drop database");
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            rt.block_on(async {
+                if let Ok(mut admin) = PgConnection::connect(&admin_url).await {
+                    let _ = sqlx::query(&format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#))
+                        .execute(&mut admin)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// The environment a test app starts with; tests change entries before spawning.
+pub fn base_env(db: &TestDatabase) -> HashMap<String, String> {
+    HashMap::from([
+        (env::DATABASE_URL.to_owned(), db.url.clone()),
+        (env::LISTEN.to_owned(), "127.0.0.1:0".to_owned()),
+        (env::MASTER_KEY.to_owned(), format!("v1:{}", random_secret())),
+        (env::TOKEN_PEPPER.to_owned(), random_secret()),
+        (env::KEY_SETS_PER_MINUTE.to_owned(), "10000".to_owned()),
+        (env::AUTH_FAILURES_PER_MINUTE.to_owned(), "10000".to_owned()),
+        (env::DB_MAX_CONNECTIONS.to_owned(), "5".to_owned()),
+    ])
+}
+
+pub fn settings_from(vars: &HashMap<String, String>) -> Settings {
+    Settings::from_sources(None, |name| vars.get(name).cloned()).expect("valid test settings")
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub db: Arc<TestDatabase>,
+    pub pool: PgPool,
+    pub env: HashMap<String, String>,
+    pub client: reqwest::Client,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(tweak: impl FnOnce(&mut HashMap<String, String>)) -> TestApp {
+    let db = TestDatabase::create().await;
+    let mut vars = base_env(&db);
+    tweak(&mut vars);
+    start(db, vars).await
+}
+
+async fn start(db: Arc<TestDatabase>, vars: HashMap<String, String>) -> TestApp {
+    if std::env::var("TEST_LOG").is_ok() {
+        reliablegpt::telemetry::init();
+    }
+    let app = Application::build(settings_from(&vars), true).await.expect("application starts");
+    let address = format!("http://{}", app.addr());
+    tokio::spawn(app.run_until_stopped());
+    TestApp {
+        address,
+        pool: db.pool().await,
+        db,
+        env: vars,
+        client: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client"),
+    }
+}
+
+impl TestApp {
+    /// Another replica on the same database, with some settings changed (e.g. the master keyring).
+    pub async fn sibling(&self, tweak: impl FnOnce(&mut HashMap<String, String>)) -> TestApp {
+        let mut vars = self.env.clone();
+        tweak(&mut vars);
+        start(self.db.clone(), vars).await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub async fn post_keys(&self, body: &Value) -> reqwest::Response {
+        self.client.post(self.url("/v1/keys")).json(body).send().await.expect("request")
+    }
+
+    pub async fn get_keys(&self, token: &str) -> reqwest::Response {
+        self.client.get(self.url("/v1/keys")).bearer_auth(token).send().await.expect("request")
+    }
+
+    pub async fn patch_keys(&self, token: &str, body: &Value) -> reqwest::Response {
+        self.client.patch(self.url("/v1/keys")).bearer_auth(token).json(body).send().await.expect("request")
+    }
+
+    pub async fn delete_keys(&self, token: &str) -> reqwest::Response {
+        self.client.delete(self.url("/v1/keys")).bearer_auth(token).send().await.expect("request")
+    }
+
+    /// Creates a key set from `keys` and returns the 201 body.
+    pub async fn create_key_set(&self, keys: Value) -> Value {
+        let res = self.post_keys(&json!({"user_email": "dev@example.com", "keys": keys})).await;
+        assert_eq!(res.status(), 201);
+        res.json().await.expect("json")
+    }
+
+    pub async fn count(&self, table: &str) -> i64 {
+        sqlx::query_scalar(&format!("SELECT count(*) FROM {table}")).fetch_one(&self.pool).await.expect("count")
+    }
+}
+
+pub fn token_of(created: &Value) -> String {
+    created["token"].as_str().expect("token in response").to_owned()
+}
+
+/// Asserts the OpenAI error shape and returns `error`.
+pub async fn error_of(res: reqwest::Response, status: u16) -> Value {
+    assert_eq!(res.status().as_u16(), status);
+    let body: Value = res.json().await.expect("json error body");
+    let error = body["error"].clone();
+    assert!(error["message"].is_string(), "{body}");
+    assert!(error["type"].is_string(), "{body}");
+    assert!(error.get("code").is_some() && error.get("param").is_some(), "{body}");
+    assert_eq!(body.as_object().map(|o| o.len()), Some(1), "{body}");
+    error
+}
+
+/// Every encoding of `secret` that a careless store or log might contain.
+pub fn encodings(secret: &str) -> Vec<String> {
+    let hex: String = secret.bytes().map(|b| format!("{b:02x}")).collect();
+    vec![
+        secret.to_owned(),
+        BASE64.encode(secret),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret),
+        hex.clone(),
+        hex.to_uppercase(),
+    ]
+}
+
+pub fn assert_absent(haystack: &str, secret: &str, what: &str) {
+    for form in encodings(secret) {
+        assert!(!haystack.contains(&form), "{what} contains a secret (form {form:?})");
+    }
+}

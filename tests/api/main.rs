@@ -1,0 +1,10 @@
+//! Integration tests against a real PostgreSQL (see helpers.rs). One binary, one module per feature.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod abuse;
+mod helpers;
+mod http_basics;
+mod keys;
+mod openapi;
+mod secrets;
+mod startup;

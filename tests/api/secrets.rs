@@ -1,0 +1,298 @@
+//! What an attacker with a database dump, the master key, or the logs can and cannot learn.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use reliablegpt::config::{MasterKeyring, Secret32, env};
+use reliablegpt::vault::Vault;
+use reliablegpt::vault::crypto::{AeadKey, Purpose, aad, derive_kek};
+use secrecy::ExposeSecret;
+use serde_json::{Value, json};
+use sqlx::Row;
+
+use crate::helpers::{TestDatabase, assert_absent, base_env, canary_key, error_of, random_secret, spawn_app, token_of};
+
+/// Every column of every table, as text (bytea renders as hex).
+async fn whole_database_as_text(pool: &sqlx::PgPool) -> String {
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT quote_ident(table_name) FROM information_schema.tables \
+         WHERE table_schema = 'public' AND table_type = 'BASE TABLE'",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert!(tables.iter().any(|t| t == "vault_provider_keys"), "{tables:?}");
+    let mut out = String::new();
+    for table in tables {
+        let rows: Vec<String> =
+            sqlx::query_scalar(&format!("SELECT t::text FROM {table} t")).fetch_all(pool).await.unwrap();
+        out.push_str(&rows.join("\n"));
+    }
+    out
+}
+
+#[tokio::test]
+async fn database_dump_holds_no_key_and_no_token() {
+    let app = spawn_app().await;
+    let (k1, k2) = (canary_key(), canary_key());
+    let created = app
+        .post_keys(&json!({"user_email": "dev@example.com",
+            "keys": [k1, {"provider": "azure", "key": k2, "endpoint": "https://r.openai.azure.com",
+                          "api_version": "2024-10-21", "deployments": {"gpt-4o": "d"}}]}))
+        .await
+        .json::<Value>()
+        .await
+        .unwrap();
+    let token = token_of(&created);
+    let k3 = canary_key();
+    assert_eq!(app.patch_keys(&token, &json!({"add_keys": [k3]})).await.status(), 200);
+
+    let dump = whole_database_as_text(&app.pool).await;
+    assert!(dump.contains("dev@example.com"), "the dump query must see the rows");
+    for secret in [&k1, &k2, &k3, &token] {
+        assert_absent(&dump, secret, "database dump");
+    }
+
+    if let Ok(bin_dir) = std::env::var("RELIABLEGPT_PG_BIN_DIR") {
+        let out = Command::new(format!("{bin_dir}/pg_dump")).arg(&app.db.url).output().expect("run pg_dump");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let pg_dump = String::from_utf8_lossy(&out.stdout);
+        assert!(pg_dump.contains("vault_provider_keys"));
+        for secret in [&k1, &k2, &k3, &token] {
+            assert_absent(&pg_dump, secret, "pg_dump output");
+        }
+    }
+}
+
+#[tokio::test]
+async fn database_plus_master_key_without_the_token_decrypts_nothing() {
+    let app = spawn_app().await;
+    let k = canary_key();
+    let created = app.create_key_set(json!([k])).await;
+    let token = token_of(&created);
+    let keyring = MasterKeyring::parse(&app.env[env::MASTER_KEY]).unwrap();
+    let master = keyring.active().1.expose();
+
+    let row = sqlx::query(
+        "SELECT s.id, s.wrapped_dek, k.id AS key_id, k.ciphertext FROM vault_key_sets s \
+         JOIN vault_provider_keys k ON k.key_set_id = s.id",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    let (set_id, wrapped, key_id, ciphertext): (uuid::Uuid, Vec<u8>, uuid::Uuid, Vec<u8>) =
+        (row.get("id"), row.get("wrapped_dek"), row.get("key_id"), row.get("ciphertext"));
+
+    // Every guess short of the token fails: no token, another valid token, the token hash, the key set id.
+    let other_token = reliablegpt::vault::Token::generate();
+    let token_hash: Vec<u8> =
+        sqlx::query_scalar("SELECT token_hash FROM vault_key_sets").fetch_one(&app.pool).await.unwrap();
+    for guess in [&b""[..], other_token.expose().as_bytes(), &token_hash, set_id.as_bytes()] {
+        let kek = derive_kek(master, guess, set_id);
+        assert!(AeadKey::unwrap(&wrapped, &kek, set_id).is_err());
+    }
+    // The master key used directly as a key-encryption key or data key fails too.
+    let master_as_key = AeadKey::unwrap(&wrapped, &derive_kek(&[0; 32], master, set_id), set_id);
+    assert!(master_as_key.is_err());
+
+    // With the token, the same data decrypts: the test above could have failed.
+    let dek = AeadKey::unwrap(&wrapped, &derive_kek(master, token.as_bytes(), set_id), set_id).unwrap();
+    let plain = dek.open(&ciphertext, &aad(Purpose::ProviderKey, set_id, key_id)).unwrap();
+    assert_eq!(plain.as_slice(), k.as_bytes());
+}
+
+#[tokio::test]
+async fn master_key_rotation_rewraps_on_use_then_the_old_key_can_go() {
+    let app = spawn_app().await;
+    let k = canary_key();
+    let created = app.create_key_set(json!([k])).await;
+    let token = token_of(&created);
+    let untouched = app.create_key_set(json!([canary_key()])).await;
+    let v1 = app.env[env::MASTER_KEY].clone();
+    let v2 = format!("v2:{}", random_secret());
+    let version = |pool: sqlx::PgPool, id: String| async move {
+        sqlx::query_scalar::<_, i32>("SELECT master_key_version FROM vault_key_sets WHERE id = $1::uuid")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    let set_id = created["key_set_id"].as_str().unwrap().to_owned();
+    assert_eq!(version(app.pool.clone(), set_id.clone()).await, 1);
+
+    let both = app
+        .sibling(|e| {
+            e.insert(env::MASTER_KEY.into(), format!("{v1},{v2}"));
+        })
+        .await;
+    assert_eq!(both.get_keys(&token).await.status(), 200);
+    assert_eq!(version(app.pool.clone(), set_id.clone()).await, 2, "used key set was not re-wrapped");
+    let untouched_id = untouched["key_set_id"].as_str().unwrap().to_owned();
+    assert_eq!(version(app.pool.clone(), untouched_id).await, 1, "an unused key set cannot be re-wrapped");
+
+    // Only v2 left: the re-wrapped key set still opens and decrypts; the other one now needs v1.
+    let only_v2 = app
+        .sibling(|e| {
+            e.insert(env::MASTER_KEY.into(), v2.clone());
+        })
+        .await;
+    assert_eq!(only_v2.get_keys(&token).await.status(), 200);
+    let vault = Vault::new(
+        app.pool.clone(),
+        Arc::new(MasterKeyring::parse(&v2).unwrap()),
+        Arc::new(Secret32::new(pepper_of(&app))),
+    );
+    let session = vault.authenticate(&token).await.unwrap();
+    let opened = vault.open_key_set(&session).await.unwrap();
+    assert_eq!(opened.keys[0].secret.expose_secret(), k);
+    let res = only_v2.get_keys(&token_of(&untouched)).await;
+    let error = error_of(res, 500).await;
+    assert_eq!(error["code"], "internal_error");
+    assert_eq!(vault.master_key_usage().await.unwrap(), vec![(1, 1), (2, 1)]);
+}
+
+fn pepper_of(app: &crate::helpers::TestApp) -> [u8; 32] {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.decode(&app.env[env::TOKEN_PEPPER]).unwrap().try_into().unwrap()
+}
+
+#[tokio::test]
+async fn all_authentication_failures_look_the_same() {
+    let app = spawn_app().await;
+    let created = app.create_key_set(json!([canary_key()])).await;
+    let token = token_of(&created);
+    let revoked = token_of(&app.create_key_set(json!([canary_key()])).await);
+    assert_eq!(app.delete_keys(&revoked).await.status(), 204);
+    let mut mutated = token.clone().into_bytes();
+    mutated[20] = if mutated[20] == b'a' { b'b' } else { b'a' };
+    let mutated = String::from_utf8(mutated).unwrap();
+    let unknown = reliablegpt::vault::Token::generate().expose().to_owned();
+
+    let mut bodies = Vec::new();
+    let client = &app.client;
+    let url = app.url("/v1/keys");
+    let requests = vec![
+        client.get(&url),
+        client.get(&url).header("authorization", format!("Basic {token}")),
+        client.get(&url).header("authorization", "Bearer"),
+        client.get(&url).bearer_auth("garbage"),
+        client.get(&url).bearer_auth(&mutated),
+        client.get(&url).bearer_auth(&unknown),
+        client.get(&url).bearer_auth(&revoked),
+        client.get(&url).bearer_auth(format!("{token}x")),
+    ];
+    for request in requests {
+        let res = request.send().await.unwrap();
+        assert_eq!(res.status(), 401);
+        bodies.push(res.text().await.unwrap());
+    }
+    assert!(bodies.windows(2).all(|w| w[0] == w[1]), "{bodies:#?}");
+    let error: Value = serde_json::from_str(&bodies[0]).unwrap();
+    assert_eq!(error["error"]["code"], "invalid_api_key");
+    assert_eq!(app.get_keys(&token).await.status(), 200);
+}
+
+#[tokio::test]
+async fn mutated_tokens_fail_before_any_database_access() {
+    let app = spawn_app().await;
+    let token = token_of(&app.create_key_set(json!([canary_key()])).await);
+    let mut mutated = token.clone().into_bytes();
+    let last = mutated.len() - 1;
+    mutated[last] = if mutated[last] == b'0' { b'1' } else { b'0' };
+    let mutated = String::from_utf8(mutated).unwrap();
+
+    // With the database gone, a checksum failure is still a clean 401 (no query was needed), while a well-formed token
+    // needs the database and fails differently.
+    app.db.drop_now().await;
+    let error = error_of(app.get_keys(&mutated).await, 401).await;
+    assert_eq!(error["code"], "invalid_api_key");
+    let res = app.get_keys(&token).await;
+    assert_eq!(res.status(), 500);
+}
+
+/// Starts the real binary at TRACE level, runs every vault flow, and searches everything it printed.
+#[tokio::test]
+async fn trace_logs_hold_no_key_and_no_token() {
+    let db = TestDatabase::create().await;
+    let pool = db.pool().await;
+    reliablegpt::db::migrate(&pool).await.unwrap();
+    let vars = base_env(&db);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_reliablegpt"))
+        .arg("serve")
+        .env_clear()
+        .envs(&vars)
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start reliablegpt");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line.clone());
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let addr = loop {
+        let line = rx.recv_timeout(Duration::from_secs(30)).expect("the service logs its address");
+        let Ok(event) = serde_json::from_str::<Value>(&line) else {
+            continue;
+        };
+        if event["fields"]["message"] == "listening" {
+            break event["fields"]["addr"].as_str().unwrap().to_owned();
+        }
+    };
+    let base = format!("http://{addr}");
+    let client = reqwest::Client::new();
+    let (k1, k2) = (canary_key(), canary_key());
+    let created: Value = client
+        .post(format!("{base}/v1/keys"))
+        .json(&json!({"user_email": "dev@example.com", "keys": [k1, "bad key with spaces"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(created["error"]["param"], "keys[1].key");
+    let created: Value = client
+        .post(format!("{base}/v1/keys"))
+        .json(&json!({"user_email": "dev@example.com", "keys": [k1]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = token_of(&created);
+    let url = format!("{base}/v1/keys");
+    assert_eq!(client.get(&url).bearer_auth(&token).send().await.unwrap().status(), 200);
+    let patched = client.patch(&url).bearer_auth(&token).json(&json!({"add_keys": [k2]})).send().await.unwrap();
+    assert_eq!(patched.status(), 200);
+    let not_found = client.get(format!("{base}/v1/keys/{token}?key={k1}")).send().await.unwrap();
+    assert_eq!(not_found.status(), 404);
+    assert_eq!(client.get(&url).bearer_auth(format!("{token}x")).send().await.unwrap().status(), 401);
+    assert_eq!(client.delete(&url).bearer_auth(&token).send().await.unwrap().status(), 204);
+    assert_eq!(client.get(&url).bearer_auth(&token).send().await.unwrap().status(), 401);
+
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut logs = reader.join().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    logs.push_str(&stderr);
+
+    assert!(logs.contains("key set created") && logs.contains("key set revoked"), "flows were not logged");
+    assert!(logs.contains("\"level\":\"TRACE\"") || logs.contains("\"level\":\"DEBUG\""), "not a TRACE capture");
+    for secret in [&k1, &k2, &token] {
+        assert_absent(&logs, secret, "service logs");
+    }
+    assert_absent(&logs, &vars[env::MASTER_KEY], "service logs");
+    assert_absent(&logs, &vars[env::TOKEN_PEPPER], "service logs");
+}
