@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -24,6 +25,20 @@ pub mod env {
     pub const DB_MAX_CONNECTIONS: &str = "RELIABLEGPT_DB_MAX_CONNECTIONS";
     pub const KEY_SETS_PER_MINUTE: &str = "RELIABLEGPT_KEY_SETS_PER_MINUTE";
     pub const AUTH_FAILURES_PER_MINUTE: &str = "RELIABLEGPT_AUTH_FAILURES_PER_MINUTE";
+    pub const OPENAI_BASE_URL: &str = "RELIABLEGPT_OPENAI_BASE_URL";
+    pub const MODEL_CATALOG: &str = "RELIABLEGPT_MODEL_CATALOG";
+    pub const MAX_RETRIES: &str = "RELIABLEGPT_MAX_RETRIES";
+    pub const RETRY_BASE_MS: &str = "RELIABLEGPT_RETRY_BASE_MS";
+    pub const RETRY_AFTER_CAP_MS: &str = "RELIABLEGPT_RETRY_AFTER_CAP_MS";
+    pub const CONNECT_TIMEOUT_MS: &str = "RELIABLEGPT_CONNECT_TIMEOUT_MS";
+    pub const FIRST_BYTE_TIMEOUT_MS: &str = "RELIABLEGPT_FIRST_BYTE_TIMEOUT_MS";
+    pub const STREAM_IDLE_TIMEOUT_MS: &str = "RELIABLEGPT_STREAM_IDLE_TIMEOUT_MS";
+    pub const REQUEST_TIMEOUT_MS: &str = "RELIABLEGPT_REQUEST_TIMEOUT_MS";
+    pub const KEY_RETRY_AFTER_SECS: &str = "RELIABLEGPT_KEY_RETRY_AFTER_SECS";
+    pub const BREAKER_FAILURES: &str = "RELIABLEGPT_BREAKER_FAILURES";
+    pub const BREAKER_OPEN_MS: &str = "RELIABLEGPT_BREAKER_OPEN_MS";
+    pub const RATE_LIMIT_COOLDOWN_MS: &str = "RELIABLEGPT_RATE_LIMIT_COOLDOWN_MS";
+    pub const KEY_SET_CACHE_SECS: &str = "RELIABLEGPT_KEY_SET_CACHE_SECS";
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -159,6 +174,53 @@ impl Default for AbuseLimits {
     }
 }
 
+/// How the engine treats upstreams. Every duration has a default that suits production; tests shorten them.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// OpenAI's base URL (tests, demos and benchmarks point it at the mock upstream).
+    pub openai_base_url: String,
+    /// Operator's model catalog (TOML) replacing the shipped one.
+    pub model_catalog: Option<String>,
+    pub max_retries: u32,
+    pub retry_base: Duration,
+    pub retry_after_cap: Duration,
+    pub connect_timeout: Duration,
+    pub first_byte_timeout: Duration,
+    pub stream_idle_timeout: Duration,
+    pub request_timeout: Duration,
+    /// How long a key marked invalid is skipped before one request may try it again.
+    pub key_retry_after: Duration,
+    pub breaker_failures: u32,
+    pub breaker_open: Duration,
+    /// Cooldown of a target that answered 429 without Retry-After.
+    pub rate_limit_cooldown: Duration,
+    /// How long an opened key set stays in memory (revocation evicts it at once on every replica).
+    pub key_set_cache: Duration,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        Self {
+            openai_base_url: DEFAULT_OPENAI_BASE_URL.to_owned(),
+            model_catalog: None,
+            max_retries: 2,
+            retry_base: Duration::from_millis(250),
+            retry_after_cap: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(3),
+            first_byte_timeout: Duration::from_secs(10),
+            stream_idle_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(60),
+            key_retry_after: Duration::from_secs(600),
+            breaker_failures: 5,
+            breaker_open: Duration::from_secs(30),
+            rate_limit_cooldown: Duration::from_secs(10),
+            key_set_cache: Duration::from_secs(30),
+        }
+    }
+}
+
+pub const DEFAULT_OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
+
 #[derive(Debug)]
 pub struct Settings {
     pub database_url: SecretString,
@@ -168,6 +230,7 @@ pub struct Settings {
     pub egress: EgressPolicy,
     pub db_max_connections: u32,
     pub limits: AbuseLimits,
+    pub engine: EngineSettings,
 }
 
 impl Settings {
@@ -218,6 +281,42 @@ impl Settings {
         };
 
         let defaults = AbuseLimits::default();
+        let d = EngineSettings::default();
+        let ms = |name: &'static str, default: Duration| -> Result<Duration, ConfigError> {
+            let default_ms = u32::try_from(default.as_millis()).unwrap_or(u32::MAX);
+            Ok(Duration::from_millis(u64::from(parse_number(name, get(name), default_ms)?)))
+        };
+        let openai_base_url = get(env::OPENAI_BASE_URL).unwrap_or(d.openai_base_url).trim_end_matches('/').to_owned();
+        if url::Url::parse(&openai_base_url).map(|u| !matches!(u.scheme(), "http" | "https")).unwrap_or(true) {
+            return Err(malformed(env::OPENAI_BASE_URL, "expected an http(s) URL"));
+        }
+        let engine = EngineSettings {
+            openai_base_url,
+            model_catalog: get(env::MODEL_CATALOG),
+            max_retries: match get(env::MAX_RETRIES) {
+                None => d.max_retries,
+                Some(v) => v.trim().parse().map_err(|_| malformed(env::MAX_RETRIES, "expected a whole number"))?,
+            },
+            retry_base: ms(env::RETRY_BASE_MS, d.retry_base)?,
+            retry_after_cap: ms(env::RETRY_AFTER_CAP_MS, d.retry_after_cap)?,
+            connect_timeout: ms(env::CONNECT_TIMEOUT_MS, d.connect_timeout)?,
+            first_byte_timeout: ms(env::FIRST_BYTE_TIMEOUT_MS, d.first_byte_timeout)?,
+            stream_idle_timeout: ms(env::STREAM_IDLE_TIMEOUT_MS, d.stream_idle_timeout)?,
+            request_timeout: ms(env::REQUEST_TIMEOUT_MS, d.request_timeout)?,
+            key_retry_after: Duration::from_secs(u64::from(parse_number(
+                env::KEY_RETRY_AFTER_SECS,
+                get(env::KEY_RETRY_AFTER_SECS),
+                600,
+            )?)),
+            breaker_failures: parse_number(env::BREAKER_FAILURES, get(env::BREAKER_FAILURES), d.breaker_failures)?,
+            breaker_open: ms(env::BREAKER_OPEN_MS, d.breaker_open)?,
+            rate_limit_cooldown: ms(env::RATE_LIMIT_COOLDOWN_MS, d.rate_limit_cooldown)?,
+            key_set_cache: Duration::from_secs(u64::from(parse_number(
+                env::KEY_SET_CACHE_SECS,
+                get(env::KEY_SET_CACHE_SECS),
+                30,
+            )?)),
+        };
         Ok(Self {
             database_url: SecretString::from(database_url),
             listen,
@@ -237,6 +336,7 @@ impl Settings {
                     defaults.auth_failures_per_minute,
                 )?,
             },
+            engine,
         })
     }
 }
@@ -258,6 +358,20 @@ fn parse_toml(text: &str) -> Result<HashMap<String, String>, ConfigError> {
         env::DB_MAX_CONNECTIONS,
         env::KEY_SETS_PER_MINUTE,
         env::AUTH_FAILURES_PER_MINUTE,
+        env::OPENAI_BASE_URL,
+        env::MODEL_CATALOG,
+        env::MAX_RETRIES,
+        env::RETRY_BASE_MS,
+        env::RETRY_AFTER_CAP_MS,
+        env::CONNECT_TIMEOUT_MS,
+        env::FIRST_BYTE_TIMEOUT_MS,
+        env::STREAM_IDLE_TIMEOUT_MS,
+        env::REQUEST_TIMEOUT_MS,
+        env::KEY_RETRY_AFTER_SECS,
+        env::BREAKER_FAILURES,
+        env::BREAKER_OPEN_MS,
+        env::RATE_LIMIT_COOLDOWN_MS,
+        env::KEY_SET_CACHE_SECS,
     ]
     .iter()
     .map(|n| file_key(n))

@@ -4,6 +4,8 @@ pub mod api;
 pub mod config;
 pub mod db;
 pub mod egress;
+pub mod engine;
+pub mod mock_upstream;
 pub mod startup;
 pub mod telemetry;
 pub mod vault;

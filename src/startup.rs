@@ -14,6 +14,8 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::api::{self, AppState, openapi::ApiDoc, rate_limit::ClientLimiter};
 use crate::config::Settings;
 use crate::db;
+use crate::engine::Engine;
+use crate::engine::events::{EVENT_BUFFER, EventSink};
 use crate::vault::Vault;
 
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +26,8 @@ pub enum StartError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error(transparent)]
     Schema(#[from] db::SchemaError),
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: String, source: std::io::Error },
 }
@@ -31,6 +35,7 @@ pub enum StartError {
 pub struct Application {
     addr: SocketAddr,
     server: Server,
+    background: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Application {
@@ -49,12 +54,27 @@ impl Application {
             .map_err(|source| StartError::Bind { addr: settings.listen.clone(), source })?;
         let addr =
             listener.local_addr().map_err(|source| StartError::Bind { addr: settings.listen.clone(), source })?;
+        let vault = Vault::with_cache_ttl(
+            pool.clone(),
+            Arc::new(settings.master_keys),
+            Arc::new(settings.token_pepper),
+            settings.engine.key_set_cache,
+        );
+        let (events, mut event_rx) = EventSink::channel(EVENT_BUFFER);
+        let engine = Arc::new(Engine::new(settings.engine, settings.egress.clone(), vault.clone(), events)?);
+        let background = vec![
+            vault.spawn_change_listener(),
+            engine.spawn_background(),
+            // Until the alerts module consumes attempt events, drain them so the buffer never fills.
+            tokio::spawn(async move { while event_rx.recv().await.is_some() {} }),
+        ];
         let state = web::Data::new(AppState {
-            vault: Vault::new(pool.clone(), Arc::new(settings.master_keys), Arc::new(settings.token_pepper)),
+            vault,
             pool,
             egress: settings.egress,
             key_set_limiter: ClientLimiter::per_minute(settings.limits.key_sets_per_minute),
             auth_failure_limiter: ClientLimiter::per_minute(settings.limits.auth_failures_per_minute),
+            engine,
         });
         let server = HttpServer::new(move || {
             App::new()
@@ -68,7 +88,7 @@ impl Application {
         .map_err(|source| StartError::Bind { addr: addr.to_string(), source })?
         .run();
         tracing::info!(addr = %addr, "listening");
-        Ok(Self { addr, server })
+        Ok(Self { addr, server, background })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -80,6 +100,10 @@ impl Application {
     }
 
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let result = self.server.await;
+        for task in self.background {
+            task.abort();
+        }
+        result
     }
 }

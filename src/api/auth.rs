@@ -1,6 +1,7 @@
 //! Bearer-token authentication, with a per-IP budget for failures so tokens cannot be guessed at speed.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 
 use actix_web::dev::Payload;
 use actix_web::http::header::AUTHORIZATION;
@@ -9,19 +10,58 @@ use futures_util::future::LocalBoxFuture;
 
 use super::rate_limit::retry_after_secs;
 use super::{ApiError, AppState};
-use crate::vault::{KeySetSession, VaultError};
+use crate::vault::{KeySetSession, OpenKeySet, VaultError};
 
-/// An authenticated key set. Extracting it answers 401 (always the same body) or 429 on its own.
+/// An authenticated key set owner (`/v1/keys`). Extracting it answers 401 (always the same body) or 429 on its own.
 pub struct Authenticated(pub KeySetSession);
+
+/// An app calling the gateway: its key set, opened (from the in-memory cache when fresh).
+pub struct Gateway(pub Arc<OpenKeySet>, pub web::Data<AppState>);
 
 pub fn client_ip(req: &HttpRequest) -> IpAddr {
     req.peer_addr().map(|a| a.ip()).unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
 }
 
+/// The token from `Authorization: Bearer ...`, or from Azure SDKs' `api-key` header.
 fn bearer(req: &HttpRequest) -> Option<String> {
-    let value = req.headers().get(AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.trim().split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
+    if let Some(value) = req.headers().get(AUTHORIZATION) {
+        let (scheme, token) = value.to_str().ok()?.trim().split_once(' ')?;
+        return scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned());
+    }
+    req.headers().get("api-key").and_then(|v| v.to_str().ok()).map(|v| v.trim().to_owned())
+}
+
+/// Runs `check` on the request's token under the failed-authentication budget of the client's address.
+fn guarded<T: 'static, F, Fut>(req: &HttpRequest, check: F) -> LocalBoxFuture<'static, Result<T, ApiError>>
+where
+    F: FnOnce(web::Data<AppState>, String) -> Fut + 'static,
+    Fut: std::future::Future<Output = Result<T, VaultError>>,
+{
+    let state = req.app_data::<web::Data<AppState>>().cloned();
+    let token = bearer(req);
+    let ip = client_ip(req);
+    Box::pin(async move {
+        let Some(state) = state else {
+            return Err(ApiError::internal(&std::io::Error::other("AppState is not registered")));
+        };
+        if let Err(wait) = state.auth_failure_limiter.peek(ip) {
+            return Err(ApiError::rate_limited(retry_after_secs(wait)));
+        }
+        let limiter_state = state.clone();
+        let result = match token {
+            Some(token) => check(state, token).await,
+            None => Err(VaultError::Unauthenticated),
+        };
+        match result {
+            Ok(value) => Ok(value),
+            Err(VaultError::Unauthenticated) => {
+                let _ = limiter_state.auth_failure_limiter.check(ip);
+                tracing::info!(client = %ip, "authentication failed");
+                Err(ApiError::unauthenticated())
+            }
+            Err(other) => Err(other.into()),
+        }
+    })
 }
 
 impl FromRequest for Authenticated {
@@ -29,29 +69,18 @@ impl FromRequest for Authenticated {
     type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let state = req.app_data::<web::Data<AppState>>().cloned();
-        let token = bearer(req);
-        let ip = client_ip(req);
-        Box::pin(async move {
-            let Some(state) = state else {
-                return Err(ApiError::internal(&std::io::Error::other("AppState is not registered")));
-            };
-            if let Err(wait) = state.auth_failure_limiter.peek(ip) {
-                return Err(ApiError::rate_limited(retry_after_secs(wait)));
-            }
-            let result = match token {
-                Some(token) => state.vault.authenticate(&token).await,
-                None => Err(VaultError::Unauthenticated),
-            };
-            match result {
-                Ok(session) => Ok(Authenticated(session)),
-                Err(VaultError::Unauthenticated) => {
-                    let _ = state.auth_failure_limiter.check(ip);
-                    tracing::info!(client = %ip, "authentication failed");
-                    Err(ApiError::unauthenticated())
-                }
-                Err(other) => Err(other.into()),
-            }
+        guarded(req, |state, token| async move { state.vault.authenticate(&token).await.map(Authenticated) })
+    }
+}
+
+impl FromRequest for Gateway {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        guarded(req, |state, token| async move {
+            let set = state.vault.open_for_request(&token).await?;
+            Ok(Gateway(set, state))
         })
     }
 }

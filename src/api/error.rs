@@ -128,6 +128,13 @@ impl ApiError {
         )
     }
 
+    /// Every upstream failed; `message` lists the attempts (models, providers, masked keys, classes).
+    pub fn upstream(status: u16, code: &'static str, message: String) -> Self {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+        let kind = if status == StatusCode::TOO_MANY_REQUESTS { "rate_limit_error" } else { "upstream_error" };
+        Self::new(status, kind, code, message)
+    }
+
     pub fn code(&self) -> Option<&'static str> {
         self.detail.code
     }

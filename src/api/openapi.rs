@@ -3,15 +3,22 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{health, keys};
+use super::{health, keys, proxy};
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "reliablegpt", description = "A reliability gateway for LLM apps: point any OpenAI SDK at it."),
-    paths(health::healthz, health::readyz, keys::create, keys::get, keys::update, keys::revoke),
+    paths(
+        health::healthz, health::readyz, proxy::metrics, keys::create, keys::get, keys::update, keys::revoke,
+        proxy::chat, proxy::completions, proxy::embeddings, proxy::models
+    ),
     components(schemas(crate::vault::input::KeyInput, crate::vault::input::ProviderKeyInput, crate::vault::KeyStatus)),
     modifiers(&BearerToken),
-    tags((name = "keys", description = "The key vault"), (name = "health", description = "Probes"))
+    tags(
+        (name = "gateway", description = "OpenAI-compatible endpoints with fallbacks"),
+        (name = "keys", description = "The key vault"),
+        (name = "health", description = "Probes and metrics")
+    )
 )]
 pub struct ApiDoc;
 

@@ -4,6 +4,7 @@
 //! purpose); the data key is wrapped under HKDF(master key, token), so the database plus the master key decrypt nothing
 //! without the customer's token. Revocation deletes the wrapped data key and every ciphertext.
 
+mod cache;
 pub mod crypto;
 pub mod input;
 mod queries;
@@ -28,8 +29,8 @@ use input::{MAX_KEYS, ProviderKeySpec, check_policy_against_keys, invalid};
 use queries::SealedKey;
 pub use token::Token;
 
-/// PostgreSQL NOTIFY channel carrying the id of each revoked key set, so every replica can drop what it cached.
-pub const REVOCATION_CHANNEL: &str = "reliablegpt_vault_revoked";
+/// PostgreSQL NOTIFY channel carrying the id of each changed or revoked key set, so every replica drops what it cached.
+pub const CHANGE_CHANNEL: &str = "reliablegpt_vault_changed";
 
 #[derive(Debug, thiserror::Error)]
 pub enum VaultError {
@@ -109,7 +110,8 @@ pub struct ProviderKey {
     pub provider: Provider,
     pub secret: SecretString,
     pub target: KeyTarget,
-    pub invalid: bool,
+    /// Set while the key is marked invalid (after a credential error).
+    pub invalid_since: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug)]
@@ -124,6 +126,7 @@ pub struct Vault {
     pool: PgPool,
     keyring: Arc<MasterKeyring>,
     pepper: Arc<Secret32>,
+    cache: Arc<cache::KeySetCache>,
 }
 
 impl std::fmt::Debug for Vault {
@@ -134,7 +137,57 @@ impl std::fmt::Debug for Vault {
 
 impl Vault {
     pub fn new(pool: PgPool, keyring: Arc<MasterKeyring>, pepper: Arc<Secret32>) -> Self {
-        Self { pool, keyring, pepper }
+        Self::with_cache_ttl(pool, keyring, pepper, std::time::Duration::ZERO)
+    }
+
+    /// A vault that keeps opened key sets in memory for `ttl` (zero disables the cache).
+    pub fn with_cache_ttl(
+        pool: PgPool,
+        keyring: Arc<MasterKeyring>,
+        pepper: Arc<Secret32>,
+        ttl: std::time::Duration,
+    ) -> Self {
+        Self { pool, keyring, pepper, cache: Arc::new(cache::KeySetCache::new(ttl)) }
+    }
+
+    /// The request path: the token's key set with its provider keys decrypted, from memory when fresh.
+    pub async fn open_for_request(&self, token_text: &str) -> Result<Arc<OpenKeySet>, VaultError> {
+        let token = Token::parse(token_text).map_err(|_| VaultError::Unauthenticated)?;
+        let hash = token.hash(self.pepper.expose());
+        if let Some(opened) = self.cache.get(&hash.0) {
+            return Ok(opened);
+        }
+        let session = self.authenticate(token_text).await?;
+        let opened = Arc::new(self.open_key_set(&session).await?);
+        self.cache.insert(hash.0, opened.clone());
+        Ok(opened)
+    }
+
+    /// Evicts key sets from this replica's cache when any replica changes or revokes them. Runs until the process ends;
+    /// after a lost connection it clears the whole cache (notifications may have been missed) and reconnects.
+    pub fn spawn_change_listener(&self) -> tokio::task::JoinHandle<()> {
+        let vault = self.clone();
+        tokio::spawn(async move {
+            loop {
+                match sqlx::postgres::PgListener::connect_with(&vault.pool).await {
+                    Ok(mut listener) => {
+                        if listener.listen(CHANGE_CHANNEL).await.is_ok() {
+                            vault.cache.clear();
+                            while let Ok(note) = listener.recv().await {
+                                match note.payload().parse::<Uuid>() {
+                                    Ok(id) => vault.cache.evict_key_set(id),
+                                    Err(_) => vault.cache.clear(),
+                                }
+                            }
+                        }
+                        tracing::warn!("vault change listener lost its connection; reconnecting");
+                    }
+                    Err(e) => tracing::warn!(error = %e, "vault change listener cannot connect"),
+                }
+                vault.cache.clear();
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        })
     }
 
     pub async fn create_key_set(&self, new: NewKeySet) -> Result<CreatedKeySet, VaultError> {
@@ -252,7 +305,9 @@ impl Vault {
         };
         queries::update_key_set(&mut tx, id, &email, verified, &policy).await?;
         let view = describe_in(&mut tx, id).await?.ok_or(VaultError::Unauthenticated)?;
+        queries::notify_change(&mut tx, id).await?;
         tx.commit().await?;
+        self.cache.evict_key_set(id);
         tracing::info!(key_set_id = %id, "key set updated");
         Ok(view)
     }
@@ -262,6 +317,7 @@ impl Vault {
         let mut tx = self.pool.begin().await?;
         let deleted = queries::delete_key_set(&mut tx, session.key_set_id).await?;
         tx.commit().await?;
+        self.cache.evict_key_set(session.key_set_id);
         if !deleted {
             return Err(VaultError::Unauthenticated);
         }
@@ -283,7 +339,7 @@ impl Vault {
                 provider: Provider::parse(&row.provider).ok_or(CryptoError::Forged)?,
                 secret: SecretString::from(secret.to_owned()),
                 target: row.target.0,
-                invalid: row.status == "invalid",
+                invalid_since: row.invalid_since,
             });
         }
         Ok(OpenKeySet { key_set_id: id, policy, keys })
@@ -292,6 +348,24 @@ impl Vault {
     /// Takes a key out of rotation after a genuine credential error; `reason` is shown to the owner.
     pub async fn mark_key_invalid(&self, key_set_id: Uuid, key_id: Uuid, reason: &str) -> Result<bool, VaultError> {
         Ok(queries::mark_key_invalid(&self.pool, key_set_id, key_id, reason).await?)
+    }
+
+    /// Whether an opened key set is still what the cache should serve (used by tests and the engine after key changes).
+    pub fn evict_cached(&self, key_set_id: Uuid) {
+        self.cache.evict_key_set(key_set_id);
+    }
+
+    pub async fn mark_key_active(&self, key_set_id: Uuid, key_id: Uuid) -> Result<(), VaultError> {
+        Ok(queries::mark_key_active(&self.pool, key_set_id, key_id).await?)
+    }
+
+    pub async fn touch_keys(&self, used: &[(Uuid, DateTime<Utc>)]) -> Result<(), VaultError> {
+        let (ids, at): (Vec<Uuid>, Vec<DateTime<Utc>>) = used.iter().copied().unzip();
+        Ok(queries::touch_keys(&self.pool, &ids, &at).await?)
+    }
+
+    pub async fn set_cooldown(&self, key_id: Uuid, until: Option<DateTime<Utc>>) -> Result<(), VaultError> {
+        Ok(queries::set_cooldown(&self.pool, key_id, until).await?)
     }
 
     /// Key sets per master key version; a version with no key sets left can be removed from the keyring.

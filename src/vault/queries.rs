@@ -39,7 +39,7 @@ pub struct CiphertextRow {
     pub provider: String,
     pub ciphertext: Vec<u8>,
     pub target: Json<KeyTarget>,
-    pub status: String,
+    pub invalid_since: Option<DateTime<Utc>>,
 }
 
 /// One provider key ready for insertion (already encrypted).
@@ -168,8 +168,9 @@ pub async fn provider_keys<'c>(conn: impl sqlx::PgExecutor<'c>, key_set_id: Uuid
 
 pub async fn ciphertexts(pool: &PgPool, key_set_id: Uuid) -> sqlx::Result<Vec<CiphertextRow>> {
     sqlx::query_as(
-        "SELECT id, provider, ciphertext, target, status FROM vault_provider_keys \
-         WHERE key_set_id = $1 ORDER BY position",
+        "SELECT id, provider, ciphertext, target, \
+                CASE WHEN status = 'invalid' THEN coalesce(invalid_since, now()) END AS invalid_since \
+         FROM vault_provider_keys WHERE key_set_id = $1 ORDER BY position",
     )
     .bind(key_set_id)
     .fetch_all(pool)
@@ -245,15 +246,57 @@ pub async fn mark_key_invalid(pool: &PgPool, key_set_id: Uuid, key_id: Uuid, rea
     Ok(done.rows_affected() == 1)
 }
 
+/// Puts a key back into rotation after it answered successfully again.
+pub async fn mark_key_active(pool: &PgPool, key_set_id: Uuid, key_id: Uuid) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE vault_provider_keys SET status = 'active', last_error = NULL, invalid_since = NULL \
+         WHERE key_set_id = $1 AND id = $2 AND status = 'invalid'",
+    )
+    .bind(key_set_id)
+    .bind(key_id)
+    .execute(pool)
+    .await
+    .map(|_| ())
+}
+
+/// Records when keys last served a request (batched by the caller).
+pub async fn touch_keys(pool: &PgPool, ids: &[Uuid], at: &[DateTime<Utc>]) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE vault_provider_keys AS k SET last_used_at = greatest(k.last_used_at, u.at) \
+         FROM UNNEST($1::uuid[], $2::timestamptz[]) AS u(id, at) WHERE k.id = u.id",
+    )
+    .bind(ids)
+    .bind(at)
+    .execute(pool)
+    .await
+    .map(|_| ())
+}
+
+/// Sets or clears a key's rate-limit cooldown (shown as `cooling_down`).
+pub async fn set_cooldown(pool: &PgPool, key_id: Uuid, until: Option<DateTime<Utc>>) -> sqlx::Result<()> {
+    sqlx::query("UPDATE vault_provider_keys SET cooling_down_until = $2 WHERE id = $1")
+        .bind(key_id)
+        .bind(until)
+        .execute(pool)
+        .await
+        .map(|_| ())
+}
+
 /// Deletes the key set, its wrapped data key and (by cascade) every ciphertext, and tells every replica.
 pub async fn delete_key_set(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<bool> {
     let done = sqlx::query("DELETE FROM vault_key_sets WHERE id = $1").bind(id).execute(&mut *conn).await?;
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(super::REVOCATION_CHANNEL)
-        .bind(id.to_string())
-        .execute(&mut *conn)
-        .await?;
+    notify_change(conn, id).await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// Delivered to every replica's listener when the transaction commits.
+pub async fn notify_change(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<()> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(super::CHANGE_CHANNEL)
+        .bind(id.to_string())
+        .execute(conn)
+        .await
+        .map(|_| ())
 }
 
 /// How many key sets each master key version still wraps (tells the operator when an old version can go).

@@ -1,0 +1,246 @@
+//! The OpenAI-compatible gateway endpoints: parse at the edge, hand to the engine, translate its reply to HTTP.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
+use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder, web};
+use serde_json::{Value, json};
+
+use super::auth::Gateway;
+use super::error::ErrorBody;
+use super::{ApiError, AppState};
+use crate::engine::{Endpoint, GatewayRequest, Reply, Served};
+use crate::vault::{OpenKeySet, Provider};
+
+const MAX_FALLBACKS: usize = 16;
+const MAX_TIMEOUT_MS: u64 = 600_000;
+
+/// Chat completions with fallbacks, key rotation, retries and stream rescue. OpenAI's request and response format.
+#[utoipa::path(
+    post, path = "/v1/chat/completions", tag = "gateway", security(("token" = [])),
+    request_body(content = Object, description = "OpenAI chat completion request, forwarded as sent (only `model` changes on fallback)."),
+    params(
+        ("x-reliablegpt-fallback" = Option<String>, Header, description = "Comma list of models overriding the policy's fallback_strategy"),
+        ("x-reliablegpt-instance" = Option<String>, Header, description = "Customer instance id (cache and alerts scope)"),
+        ("x-reliablegpt-caching" = Option<bool>, Header, description = "Override the policy's caching for this request"),
+        ("x-reliablegpt-timeout-ms" = Option<u64>, Header, description = "Overall deadline for this request"),
+    ),
+    responses(
+        (status = 200, description = "The answering upstream's body; headers x-reliablegpt-model, -provider, -attempts, -fallback-reason, -cache. `text/event-stream` when `stream` is true."),
+        (status = 400, description = "Invalid request, or the upstream's own 4xx returned unchanged", body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 502, description = "Every upstream failed; the message lists each attempt", body = ErrorBody),
+        (status = 503, body = ErrorBody),
+        (status = 504, body = ErrorBody),
+    )
+)]
+pub async fn chat(gw: Gateway, req: HttpRequest, body: web::Json<Value>) -> Result<HttpResponse, ApiError> {
+    forward(gw, &req, body.into_inner(), Endpoint::Chat).await
+}
+
+/// Legacy completions, same engine.
+#[utoipa::path(
+    post, path = "/v1/completions", tag = "gateway", security(("token" = [])),
+    request_body(content = Object, description = "OpenAI completion request."),
+    responses((status = 200, description = "The answering upstream's body"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 502, body = ErrorBody))
+)]
+pub async fn completions(gw: Gateway, req: HttpRequest, body: web::Json<Value>) -> Result<HttpResponse, ApiError> {
+    forward(gw, &req, body.into_inner(), Endpoint::Completions).await
+}
+
+/// Embeddings; fallbacks only between models of the same dimension.
+#[utoipa::path(
+    post, path = "/v1/embeddings", tag = "gateway", security(("token" = [])),
+    request_body(content = Object, description = "OpenAI embeddings request."),
+    responses((status = 200, description = "The answering upstream's body"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 502, body = ErrorBody))
+)]
+pub async fn embeddings(gw: Gateway, req: HttpRequest, body: web::Json<Value>) -> Result<HttpResponse, ApiError> {
+    forward(gw, &req, body.into_inner(), Endpoint::Embeddings).await
+}
+
+/// The models this key set can reach.
+#[utoipa::path(get, path = "/v1/models", tag = "gateway", security(("token" = [])), responses((status = 200, description = "OpenAI model list"), (status = 401, body = ErrorBody)))]
+pub async fn models(gw: Gateway) -> HttpResponse {
+    HttpResponse::Ok().json(model_list(&gw.0, &gw.1))
+}
+
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "Prometheus text format")))]
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    let (open, half) = state.engine.breakers().counts();
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(state.engine.metrics.render(open, half))
+}
+
+async fn forward(gw: Gateway, http: &HttpRequest, body: Value, endpoint: Endpoint) -> Result<HttpResponse, ApiError> {
+    let Gateway(set, state) = gw;
+    let request = parse(http, body, endpoint)?;
+    let stream = request.stream;
+    let model = request.model.clone();
+    match state.engine.serve(set, request).await {
+        Reply::Upstream { status, body, served } => {
+            let mut res = HttpResponse::build(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY));
+            served_headers(&mut res, &served);
+            Ok(res.content_type("application/json").body(body))
+        }
+        Reply::Stream { first, rest, served } => {
+            let mut res = HttpResponse::Ok();
+            served_headers(&mut res, &served);
+            let first = futures_util::stream::once(async move { Ok::<_, Infallible>(first) });
+            let rest = futures_util::stream::unfold(rest, |mut rx| async move {
+                rx.recv().await.map(|bytes| (Ok::<_, Infallible>(bytes), rx))
+            });
+            Ok(res
+                .insert_header((CONTENT_TYPE, "text/event-stream"))
+                .insert_header(("cache-control", "no-cache"))
+                .insert_header(("x-accel-buffering", "no"))
+                .streaming(futures_util::StreamExt::chain(first, rest)))
+        }
+        Reply::Graceful { body, attempts } => {
+            let mut res = HttpResponse::Ok();
+            res.insert_header(("x-reliablegpt-graceful", "true"))
+                .insert_header(("x-reliablegpt-attempts", attempts.to_string()))
+                .insert_header(("x-reliablegpt-model", model))
+                .insert_header(("x-reliablegpt-cache", "miss"));
+            if stream {
+                Ok(res.insert_header((CONTENT_TYPE, "text/event-stream")).body(graceful_sse(&body)))
+            } else {
+                Ok(res.json(body))
+            }
+        }
+        Reply::Failed { status, code, message, attempts } => {
+            tracing::warn!(status, code, attempts, "every upstream failed");
+            Err(ApiError::upstream(status, code, message))
+        }
+    }
+}
+
+fn served_headers(res: &mut HttpResponseBuilder, served: &Served) {
+    if let Ok(model) = HeaderValue::from_str(&served.model) {
+        res.insert_header((HeaderName::from_static("x-reliablegpt-model"), model));
+    }
+    res.insert_header(("x-reliablegpt-provider", served.provider.as_str()))
+        .insert_header(("x-reliablegpt-attempts", served.attempts.to_string()))
+        .insert_header(("x-reliablegpt-cache", "miss"));
+    if let Some(reason) = served.fallback_reason {
+        res.insert_header(("x-reliablegpt-fallback-reason", reason.as_str()));
+    }
+}
+
+fn parse(http: &HttpRequest, body: Value, endpoint: Endpoint) -> Result<GatewayRequest, ApiError> {
+    let Value::Object(map) = &body else {
+        return Err(ApiError::bad_json("The request body must be a JSON object."));
+    };
+    let model = match map.get("model") {
+        Some(Value::String(m)) if valid_model(m) => m.clone(),
+        Some(_) => return Err(ApiError::invalid("model", "must be a model name of 1-256 characters")),
+        None => return Err(ApiError::invalid("model", "is required")),
+    };
+    let stream = match map.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(ApiError::invalid("stream", "must be a boolean")),
+    };
+    if stream && endpoint == Endpoint::Embeddings {
+        return Err(ApiError::invalid("stream", "embeddings cannot be streamed"));
+    }
+    let header = |name: &str| -> Result<Option<&str>, ApiError> {
+        match http.headers().get(name) {
+            None => Ok(None),
+            Some(v) => v.to_str().map(|s| Some(s.trim())).map_err(|_| ApiError::invalid(name, "must be ASCII")),
+        }
+    };
+    let fallbacks = match header("x-reliablegpt-fallback")? {
+        None => None,
+        Some(list) => {
+            let models: Vec<String> =
+                list.split(',').map(str::trim).filter(|m| !m.is_empty()).map(str::to_owned).collect();
+            if models.len() > MAX_FALLBACKS || !models.iter().all(|m| valid_model(m)) {
+                return Err(ApiError::invalid(
+                    "x-reliablegpt-fallback",
+                    format!("must be a comma list of at most {MAX_FALLBACKS} model names"),
+                ));
+            }
+            Some(models)
+        }
+    };
+    let instance = match header("x-reliablegpt-instance")? {
+        None => None,
+        Some(id)
+            if !id.is_empty()
+                && id.len() <= 128
+                && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)) =>
+        {
+            Some(id.to_owned())
+        }
+        Some(_) => {
+            return Err(ApiError::invalid("x-reliablegpt-instance", "must be 1-128 letters, digits or `-_.:`"));
+        }
+    };
+    match header("x-reliablegpt-caching")? {
+        None | Some("true") | Some("false") => {}
+        Some(_) => return Err(ApiError::invalid("x-reliablegpt-caching", "must be true or false")),
+    }
+    let timeout = match header("x-reliablegpt-timeout-ms")? {
+        None => None,
+        Some(ms) => match ms.parse::<u64>() {
+            Ok(ms) if (1..=MAX_TIMEOUT_MS).contains(&ms) => Some(Duration::from_millis(ms)),
+            _ => return Err(ApiError::invalid("x-reliablegpt-timeout-ms", format!("must be 1-{MAX_TIMEOUT_MS}"))),
+        },
+    };
+    Ok(GatewayRequest { endpoint, body, model, stream, fallbacks, instance, timeout })
+}
+
+fn valid_model(m: &str) -> bool {
+    !m.is_empty() && m.len() <= 256 && m.chars().all(|c| !c.is_control() && c != ',')
+}
+
+fn graceful_sse(body: &Value) -> String {
+    let text = body.pointer("/choices/0/message/content").or_else(|| body.pointer("/choices/0/text"));
+    let chunk = |delta: Value, finish: Value| {
+        json!({"id": body["id"], "object": "chat.completion.chunk", "created": body["created"], "model": body["model"],
+               "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]})
+    };
+    format!(
+        "data: {}\n\ndata: {}\n\ndata: [DONE]\n\n",
+        chunk(json!({"role": "assistant", "content": text}), Value::Null),
+        chunk(json!({}), json!("stop"))
+    )
+}
+
+fn model_list(set: &OpenKeySet, state: &AppState) -> Value {
+    let mut entries: Vec<(String, &'static str)> = Vec::new();
+    let mut add = |id: &str, owner: &'static str| {
+        if !entries.iter().any(|(m, o)| m == id && *o == owner) {
+            entries.push((id.to_owned(), owner));
+        }
+    };
+    for key in &set.keys {
+        match (key.provider, &key.target.base_url) {
+            (Provider::Azure, _) => {
+                for model in key.target.deployments.iter().flat_map(|d| d.keys()) {
+                    add(model, "azure");
+                }
+            }
+            (Provider::Openai, None) => {
+                for model in state.engine.catalog().names() {
+                    add(model, "openai");
+                }
+                for model in &set.policy.fallback_strategy {
+                    add(model, "openai");
+                }
+            }
+            (Provider::Openai, Some(_)) => {
+                for model in &set.policy.fallback_strategy {
+                    add(model, "custom");
+                }
+            }
+        }
+    }
+    let data: Vec<Value> = entries
+        .into_iter()
+        .map(|(id, owner)| json!({"id": id, "object": "model", "created": 0, "owned_by": owner}))
+        .collect();
+    json!({"object": "list", "data": data})
+}

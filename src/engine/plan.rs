@@ -1,0 +1,305 @@
+//! The fallback plan: which (provider endpoint, model, keys) to try, in which order.
+//!
+//! Order: Azure deployments first (the policy's `azure_fallback_strategy`, or the deployments mapped to the requested
+//! model and its fallbacks), then the requested model and the fallback strategy on OpenAI keys. A repeated model means
+//! "try it again". Keys of one endpoint are alternatives for the same step: the engine rotates through them only on
+//! credential errors.
+
+use super::catalog::{Catalog, ModelKind};
+use crate::vault::{OpenKeySet, Provider};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Chat,
+    Completions,
+    Embeddings,
+}
+
+impl Endpoint {
+    pub fn path(self) -> &'static str {
+        match self {
+            Self::Chat => "/chat/completions",
+            Self::Completions => "/completions",
+            Self::Embeddings => "/embeddings",
+        }
+    }
+
+    pub fn kind(self) -> ModelKind {
+        match self {
+            Self::Chat => ModelKind::Chat,
+            Self::Completions => ModelKind::Completion,
+            Self::Embeddings => ModelKind::Embedding,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Chat => "chat",
+            Self::Completions => "completions",
+            Self::Embeddings => "embeddings",
+        }
+    }
+}
+
+/// Which kind of upstream answered (the `x-reliablegpt-provider` header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderKind {
+    Openai,
+    Azure,
+    Custom,
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Openai => "openai",
+            Self::Azure => "azure",
+            Self::Custom => "custom",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    /// The model this step asks for (for Azure: the model its deployment serves, or the deployment name).
+    pub model: String,
+    pub provider: ProviderKind,
+    /// Full URL of the call.
+    pub url: String,
+    /// Endpoint identity for breakers (base URL or Azure endpoint + deployment).
+    pub endpoint: String,
+    /// Indexes into the key set's keys, in the set's order.
+    pub keys: Vec<usize>,
+}
+
+pub struct PlanInput<'a> {
+    pub endpoint: Endpoint,
+    pub model: &'a str,
+    /// Overrides the policy's fallback strategy (`x-reliablegpt-fallback`).
+    pub fallbacks: Option<&'a [String]>,
+    pub openai_base_url: &'a str,
+}
+
+pub fn plan(set: &OpenKeySet, input: &PlanInput<'_>, catalog: &Catalog) -> Vec<Step> {
+    let fallbacks = input.fallbacks.unwrap_or(&set.policy.fallback_strategy);
+    let mut models: Vec<&str> = vec![input.model];
+    models.extend(fallbacks.iter().map(String::as_str).filter(|m| compatible(catalog, input, m)));
+
+    let mut steps = Vec::new();
+    // Azure first.
+    let azure: Vec<(usize, &crate::vault::ProviderKey)> =
+        set.keys.iter().enumerate().filter(|(_, k)| k.provider == Provider::Azure).collect();
+    if !azure.is_empty() {
+        let deployments: Vec<String> = if set.policy.azure_fallback_strategy.is_empty() {
+            let mut out: Vec<String> = Vec::new();
+            for model in &models {
+                for (_, key) in &azure {
+                    if let Some(d) = key.target.deployments.as_ref().and_then(|d| d.get(*model))
+                        && !out.contains(d)
+                    {
+                        out.push(d.clone());
+                    }
+                }
+            }
+            out
+        } else {
+            set.policy.azure_fallback_strategy.clone()
+        };
+        for deployment in deployments {
+            push_grouped(
+                &mut steps,
+                azure.iter().filter_map(|(i, key)| {
+                    let served = key.target.deployments.as_ref()?.iter().find(|(_, d)| **d == deployment)?.0.clone();
+                    let endpoint = key.target.endpoint.as_deref()?;
+                    let version = key.target.api_version.as_deref()?;
+                    Some(Step {
+                        model: served,
+                        provider: ProviderKind::Azure,
+                        url: format!(
+                            "{endpoint}/openai/deployments/{deployment}{}?api-version={version}",
+                            input.endpoint.path()
+                        ),
+                        endpoint: format!("{endpoint}/openai/deployments/{deployment}"),
+                        keys: vec![*i],
+                    })
+                }),
+            );
+        }
+    }
+    // Then OpenAI and OpenAI-compatible keys, model by model.
+    for model in models {
+        push_grouped(
+            &mut steps,
+            set.keys.iter().enumerate().filter(|(_, k)| k.provider == Provider::Openai).map(|(i, key)| {
+                let (base, provider) = match &key.target.base_url {
+                    Some(b) => (b.as_str(), ProviderKind::Custom),
+                    None => (input.openai_base_url, ProviderKind::Openai),
+                };
+                Step {
+                    model: model.to_owned(),
+                    provider,
+                    url: format!("{base}{}", input.endpoint.path()),
+                    endpoint: base.to_owned(),
+                    keys: vec![i],
+                }
+            }),
+        );
+    }
+    steps
+}
+
+/// Appends one step per distinct (url, model) among `candidates`, merging their keys in order.
+fn push_grouped(steps: &mut Vec<Step>, candidates: impl Iterator<Item = Step>) {
+    let mut group: Vec<Step> = Vec::new();
+    for c in candidates {
+        match group.iter_mut().find(|s| s.url == c.url && s.model == c.model) {
+            Some(s) => s.keys.extend(c.keys),
+            None => group.push(c),
+        }
+    }
+    steps.extend(group);
+}
+
+/// A fallback must be of the request's kind, and embeddings only fall back between models of the same dimension.
+fn compatible(catalog: &Catalog, input: &PlanInput<'_>, fallback: &str) -> bool {
+    let Some(info) = catalog.get(fallback) else { return input.endpoint != Endpoint::Embeddings };
+    if info.kind != input.endpoint.kind() {
+        return false;
+    }
+    if input.endpoint == Endpoint::Embeddings {
+        return match catalog.get(input.model) {
+            Some(requested) => requested.dimensions == info.dimensions,
+            None => false,
+        };
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vault::{KeyTarget, Policy, ProviderKey};
+    use secrecy::SecretString;
+    use std::collections::BTreeMap;
+    use uuid::Uuid;
+
+    fn key(provider: Provider, target: KeyTarget) -> ProviderKey {
+        ProviderKey { id: Uuid::new_v4(), provider, secret: SecretString::from("k"), target, invalid_since: None }
+    }
+
+    fn azure(endpoint: &str, deployments: &[(&str, &str)]) -> ProviderKey {
+        let map: BTreeMap<String, String> = deployments.iter().map(|(m, d)| (m.to_string(), d.to_string())).collect();
+        key(
+            Provider::Azure,
+            KeyTarget {
+                endpoint: Some(endpoint.into()),
+                api_version: Some("2024-10-21".into()),
+                deployments: Some(map),
+                base_url: None,
+            },
+        )
+    }
+
+    fn set(keys: Vec<ProviderKey>, policy: Policy) -> OpenKeySet {
+        OpenKeySet { key_set_id: Uuid::nil(), policy, keys }
+    }
+
+    fn input<'a>(model: &'a str) -> PlanInput<'a> {
+        PlanInput { endpoint: Endpoint::Chat, model, fallbacks: None, openai_base_url: "https://api.openai.com/v1" }
+    }
+
+    fn summary(steps: &[Step]) -> Vec<(String, &'static str, Vec<usize>)> {
+        steps.iter().map(|s| (s.model.clone(), s.provider.as_str(), s.keys.clone())).collect()
+    }
+
+    #[test]
+    fn requested_model_then_fallbacks_with_repeats_and_rotation_keys_grouped() {
+        let policy = Policy { fallback_strategy: vec!["gpt-4o-mini".into(), "gpt-4o".into()], ..Default::default() };
+        let s =
+            set(vec![key(Provider::Openai, KeyTarget::default()), key(Provider::Openai, KeyTarget::default())], policy);
+        let steps = plan(&s, &input("gpt-4o"), &Catalog::shipped());
+        assert_eq!(
+            summary(&steps),
+            vec![
+                ("gpt-4o".into(), "openai", vec![0, 1]),
+                ("gpt-4o-mini".into(), "openai", vec![0, 1]),
+                ("gpt-4o".into(), "openai", vec![0, 1])
+            ]
+        );
+        assert_eq!(steps[0].url, "https://api.openai.com/v1/chat/completions");
+    }
+
+    #[test]
+    fn azure_deployments_come_first_then_the_backup_openai_key() {
+        let policy =
+            Policy { azure_fallback_strategy: vec!["prod-4o".into(), "prod-mini".into()], ..Default::default() };
+        let s = set(
+            vec![
+                key(Provider::Openai, KeyTarget::default()),
+                azure("https://a.openai.azure.com", &[("gpt-4o", "prod-4o"), ("gpt-4o-mini", "prod-mini")]),
+            ],
+            policy,
+        );
+        let steps = plan(&s, &input("gpt-4o"), &Catalog::shipped());
+        assert_eq!(
+            summary(&steps),
+            vec![
+                ("gpt-4o".into(), "azure", vec![1]),
+                ("gpt-4o-mini".into(), "azure", vec![1]),
+                ("gpt-4o".into(), "openai", vec![0])
+            ]
+        );
+        assert_eq!(
+            steps[0].url,
+            "https://a.openai.azure.com/openai/deployments/prod-4o/chat/completions?api-version=2024-10-21"
+        );
+    }
+
+    #[test]
+    fn azure_without_strategy_uses_the_deployment_of_each_model() {
+        let policy = Policy { fallback_strategy: vec!["gpt-4o-mini".into()], ..Default::default() };
+        let s = set(vec![azure("https://a.openai.azure.com", &[("gpt-4o-mini", "mini-dep")])], policy);
+        let steps = plan(&s, &input("gpt-4o"), &Catalog::shipped());
+        assert_eq!(summary(&steps), vec![("gpt-4o-mini".into(), "azure", vec![0])]);
+    }
+
+    #[test]
+    fn custom_base_urls_are_their_own_steps_and_header_overrides_policy() {
+        let policy = Policy { fallback_strategy: vec!["ignored".into()], ..Default::default() };
+        let custom = KeyTarget { base_url: Some("https://llm.example.com/v1".into()), ..Default::default() };
+        let s = set(vec![key(Provider::Openai, custom), key(Provider::Openai, KeyTarget::default())], policy);
+        let over = vec!["gpt-4o-mini".to_string()];
+        let mut i = input("gpt-4o");
+        i.fallbacks = Some(&over);
+        let steps = plan(&s, &i, &Catalog::shipped());
+        assert_eq!(
+            summary(&steps),
+            vec![
+                ("gpt-4o".into(), "custom", vec![0]),
+                ("gpt-4o".into(), "openai", vec![1]),
+                ("gpt-4o-mini".into(), "custom", vec![0]),
+                ("gpt-4o-mini".into(), "openai", vec![1])
+            ]
+        );
+    }
+
+    #[test]
+    fn fallbacks_of_the_wrong_kind_or_dimension_are_dropped() {
+        let policy = Policy {
+            fallback_strategy: vec![
+                "text-embedding-3-large".into(),
+                "text-embedding-ada-002".into(),
+                "gpt-4o".into(),
+                "unknown-embedder".into(),
+            ],
+            ..Default::default()
+        };
+        let s = set(vec![key(Provider::Openai, KeyTarget::default())], policy);
+        let mut i = input("text-embedding-3-small");
+        i.endpoint = Endpoint::Embeddings;
+        let steps = plan(&s, &i, &Catalog::shipped());
+        let models: Vec<&str> = steps.iter().map(|s| s.model.as_str()).collect();
+        assert_eq!(models, vec!["text-embedding-3-small", "text-embedding-ada-002"]);
+        assert!(steps[0].url.ends_with("/embeddings"));
+    }
+}

@@ -1,0 +1,288 @@
+//! One upstream call: the HTTP client (guarded DNS, no redirects), request building, time limits, and the SSE reader.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::web::Bytes;
+use futures_util::{Stream, StreamExt};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use secrecy::ExposeSecret;
+
+use super::classify::{FailureClass, classify_response, retry_after};
+use super::plan::{ProviderKind, Step};
+use crate::config::EngineSettings;
+use crate::egress::EgressPolicy;
+use crate::vault::ProviderKey;
+
+/// Resolves upstream host names and refuses any non-public address (unless private upstreams are allowed), so a DNS
+/// answer cannot point a customer's key at our internal network.
+struct GuardedResolver {
+    egress: EgressPolicy,
+}
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let egress = self.egress.clone();
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            if addrs.is_empty() {
+                return Err("no addresses".into());
+            }
+            for addr in &addrs {
+                egress.check_ip(addr.ip())?;
+            }
+            let addrs: reqwest::dns::Addrs = Box::new(addrs.into_iter());
+            Ok(addrs)
+        })
+    }
+}
+
+pub fn build_client(settings: &EngineSettings, egress: EgressPolicy) -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .connect_timeout(settings.connect_timeout)
+        .tcp_nodelay(true)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(512)
+        .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(Arc::new(GuardedResolver { egress }))
+        .build()
+}
+
+#[derive(Debug)]
+pub struct AttemptFailure {
+    pub class: FailureClass,
+    pub status: Option<u16>,
+    /// The upstream's error body, returned unchanged for caller faults and context errors.
+    pub body: Option<Bytes>,
+    pub retry_after: Option<Duration>,
+    /// Short, secret-free description for logs and the total-failure message.
+    pub detail: String,
+}
+
+impl AttemptFailure {
+    fn transport(class: FailureClass, detail: impl Into<String>) -> Self {
+        Self { class, status: None, body: None, retry_after: None, detail: detail.into() }
+    }
+}
+
+pub enum AttemptOk {
+    Body { status: u16, body: Bytes },
+    Stream { reader: SseReader, first: SseEvent },
+}
+
+pub struct Limits {
+    pub first_byte_by: Instant,
+    pub deadline: Instant,
+    pub idle: Duration,
+}
+
+pub async fn attempt(
+    client: &reqwest::Client,
+    step: &Step,
+    key: &ProviderKey,
+    body: Bytes,
+    stream: bool,
+    limits: &Limits,
+) -> Result<AttemptOk, AttemptFailure> {
+    let mut request = client.post(&step.url).header(CONTENT_TYPE, "application/json").body(body);
+    let secret = key.secret.expose_secret();
+    let auth = match step.provider {
+        ProviderKind::Azure => HeaderValue::from_str(secret).map(|v| ("api-key", v)),
+        _ => HeaderValue::from_str(&format!("Bearer {secret}")).map(|v| (AUTHORIZATION.as_str(), v)),
+    };
+    match auth {
+        Ok((name, mut value)) => {
+            value.set_sensitive(true);
+            request = request.header(name, value);
+        }
+        Err(_) => return Err(AttemptFailure::transport(FailureClass::Credential, "key is not a valid header value")),
+    }
+
+    let response = match tokio::time::timeout_at(limits.first_byte_by.into(), request.send()).await {
+        Err(_) => {
+            return Err(AttemptFailure::transport(FailureClass::Timeout, "no response before the first-byte limit"));
+        }
+        Ok(Err(e)) => return Err(transport_error(&e)),
+        Ok(Ok(r)) => r,
+    };
+    let status = response.status().as_u16();
+    if !response.status().is_success() {
+        let wait = retry_after(response.headers());
+        let body = match tokio::time::timeout_at(limits.deadline.into(), response.bytes()).await {
+            Ok(Ok(b)) => b,
+            _ => Bytes::new(),
+        };
+        let class = classify_response(status, &body);
+        return Err(AttemptFailure {
+            class,
+            status: Some(status),
+            detail: format!("HTTP {status}"),
+            body: Some(body),
+            retry_after: wait,
+        });
+    }
+    let is_sse = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if stream && is_sse {
+        let mut reader = SseReader::new(response.bytes_stream());
+        loop {
+            let next = tokio::time::timeout_at(limits.first_byte_by.into(), reader.next_event()).await;
+            match next {
+                Err(_) => {
+                    return Err(AttemptFailure::transport(
+                        FailureClass::Timeout,
+                        "no stream event before the first-byte limit",
+                    ));
+                }
+                Ok(Err(detail)) => return Err(AttemptFailure::transport(FailureClass::Transient, detail)),
+                Ok(Ok(None)) => {
+                    return Err(AttemptFailure::transport(FailureClass::Transient, "stream ended before any event"));
+                }
+                Ok(Ok(Some(event))) => match event.json() {
+                    EventData::Json(v) if v.get("error").is_some() => {
+                        return Err(AttemptFailure::transport(FailureClass::Transient, "in-band stream error"));
+                    }
+                    EventData::Malformed => continue,
+                    _ => return Ok(AttemptOk::Stream { reader, first: event }),
+                },
+            }
+        }
+    }
+    match tokio::time::timeout_at(limits.deadline.into(), response.bytes()).await {
+        Err(_) => {
+            Err(AttemptFailure::transport(FailureClass::Timeout, "response body not complete before the deadline"))
+        }
+        Ok(Err(e)) => Err(transport_error(&e)),
+        Ok(Ok(body)) => Ok(AttemptOk::Body { status, body }),
+    }
+}
+
+fn transport_error(e: &reqwest::Error) -> AttemptFailure {
+    if e.is_timeout() {
+        return AttemptFailure::transport(FailureClass::Timeout, "timed out");
+    }
+    let what = if e.is_connect() { "connect error" } else { "connection failed (reset or closed)" };
+    AttemptFailure::transport(FailureClass::Transient, what)
+}
+
+/// One server-sent event: its raw bytes (normalised to end with a blank line) and its `data` payload.
+#[derive(Debug, Clone)]
+pub struct SseEvent {
+    pub raw: Bytes,
+    pub data: String,
+}
+
+pub enum EventData {
+    Done,
+    Json(serde_json::Value),
+    Malformed,
+    /// A comment or an event without data (keep-alive).
+    Empty,
+}
+
+impl SseEvent {
+    pub fn from_data(data: &str) -> Self {
+        Self { raw: Bytes::from(format!("data: {data}\n\n")), data: data.to_owned() }
+    }
+
+    pub fn json(&self) -> EventData {
+        let data = self.data.trim();
+        if data.is_empty() {
+            EventData::Empty
+        } else if data == "[DONE]" {
+            EventData::Done
+        } else {
+            serde_json::from_str(data).map(EventData::Json).unwrap_or(EventData::Malformed)
+        }
+    }
+}
+
+type ByteStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
+
+pub struct SseReader {
+    stream: ByteStream,
+    buffer: Vec<u8>,
+    ended: bool,
+}
+
+impl SseReader {
+    pub fn new(stream: impl Stream<Item = reqwest::Result<Bytes>> + Send + 'static) -> Self {
+        Self { stream: Box::pin(stream), buffer: Vec::with_capacity(4096), ended: false }
+    }
+
+    /// The next complete event; `Ok(None)` at a clean end of stream; `Err` when the connection broke.
+    pub async fn next_event(&mut self) -> Result<Option<SseEvent>, String> {
+        loop {
+            if let Some(end) = find_blank_line(&self.buffer) {
+                let raw: Vec<u8> = self.buffer.drain(..end + 2).collect();
+                return Ok(Some(parse_event(&raw[..end])));
+            }
+            if self.ended {
+                if self.buffer.iter().all(u8::is_ascii_whitespace) {
+                    return Ok(None);
+                }
+                let raw = std::mem::take(&mut self.buffer);
+                return Ok(Some(parse_event(&raw)));
+            }
+            match self.stream.next().await {
+                None => self.ended = true,
+                Some(Err(_)) => return Err("stream connection broke".to_owned()),
+                Some(Ok(chunk)) => self.buffer.extend(chunk.iter().filter(|b| **b != b'\r')),
+            }
+        }
+    }
+}
+
+fn find_blank_line(buf: &[u8]) -> Option<usize> {
+    buf.windows(2).position(|w| w == b"\n\n")
+}
+
+fn parse_event(raw: &[u8]) -> SseEvent {
+    let text = String::from_utf8_lossy(raw);
+    let mut data = String::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("data:") {
+            if !data.is_empty() {
+                data.push('\n');
+            }
+            data.push_str(rest.strip_prefix(' ').unwrap_or(rest));
+        }
+    }
+    let mut normalised = text.trim_end_matches('\n').to_owned();
+    normalised.push_str("\n\n");
+    SseEvent { raw: Bytes::from(normalised), data }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reader(chunks: Vec<&'static str>) -> SseReader {
+        SseReader::new(futures_util::stream::iter(chunks.into_iter().map(|c| Ok(Bytes::from(c)))))
+    }
+
+    #[tokio::test]
+    async fn events_split_across_chunks_and_crlf() {
+        let mut r = reader(vec!["data: {\"a\"", ":1}\r\n\r\nda", "ta: [DONE]\n\n"]);
+        let e = r.next_event().await.unwrap().unwrap();
+        assert_eq!(e.data, "{\"a\":1}");
+        assert_eq!(&e.raw[..], b"data: {\"a\":1}\n\n");
+        assert!(matches!(r.next_event().await.unwrap().unwrap().json(), EventData::Done));
+        assert!(r.next_event().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn trailing_event_without_blank_line_and_comments() {
+        let mut r = reader(vec![": keep-alive\n\n", "data: {not json\n\n", "data: {\"b\":2}"]);
+        assert!(matches!(r.next_event().await.unwrap().unwrap().json(), EventData::Empty));
+        assert!(matches!(r.next_event().await.unwrap().unwrap().json(), EventData::Malformed));
+        assert!(matches!(r.next_event().await.unwrap().unwrap().json(), EventData::Json(_)));
+        assert!(r.next_event().await.unwrap().is_none());
+    }
+}
