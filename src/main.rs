@@ -33,6 +33,11 @@ enum Command {
     Openapi,
     /// Show how many key sets each master key version still wraps (a version with none left can be retired).
     KeyringStatus,
+    /// Run the fault-injecting OpenAI-compatible mock upstream (tests, benchmarks, demos). Needs no settings.
+    MockUpstream {
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        listen: std::net::SocketAddr,
+    },
 }
 
 fn main() -> ExitCode {
@@ -40,6 +45,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Secrets => write_stdout(&generate_secrets()),
         Command::Openapi => write_stdout(&api::openapi::document()),
+        Command::MockUpstream { listen } => run_mock(listen),
         command => run_async(command, cli.config),
     };
     match result {
@@ -54,6 +60,12 @@ fn main() -> ExitCode {
 
 fn write_stdout(text: &str) -> Result<(), String> {
     std::io::stdout().write_all(text.as_bytes()).map_err(|e| e.to_string())
+}
+
+fn run_mock(listen: std::net::SocketAddr) -> Result<(), String> {
+    telemetry::init();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
+    runtime.block_on(reliablegpt::mock_upstream::run(listen)).map_err(|e| format!("mock upstream: {e}"))
 }
 
 fn run_async(command: Command, config: Option<PathBuf>) -> Result<(), String> {
@@ -87,7 +99,7 @@ fn run_async(command: Command, config: Option<PathBuf>) -> Result<(), String> {
                 }
                 write_stdout(&text)
             }
-            Command::Secrets | Command::Openapi => Ok(()),
+            Command::Secrets | Command::Openapi | Command::MockUpstream { .. } => Ok(()),
         }
     })
 }

@@ -28,6 +28,8 @@ pub enum StartError {
     Schema(#[from] db::SchemaError),
     #[error(transparent)]
     Engine(#[from] crate::engine::EngineError),
+    #[error("cannot listen for key set changes: {0}")]
+    Listener(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: String, source: std::io::Error },
 }
@@ -46,10 +48,10 @@ impl Application {
             db::migrate(&pool).await?;
         }
         db::check_schema(&pool).await?;
-        Self::build_with_pool(settings, pool)
+        Self::build_with_pool(settings, pool).await
     }
 
-    pub fn build_with_pool(settings: Settings, pool: PgPool) -> Result<Self, StartError> {
+    pub async fn build_with_pool(settings: Settings, pool: PgPool) -> Result<Self, StartError> {
         let listener = TcpListener::bind(&settings.listen)
             .map_err(|source| StartError::Bind { addr: settings.listen.clone(), source })?;
         let addr =
@@ -63,7 +65,7 @@ impl Application {
         let (events, mut event_rx) = EventSink::channel(EVENT_BUFFER);
         let engine = Arc::new(Engine::new(settings.engine, settings.egress.clone(), vault.clone(), events)?);
         let background = vec![
-            vault.spawn_change_listener(),
+            vault.start_change_listener().await.map_err(|e| StartError::Listener(e.to_string()))?,
             engine.spawn_background(),
             // Until the alerts module consumes attempt events, drain them so the buffer never fills.
             tokio::spawn(async move { while event_rx.recv().await.is_some() {} }),

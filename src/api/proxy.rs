@@ -26,6 +26,7 @@ const MAX_TIMEOUT_MS: u64 = 600_000;
         ("x-reliablegpt-instance" = Option<String>, Header, description = "Customer instance id (cache and alerts scope)"),
         ("x-reliablegpt-caching" = Option<bool>, Header, description = "Override the policy's caching for this request"),
         ("x-reliablegpt-timeout-ms" = Option<u64>, Header, description = "Overall deadline for this request"),
+        ("x-reliablegpt-hedge-ms" = Option<u64>, Header, description = "Start the next target in parallel if the first has sent nothing after this long"),
     ),
     responses(
         (status = 200, description = "The answering upstream's body; headers x-reliablegpt-model, -provider, -attempts, -fallback-reason, -cache. `text/event-stream` when `stream` is true."),
@@ -189,7 +190,14 @@ fn parse(http: &HttpRequest, body: Value, endpoint: Endpoint) -> Result<GatewayR
             _ => return Err(ApiError::invalid("x-reliablegpt-timeout-ms", format!("must be 1-{MAX_TIMEOUT_MS}"))),
         },
     };
-    Ok(GatewayRequest { endpoint, body, model, stream, fallbacks, instance, timeout })
+    let hedge = match header("x-reliablegpt-hedge-ms")? {
+        None => None,
+        Some(ms) => match ms.parse::<u64>() {
+            Ok(ms) if (1..=60_000).contains(&ms) => Some(Duration::from_millis(ms)),
+            _ => return Err(ApiError::invalid("x-reliablegpt-hedge-ms", "must be 1-60000")),
+        },
+    };
+    Ok(GatewayRequest { endpoint, body, model, stream, fallbacks, instance, timeout, hedge })
 }
 
 fn valid_model(m: &str) -> bool {

@@ -80,6 +80,7 @@ pub struct Metrics {
     attempts_ok: AtomicU64,
     attempts_failed: [AtomicU64; 8],
     pub fallbacks: AtomicU64,
+    pub hedges: AtomicU64,
     pub stream_rescues: AtomicU64,
     pub stream_malformed_chunks: AtomicU64,
     pub events_dropped: AtomicU64,
@@ -142,6 +143,7 @@ impl Metrics {
         }
         for (name, help, value) in [
             ("reliablegpt_fallbacks_total", "Requests answered by a target other than the first.", &self.fallbacks),
+            ("reliablegpt_hedges_total", "Hedged attempts started because the first target was slow.", &self.hedges),
             (
                 "reliablegpt_stream_rescues_total",
                 "Streams continued on a fallback after dying midway.",

@@ -13,26 +13,36 @@ use crate::vault::ProviderKey;
 
 pub struct KeyHealth {
     retry_after: Duration,
-    /// key → not to be tried before this instant.
-    skip_until: Mutex<HashMap<Uuid, Instant>>,
+    marks: Mutex<HashMap<Uuid, Mark>>,
+}
+
+#[derive(Clone, Copy)]
+struct Mark {
+    at: Instant,
+    skip_until: Instant,
 }
 
 impl KeyHealth {
     pub fn new(retry_after: Duration) -> Self {
-        Self { retry_after, skip_until: Mutex::new(HashMap::new()) }
+        Self { retry_after, marks: Mutex::new(HashMap::new()) }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Instant>> {
-        self.skip_until.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Mark>> {
+        self.marks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether this request may use the key. A key past its cooldown is claimed for one try: concurrent requests skip
-    /// it until that try reports back (or another cooldown passes).
-    pub fn usable(&self, key: &ProviderKey) -> bool {
+    /// Whether this request may use the key (`loaded_at`: when its key set was read from the database). A key past its
+    /// cooldown is claimed for one try: concurrent requests skip it until that try reports back. A key the database
+    /// calls active although we marked it before the set was read has been revived by its owner: use it at once.
+    pub fn usable(&self, key: &ProviderKey, loaded_at: Instant) -> bool {
         let now = Instant::now();
         let mut map = self.lock();
         let until = match map.get(&key.id) {
-            Some(until) => *until,
+            Some(mark) if key.invalid_since.is_none() && mark.at < loaded_at => {
+                map.remove(&key.id);
+                return true;
+            }
+            Some(mark) => mark.skip_until,
             None => match key.invalid_since {
                 None => return true,
                 Some(since) => {
@@ -42,16 +52,17 @@ impl KeyHealth {
             },
         };
         if now < until {
-            map.insert(key.id, until);
+            map.entry(key.id).or_insert(Mark { at: now, skip_until: until });
             false
         } else {
-            map.insert(key.id, now + self.retry_after);
+            map.insert(key.id, Mark { at: now, skip_until: now + self.retry_after });
             true
         }
     }
 
     pub fn mark_invalid(&self, key_id: Uuid) {
-        self.lock().insert(key_id, Instant::now() + self.retry_after);
+        let now = Instant::now();
+        self.lock().insert(key_id, Mark { at: now, skip_until: now + self.retry_after });
     }
 
     /// Called on success; true if the key had been marked invalid (so the stored status must be cleared).
@@ -96,22 +107,35 @@ mod tests {
     #[test]
     fn invalid_key_is_skipped_then_tried_by_exactly_one_request() {
         let health = KeyHealth::new(Duration::from_millis(30));
+        let loaded = Instant::now();
         let k = key(None);
-        assert!(health.usable(&k));
+        assert!(health.usable(&k, loaded));
         health.mark_invalid(k.id);
-        assert!(!health.usable(&k));
+        let stored = key(Some(Utc::now()));
+        let k = ProviderKey { id: k.id, ..stored };
+        assert!(!health.usable(&k, loaded));
         std::thread::sleep(Duration::from_millis(35));
-        assert!(health.usable(&k), "after the cooldown one request may try");
-        assert!(!health.usable(&k), "but only one");
+        assert!(health.usable(&k, loaded), "after the cooldown one request may try");
+        assert!(!health.usable(&k, loaded), "but only one");
         assert!(health.recovered(&k));
-        assert!(health.usable(&k));
+        assert!(health.usable(&k, loaded));
+    }
+
+    #[test]
+    fn a_key_revived_in_the_database_is_usable_at_once() {
+        let health = KeyHealth::new(Duration::from_secs(600));
+        let k = key(None);
+        health.mark_invalid(k.id);
+        assert!(!health.usable(&k, Instant::now() - Duration::from_secs(1)), "set read before the mark");
+        assert!(health.usable(&k, Instant::now()), "set read after the mark shows the owner revived it");
     }
 
     #[test]
     fn stored_invalid_status_is_respected_across_restarts() {
         let health = KeyHealth::new(Duration::from_secs(600));
-        assert!(!health.usable(&key(Some(Utc::now() - chrono::Duration::seconds(5)))));
-        assert!(health.usable(&key(Some(Utc::now() - chrono::Duration::seconds(601)))));
+        let now = Instant::now();
+        assert!(!health.usable(&key(Some(Utc::now() - chrono::Duration::seconds(5))), now));
+        assert!(health.usable(&key(Some(Utc::now() - chrono::Duration::seconds(601))), now));
     }
 
     #[test]

@@ -6,6 +6,8 @@ pub mod catalog;
 pub mod classify;
 pub mod events;
 mod health;
+mod hedge;
+mod pacing;
 pub mod plan;
 mod stream;
 pub mod upstream;
@@ -42,6 +44,8 @@ pub struct GatewayRequest {
     pub fallbacks: Option<Vec<String>>,
     pub instance: Option<String>,
     pub timeout: Option<Duration>,
+    /// Overrides the policy's `hedge_ms` (`x-reliablegpt-hedge-ms`).
+    pub hedge: Option<Duration>,
 }
 
 /// Who answered, for the response headers.
@@ -87,6 +91,7 @@ pub struct Engine {
     breakers: Breakers,
     keys: KeyHealth,
     usage: UsageRecorder,
+    pacer: pacing::Pacer,
     events: EventSink,
     pub metrics: Arc<Metrics>,
     vault: Vault,
@@ -134,6 +139,7 @@ impl Engine {
             breakers: Breakers::new(settings.breaker_failures, settings.breaker_open),
             keys: KeyHealth::new(settings.key_retry_after),
             usage: UsageRecorder::default(),
+            pacer: pacing::Pacer::default(),
             settings,
             catalog,
             events,
@@ -185,6 +191,7 @@ impl Engine {
             &self.catalog,
         );
         let estimate = estimate_prompt_tokens(&req.body);
+        let hedge = req.hedge.or(set.policy.hedge_ms.map(|ms| Duration::from_millis(u64::from(ms))));
         let mut run = Run::default();
 
         for (index, step) in steps.iter().enumerate() {
@@ -193,7 +200,7 @@ impl Engine {
             }
             'keys: for &key_index in &step.keys {
                 let Some(key) = set.keys.get(key_index) else { continue };
-                if run.burned_keys.contains(&key.id) || !self.keys.usable(key) {
+                if run.burned_keys.contains(&key.id) || !self.keys.usable(key, set.loaded_at) {
                     continue;
                 }
                 let target = TargetKey { endpoint: step.endpoint.clone(), model: step.model.clone(), key_id: key.id };
@@ -208,24 +215,89 @@ impl Engine {
                         self.breakers.release_probe(&target);
                         return self.total_failure(&set, &req, run, true);
                     }
-                    let limits = Limits {
-                        first_byte_by: (now + self.settings.first_byte_timeout).min(deadline),
-                        deadline,
-                        idle: self.settings.stream_idle_timeout,
-                    };
-                    let body = body_for(&req.body, step, None);
+                    if let Some(limit) = set.policy.model_limits.get(&step.model) {
+                        let max_queue = Duration::from_millis(u64::from(
+                            set.policy.max_queue_ms.unwrap_or(crate::vault::input::DEFAULT_MAX_QUEUE_MS),
+                        ))
+                        .min(deadline.saturating_duration_since(now));
+                        match self.pacer.reserve(set.key_set_id, &step.model, *limit, estimate, max_queue) {
+                            Some(wait) => {
+                                tokio::time::sleep(wait).await;
+                                run.waited += wait;
+                            }
+                            None => {
+                                self.breakers.release_probe(&target);
+                                run.failures.push((
+                                    FailureClass::RateLimited,
+                                    format!("{}: over its policy budget (model_limits)", step.model),
+                                ));
+                                run.first_failure.get_or_insert(FailureClass::RateLimited);
+                                break 'keys;
+                            }
+                        }
+                    }
+                    let limits = self.limits(deadline);
                     let t0 = Instant::now();
-                    let result = upstream::attempt(&self.client, step, key, body, req.stream, &limits).await;
+                    let primary = upstream::attempt(
+                        &self.client,
+                        step,
+                        key,
+                        body_for(&req.body, step, None),
+                        req.stream,
+                        &limits,
+                    );
+                    let hedge_target = if retries == 0 {
+                        hedge.and_then(|h| self.hedge_target(&set, &steps, index, &run).map(|t| (h, t)))
+                    } else {
+                        None
+                    };
+                    let (result, answered) = match hedge_target {
+                        None => (primary.await, (index, key_index)),
+                        Some((after, (h_index, h_key))) => {
+                            let h_step = &steps[h_index];
+                            let h_body = body_for(&req.body, h_step, None);
+                            let raced = hedge::race(primary, after, || {
+                                let h_limits = self.limits(deadline);
+                                let client = self.client.clone();
+                                let h_step = h_step.clone();
+                                let h_secret = set.keys[h_key].clone_for_attempt();
+                                let stream = req.stream;
+                                async move {
+                                    upstream::attempt(&client, &h_step, &h_secret, h_body, stream, &h_limits).await
+                                }
+                            })
+                            .await;
+                            if raced.hedge_started {
+                                run.attempts += 1;
+                                self.metrics.hedges.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
+                            if let Some(f) = &raced.hedge_failure {
+                                self.metrics.attempt(Some(f.class));
+                            }
+                            let answered = if raced.hedge_won { (h_index, h_key) } else { (index, key_index) };
+                            (raced.result, answered)
+                        }
+                    };
                     run.waited += t0.elapsed();
                     run.attempts += 1;
+                    let (a_step, a_key) = (&steps[answered.0], &set.keys[answered.1]);
                     let class = result.as_ref().err().map(|f| f.class);
-                    self.emit(&set, &req, step, key, class, &result, t0.elapsed());
+                    self.emit(&set, &req, a_step, a_key, class, &result, t0.elapsed());
                     match result {
                         Ok(ok) => {
-                            self.on_success(&set, key, &target);
+                            let a_target = TargetKey {
+                                endpoint: a_step.endpoint.clone(),
+                                model: a_step.model.clone(),
+                                key_id: a_key.id,
+                            };
+                            if answered.0 != index {
+                                self.breakers.release_probe(&target);
+                                run.first_failure.get_or_insert(FailureClass::Timeout);
+                            }
+                            self.on_success(&set, a_key, &a_target);
                             let served = Served {
-                                model: step.model.clone(),
-                                provider: step.provider,
+                                model: a_step.model.clone(),
+                                provider: a_step.provider,
                                 attempts: run.attempts,
                                 fallback_reason: run.first_failure,
                             };
@@ -248,7 +320,7 @@ impl Engine {
                                         endpoint: req.endpoint,
                                         body: req.body,
                                         steps,
-                                        next_step: index + 1,
+                                        next_step: answered.0 + 1,
                                         tx,
                                     };
                                     let first_bytes = first.raw.clone();
@@ -306,7 +378,38 @@ impl Engine {
                 }
             }
         }
-        self.total_failure(&set, &req, run, false)
+        self.total_failure(&set, &req, run, Instant::now() >= deadline)
+    }
+
+    /// Time limits of an attempt starting now.
+    fn limits(&self, deadline: Instant) -> Limits {
+        Limits {
+            first_byte_by: (Instant::now() + self.settings.first_byte_timeout).min(deadline),
+            deadline,
+            idle: self.settings.stream_idle_timeout,
+        }
+    }
+
+    /// The target a hedge would use: the next step that fits, with a usable key whose breaker is closed.
+    fn hedge_target(&self, set: &OpenKeySet, steps: &[Step], index: usize, run: &Run) -> Option<(usize, usize)> {
+        let estimate = 0;
+        steps.iter().enumerate().skip(index + 1).find_map(|(i, step)| {
+            if !self.fits(step, i, estimate, run.context_floor) {
+                return None;
+            }
+            step.keys
+                .iter()
+                .copied()
+                .find(|&k| {
+                    let Some(key) = set.keys.get(k) else { return false };
+                    let target =
+                        TargetKey { endpoint: step.endpoint.clone(), model: step.model.clone(), key_id: key.id };
+                    !run.burned_keys.contains(&key.id)
+                        && key.invalid_since.is_none()
+                        && self.breakers.state(&target) == BreakerState::Closed
+                })
+                .map(|k| (i, k))
+        })
     }
 
     /// A fallback is skipped when the catalog says the prompt cannot fit, and after a context-length error only larger
@@ -341,13 +444,14 @@ impl Engine {
                 self.breakers.release_probe(target);
                 run.burned_keys.insert(key.id);
                 self.keys.mark_invalid(key.id);
-                self.vault.evict_cached(set.key_set_id);
                 let (vault, set_id, key_id) = (self.vault.clone(), set.key_set_id, key.id);
                 let reason = format!("{} ({})", failure.class.as_str(), failure.detail);
                 tokio::spawn(async move {
                     if let Err(e) = vault.mark_key_invalid(set_id, key_id, &reason).await {
                         tracing::warn!(error = %e, "could not mark a key invalid");
                     }
+                    // Evict only after the write, so a reload sees the key as invalid.
+                    vault.evict_cached(set_id);
                 });
                 Next::RotateKey
             }
@@ -404,10 +508,10 @@ impl Engine {
         self.breakers.record_success(target);
         self.usage.touch(key.id);
         if self.keys.recovered(key) {
-            self.vault.evict_cached(set.key_set_id);
             let (vault, set_id, key_id) = (self.vault.clone(), set.key_set_id, key.id);
             tokio::spawn(async move {
                 let _ = vault.mark_key_active(set_id, key_id).await;
+                vault.evict_cached(set_id);
             });
         }
     }

@@ -201,7 +201,7 @@ mod tests {
     }
 
     fn set(keys: Vec<ProviderKey>, policy: Policy) -> OpenKeySet {
-        OpenKeySet { key_set_id: Uuid::nil(), policy, keys }
+        OpenKeySet { key_set_id: Uuid::nil(), policy, keys, loaded_at: std::time::Instant::now() }
     }
 
     fn input<'a>(model: &'a str) -> PlanInput<'a> {

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use super::classify::FailureClass;
 use super::plan::{Endpoint, Step};
-use super::upstream::{self, AttemptOk, EventData, Limits, SseEvent, SseReader};
+use super::upstream::{self, AttemptOk, EventData, SseEvent, SseReader};
 use super::{Admission, Engine, TargetKey, body_for};
 use crate::vault::OpenKeySet;
 
@@ -162,19 +162,14 @@ impl StreamJob {
             self.next_step += 1;
             for &key_index in &step.keys {
                 let Some(key) = self.set.keys.get(key_index) else { continue };
-                if !engine.keys.usable(key) {
+                if !engine.keys.usable(key, self.set.loaded_at) {
                     continue;
                 }
                 let target = TargetKey { endpoint: step.endpoint.clone(), model: step.model.clone(), key_id: key.id };
                 if engine.breakers.admit(&target) == Admission::Rejected {
                     continue;
                 }
-                let now = std::time::Instant::now();
-                let limits = Limits {
-                    first_byte_by: now + settings.first_byte_timeout,
-                    deadline: now + settings.request_timeout,
-                    idle: settings.stream_idle_timeout,
-                };
+                let limits = engine.limits(std::time::Instant::now() + settings.request_timeout);
                 let body = body_for(&self.body, &step, Some(&progress.text));
                 match upstream::attempt(&engine.client, &step, key, body, true, &limits).await {
                     Ok(AttemptOk::Stream { reader, first }) => {

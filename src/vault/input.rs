@@ -120,7 +120,29 @@ pub struct Policy {
     /// Returned as a normal completion when everything failed, instead of an error. Default: `null` (return the error).
     #[serde(default)]
     pub graceful_string: Option<String>,
+    /// Treat a slow upstream as failed: when the first target has sent no byte after this many milliseconds, start the
+    /// next one in parallel; the first to answer wins. Default: `null` (no hedging). Header `x-reliablegpt-hedge-ms`
+    /// overrides it per request.
+    #[serde(default)]
+    pub hedge_ms: Option<u32>,
+    /// Per-model budgets, e.g. `{"gpt-4o": {"rpm": 500, "tpm": 300000}}`. Requests beyond a budget wait in a bounded
+    /// queue instead of collecting 429s; past `max_queue_ms` the next model is tried. Default: `{}` (no pacing).
+    #[serde(default)]
+    pub model_limits: BTreeMap<String, ModelLimit>,
+    /// Longest wait for a model's budget. Default: `null` (30000 ms).
+    #[serde(default)]
+    pub max_queue_ms: Option<u32>,
 }
+
+/// A model's request (`rpm`) and token (`tpm`) budget per minute; either may be omitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModelLimit {
+    pub rpm: Option<u32>,
+    pub tpm: Option<u32>,
+}
+
+pub const DEFAULT_MAX_QUEUE_MS: u32 = 30_000;
 
 // ---------------------------------------------------------------------------------------------------------------------
 // Domain values
@@ -489,6 +511,31 @@ pub fn validate_policy(policy: &Policy) -> Result<(), Invalid> {
         && (text.is_empty() || text.chars().count() > MAX_GRACEFUL_LEN)
     {
         return Err(invalid("policy.graceful_string", format!("must be 1-{MAX_GRACEFUL_LEN} characters, or null")));
+    }
+    if let Some(ms) = policy.hedge_ms
+        && !(1..=60_000).contains(&ms)
+    {
+        return Err(invalid("policy.hedge_ms", "must be between 1 and 60000, or null"));
+    }
+    if let Some(ms) = policy.max_queue_ms
+        && ms > 600_000
+    {
+        return Err(invalid("policy.max_queue_ms", "must be at most 600000, or null"));
+    }
+    if policy.model_limits.len() > MAX_MODEL_LIST * 2 {
+        return Err(invalid("policy.model_limits", format!("must hold at most {} models", MAX_MODEL_LIST * 2)));
+    }
+    for (model, limit) in &policy.model_limits {
+        let param = format!("policy.model_limits.{model}");
+        if !is_name(model) {
+            return Err(invalid(param, "is not a valid model name"));
+        }
+        if limit.rpm.is_none() && limit.tpm.is_none() {
+            return Err(invalid(param, "needs `rpm`, `tpm` or both"));
+        }
+        if limit.rpm == Some(0) || limit.tpm == Some(0) {
+            return Err(invalid(param, "budgets must be positive"));
+        }
     }
     Ok(())
 }

@@ -114,11 +114,26 @@ pub struct ProviderKey {
     pub invalid_since: Option<DateTime<Utc>>,
 }
 
+impl ProviderKey {
+    /// A copy for a concurrent attempt (hedging); the secret stays in a zeroize-on-drop type.
+    pub fn clone_for_attempt(&self) -> ProviderKey {
+        ProviderKey {
+            id: self.id,
+            provider: self.provider,
+            secret: SecretString::from(self.secret.expose_secret().to_owned()),
+            target: self.target.clone(),
+            invalid_since: self.invalid_since,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct OpenKeySet {
     pub key_set_id: Uuid,
     pub policy: Policy,
     pub keys: Vec<ProviderKey>,
+    /// When this was read from the database.
+    pub loaded_at: std::time::Instant,
 }
 
 #[derive(Clone)]
@@ -163,31 +178,36 @@ impl Vault {
         Ok(opened)
     }
 
-    /// Evicts key sets from this replica's cache when any replica changes or revokes them. Runs until the process ends;
-    /// after a lost connection it clears the whole cache (notifications may have been missed) and reconnects.
-    pub fn spawn_change_listener(&self) -> tokio::task::JoinHandle<()> {
+    /// Evicts key sets from this replica's cache when any replica changes or revokes them. Returns once listening (so
+    /// no change is missed after start); the task runs until the process ends and, after a lost connection, clears the
+    /// whole cache (notifications may have been missed) and reconnects.
+    pub async fn start_change_listener(&self) -> Result<tokio::task::JoinHandle<()>, VaultError> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
+        listener.listen(CHANGE_CHANNEL).await?;
         let vault = self.clone();
-        tokio::spawn(async move {
+        Ok(tokio::spawn(async move {
             loop {
-                match sqlx::postgres::PgListener::connect_with(&vault.pool).await {
-                    Ok(mut listener) => {
-                        if listener.listen(CHANGE_CHANNEL).await.is_ok() {
-                            vault.cache.clear();
-                            while let Ok(note) = listener.recv().await {
-                                match note.payload().parse::<Uuid>() {
-                                    Ok(id) => vault.cache.evict_key_set(id),
-                                    Err(_) => vault.cache.clear(),
-                                }
-                            }
-                        }
-                        tracing::warn!("vault change listener lost its connection; reconnecting");
+                while let Ok(note) = listener.recv().await {
+                    match note.payload().parse::<Uuid>() {
+                        Ok(id) => vault.cache.evict_key_set(id),
+                        Err(_) => vault.cache.clear(),
                     }
-                    Err(e) => tracing::warn!(error = %e, "vault change listener cannot connect"),
                 }
-                vault.cache.clear();
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                tracing::warn!("vault change listener lost its connection; reconnecting");
+                loop {
+                    vault.cache.clear();
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    if let Ok(mut l) = sqlx::postgres::PgListener::connect_with(&vault.pool).await
+                        && l.listen(CHANGE_CHANNEL).await.is_ok()
+                    {
+                        vault.cache.clear();
+                        listener = l;
+                        break;
+                    }
+                    tracing::warn!("vault change listener cannot reconnect yet");
+                }
             }
-        })
+        }))
     }
 
     pub async fn create_key_set(&self, new: NewKeySet) -> Result<CreatedKeySet, VaultError> {
@@ -328,6 +348,7 @@ impl Vault {
     /// Decrypts every provider key of the set (for the engine, while it serves a request carrying the token).
     pub async fn open_key_set(&self, session: &KeySetSession) -> Result<OpenKeySet, VaultError> {
         let id = session.key_set_id;
+        let loaded_at = std::time::Instant::now();
         let policy = queries::key_set(&self.pool, id, false).await?.ok_or(VaultError::Unauthenticated)?.policy.0;
         let rows = queries::ciphertexts(&self.pool, id).await?;
         let mut keys = Vec::with_capacity(rows.len());
@@ -342,7 +363,7 @@ impl Vault {
                 invalid_since: row.invalid_since,
             });
         }
-        Ok(OpenKeySet { key_set_id: id, policy, keys })
+        Ok(OpenKeySet { key_set_id: id, policy, keys, loaded_at })
     }
 
     /// Takes a key out of rotation after a genuine credential error; `reason` is shown to the owner.

@@ -208,3 +208,112 @@ pub fn assert_absent(haystack: &str, secret: &str, what: &str) {
         assert!(!haystack.contains(&form), "{what} contains a secret (form {form:?})");
     }
 }
+
+/// A gateway wired to our fault-injecting mock upstream, with short time limits so failure tests run fast.
+pub struct GatewayTest {
+    pub app: TestApp,
+    pub mock: reliablegpt::mock_upstream::MockUpstream,
+}
+
+pub async fn spawn_gateway() -> GatewayTest {
+    spawn_gateway_with(|_| {}).await
+}
+
+pub async fn spawn_gateway_with(tweak: impl FnOnce(&mut HashMap<String, String>)) -> GatewayTest {
+    let mock = reliablegpt::mock_upstream::MockUpstream::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let base_url = mock.base_url();
+    let app = spawn_app_with(|e| {
+        for (k, v) in [
+            (env::OPENAI_BASE_URL, base_url.as_str()),
+            (env::ALLOW_PRIVATE_UPSTREAMS, "true"),
+            (env::ALLOWED_UPSTREAM_HOSTS, "127.0.0.1,localhost,api.openai.com,*.openai.azure.com"),
+            (env::RETRY_BASE_MS, "5"),
+            (env::FIRST_BYTE_TIMEOUT_MS, "600"),
+            (env::STREAM_IDLE_TIMEOUT_MS, "600"),
+            (env::BREAKER_OPEN_MS, "400"),
+            (env::RATE_LIMIT_COOLDOWN_MS, "400"),
+        ] {
+            e.insert(k.to_owned(), v.to_owned());
+        }
+        tweak(e);
+    })
+    .await;
+    GatewayTest { app, mock }
+}
+
+pub struct Answer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+    pub text: String,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+impl GatewayTest {
+    /// A key set of OpenAI keys with the given fallback strategy; returns the token.
+    pub async fn key_set(&self, keys: &[&str], fallbacks: &[&str]) -> String {
+        self.key_set_with(json!(keys), json!({"fallback_strategy": fallbacks})).await
+    }
+
+    pub async fn key_set_with(&self, keys: Value, policy: Value) -> String {
+        let res = self.app.post_keys(&json!({"user_email": "dev@example.com", "keys": keys, "policy": policy})).await;
+        let status = res.status();
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(status, 201, "{body}");
+        token_of(&body)
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value, headers: &[(&str, &str)]) -> Answer {
+        let mut req = self.app.client.post(self.app.url(path)).bearer_auth(token).json(&body);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        let text = res.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Answer { status, headers, body, text }
+    }
+
+    pub async fn chat(&self, token: &str, model: &str) -> Answer {
+        self.post("/v1/chat/completions", token, chat_body(model), &[]).await
+    }
+
+    /// Models the mock saw, in order.
+    pub fn models_seen(&self) -> Vec<String> {
+        self.mock.requests().into_iter().filter_map(|r| r.model).collect()
+    }
+
+    pub fn keys_seen(&self) -> Vec<String> {
+        self.mock.requests().into_iter().filter_map(|r| r.api_key).collect()
+    }
+}
+
+pub fn chat_body(model: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": "Say the alphabet."}]})
+}
+
+/// Parses an SSE body into its data payloads.
+pub fn sse_data(text: &str) -> Vec<String> {
+    text.split("\n\n")
+        .filter_map(|event| {
+            let data: Vec<&str> = event.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+            (!data.is_empty()).then(|| data.join("\n"))
+        })
+        .collect()
+}
+
+/// The assistant text carried by a chat stream's chunks.
+pub fn streamed_text(text: &str) -> String {
+    sse_data(text)
+        .iter()
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|v| v.pointer("/choices/0/delta/content").and_then(|c| c.as_str()).map(str::to_owned))
+        .collect()
+}

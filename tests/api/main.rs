@@ -2,9 +2,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod abuse;
+mod gateway;
 mod helpers;
 mod http_basics;
 mod keys;
 mod openapi;
 mod secrets;
 mod startup;
+mod streaming;

@@ -1,0 +1,806 @@
+//! One connection: the keep-alive loop, routing, the scripted decision and its execution on the socket.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rand::Rng as _;
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::answers::{self, DONE_EVENT, FULL_ANSWER, MALFORMED_EVENT, MODELS_BODY, StreamEvents};
+use super::behavior::{self, Behavior};
+use super::http::{self, BodyKind, Head, Method, ParseError};
+use super::{SeenRequest, Shared};
+
+const JSON: &str = "application/json";
+
+/// Serves one connection until the client leaves, an error, or a fault closes it.
+pub(super) async fn serve(stream: TcpStream, shared: Arc<Shared>) {
+    let mut conn = Conn {
+        stream,
+        shared,
+        buf: Vec::with_capacity(8192),
+        out: Vec::with_capacity(4096),
+        ev: Vec::with_capacity(512),
+    };
+    loop {
+        match conn.next().await {
+            Ok(Flow::Continue) => {}
+            Ok(Flow::Close) => {
+                let _ = conn.stream.shutdown().await;
+                return;
+            }
+            // Reset (SO_LINGER 0 is set) or an I/O error: just drop the socket.
+            Ok(Flow::Abort) | Err(_) => return,
+        }
+    }
+}
+
+enum Flow {
+    Continue,
+    Close,
+    Abort,
+}
+
+struct Conn {
+    stream: TcpStream,
+    shared: Arc<Shared>,
+    /// Bytes read and not yet consumed (a request may be pipelined after the current one).
+    buf: Vec<u8>,
+    /// The response (or the next part of a streamed one) being written.
+    out: Vec<u8>,
+    /// Scratch: a response body or one SSE event.
+    ev: Vec<u8>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Endpoint {
+    Chat,
+    Completions,
+    Embeddings,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ControlOp {
+    Script,
+    InvalidKey,
+    NoQuotaKey,
+    Requests,
+    Clear,
+    Health,
+    Unknown,
+}
+
+enum Route {
+    Api { endpoint: Endpoint, deployment: Option<String> },
+    Models,
+    Control(ControlOp),
+    AzureNotFound,
+    NotFound,
+}
+
+fn route(method: Method, target: &str) -> Route {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    if let Some(op) = path.strip_prefix("/_mock/") {
+        return Route::Control(match op {
+            "script" => ControlOp::Script,
+            "invalid_key" => ControlOp::InvalidKey,
+            "no_quota_key" => ControlOp::NoQuotaKey,
+            "requests" => ControlOp::Requests,
+            "clear" => ControlOp::Clear,
+            "health" => ControlOp::Health,
+            _ => ControlOp::Unknown,
+        });
+    }
+    if let Some(rest) = path.strip_prefix("/openai/") {
+        let Some((deployment, tail)) = rest.strip_prefix("deployments/").and_then(|r| r.split_once('/')) else {
+            return Route::AzureNotFound;
+        };
+        let endpoint = match tail {
+            "chat/completions" => Endpoint::Chat,
+            "completions" => Endpoint::Completions,
+            "embeddings" => Endpoint::Embeddings,
+            _ => return Route::AzureNotFound,
+        };
+        let has_version = query.split('&').any(|pair| pair.strip_prefix("api-version=").is_some_and(|v| !v.is_empty()));
+        if method != Method::Post || deployment.is_empty() || !has_version {
+            return Route::AzureNotFound;
+        }
+        return Route::Api { endpoint, deployment: Some(deployment.to_owned()) };
+    }
+    let endpoint = match (method, path) {
+        (Method::Post, "/v1/chat/completions") => Endpoint::Chat,
+        (Method::Post, "/v1/completions") => Endpoint::Completions,
+        (Method::Post, "/v1/embeddings") => Endpoint::Embeddings,
+        (Method::Get, "/v1/models") => return Route::Models,
+        _ => return Route::NotFound,
+    };
+    Route::Api { endpoint, deployment: None }
+}
+
+/// What a healthy answer needs from the request.
+struct Call {
+    endpoint: Endpoint,
+    model: String,
+    stream: bool,
+    include_usage: bool,
+    prompt_tokens: u32,
+    last_is_assistant: bool,
+    answer: &'static str,
+    embed: Option<Embed>,
+}
+
+struct Embed {
+    seeds: Vec<u64>,
+    dims: usize,
+    base64: bool,
+}
+
+/// A 400 `invalid_request_error` for a request the real API would refuse.
+struct Rejection {
+    message: &'static str,
+    param: Option<&'static str>,
+    code: Option<&'static str>,
+}
+
+impl Call {
+    fn new(endpoint: Endpoint, body: &Value, model: String, stream: bool) -> Result<Call, Rejection> {
+        let mut call = Call {
+            endpoint,
+            model,
+            stream: stream && endpoint != Endpoint::Embeddings,
+            include_usage: body.pointer("/stream_options/include_usage").and_then(Value::as_bool) == Some(true),
+            prompt_tokens: 0,
+            last_is_assistant: false,
+            answer: FULL_ANSWER,
+            embed: None,
+        };
+        match endpoint {
+            Endpoint::Chat => {
+                let Some(messages) = body.get("messages").and_then(Value::as_array) else {
+                    return Err(Rejection {
+                        message: "Missing required parameter: 'messages'.",
+                        param: Some("messages"),
+                        code: Some("missing_required_parameter"),
+                    });
+                };
+                let chars = messages.iter().filter_map(|m| m.get("content")).map(answers::content_chars).sum();
+                call.prompt_tokens = answers::tokens_of_chars(chars);
+                if let Some(last) = messages.last()
+                    && last.get("role").and_then(Value::as_str) == Some("assistant")
+                {
+                    call.last_is_assistant = true;
+                    let prefill = last.get("content").and_then(answers::content_text);
+                    call.answer = answers::answer_after(prefill.as_deref());
+                }
+            }
+            Endpoint::Completions => {
+                let chars = body.get("prompt").map_or(0, answers::input_chars);
+                call.prompt_tokens = answers::tokens_of_chars(chars);
+            }
+            Endpoint::Embeddings => {
+                let Some(input) = body.get("input") else {
+                    return Err(Rejection {
+                        message: "Missing required parameter: 'input'.",
+                        param: Some("input"),
+                        code: Some("missing_required_parameter"),
+                    });
+                };
+                let Some(seeds) = answers::embedding_seeds(input) else {
+                    return Err(Rejection {
+                        message: "'$.input' is invalid. Please check the API reference: \
+                                  https://platform.openai.com/docs/api-reference.",
+                        param: None,
+                        code: None,
+                    });
+                };
+                let dims = match body.get("dimensions") {
+                    None | Some(Value::Null) => answers::embedding_dimension(&call.model),
+                    Some(d) => match d.as_u64() {
+                        Some(d @ 1..=16_384) => d as usize,
+                        _ => {
+                            return Err(Rejection {
+                                message: "Invalid value for 'dimensions': must be an integer between 1 and 16384.",
+                                param: Some("dimensions"),
+                                code: Some("invalid_value"),
+                            });
+                        }
+                    },
+                };
+                let base64 = body.get("encoding_format").and_then(Value::as_str) == Some("base64");
+                call.prompt_tokens = answers::tokens_of_chars(answers::input_chars(input));
+                call.embed = Some(Embed { seeds, dims, base64 });
+            }
+        }
+        Ok(call)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Normal,
+    Cut(u32),
+    Stall(u32),
+    Malformed(u32),
+    MissingDone,
+}
+
+enum Action {
+    /// `out` holds a complete response: write it after `delay`.
+    Send { delay: Duration, keep_alive: bool },
+    /// A healthy answer after `pre`; when streaming, `first` more before the first event (after the headers).
+    Healthy { call: Call, pre: Duration, first: Duration, mode: Mode, keep_alive: bool },
+    /// Reset the connection without answering.
+    Reset,
+    /// Never answer; wait for the client to leave.
+    Hang,
+}
+
+/// What the key and body checks decided.
+enum Verdict {
+    Answered,
+    MissingKey,
+    InvalidKey(String),
+    NoQuota,
+    Models,
+    BadJson,
+    NoModel,
+    Rejected(Rejection),
+    Step(Call, Option<(Behavior, Instant)>),
+}
+
+#[derive(Deserialize)]
+struct ScriptBody {
+    target: String,
+    steps: Vec<Behavior>,
+}
+
+#[derive(Deserialize)]
+struct KeyBody {
+    key: String,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn parse_json(bytes: &[u8]) -> Option<Value> {
+    if bytes.is_empty() { None } else { serde_json::from_slice(bytes).ok() }
+}
+
+impl Conn {
+    /// Reads more bytes into `buf`; 0 at end of stream.
+    async fn fill(&mut self) -> io::Result<usize> {
+        self.buf.reserve(8192);
+        self.stream.read_buf(&mut self.buf).await
+    }
+
+    async fn send_out(&mut self) -> io::Result<()> {
+        self.stream.write_all(&self.out).await?;
+        self.out.clear();
+        Ok(())
+    }
+
+    /// Reads and answers one request.
+    async fn next(&mut self) -> io::Result<Flow> {
+        let head = loop {
+            match http::parse_head(&self.buf) {
+                Ok(Some(head)) => break head,
+                Ok(None) => {
+                    if self.fill().await? == 0 {
+                        return Ok(Flow::Close);
+                    }
+                }
+                Err(error) => return self.reject(error).await,
+            }
+        };
+        let mut sent_continue = false;
+        let body = match head.body {
+            BodyKind::Length(n) => {
+                let end = head.len + n;
+                while self.buf.len() < end {
+                    if head.expect_continue && !sent_continue {
+                        self.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+                        sent_continue = true;
+                    }
+                    if self.fill().await? == 0 {
+                        return Ok(Flow::Close);
+                    }
+                }
+                let body = parse_json(&self.buf[head.len..end]);
+                self.buf.drain(..end);
+                body
+            }
+            BodyKind::Chunked => loop {
+                match http::parse_chunked(&self.buf[head.len..]) {
+                    Ok(Some((bytes, used))) => {
+                        self.buf.drain(..head.len + used);
+                        break parse_json(&bytes);
+                    }
+                    Ok(None) => {
+                        if head.expect_continue && !sent_continue {
+                            self.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+                            sent_continue = true;
+                        }
+                        if self.fill().await? == 0 {
+                            return Ok(Flow::Close);
+                        }
+                    }
+                    Err(error) => return self.reject(error).await,
+                }
+            },
+        };
+        if self.buf.capacity() > 1 << 20 && self.buf.len() <= 8192 {
+            // Do not keep a huge body's buffer for the rest of the connection.
+            self.buf.shrink_to(8192);
+        }
+        let action = self.decide(head, body);
+        self.act(action).await
+    }
+
+    /// Answers a request that cannot be parsed, then closes.
+    async fn reject(&mut self, error: ParseError) -> io::Result<Flow> {
+        let (status, message) = match error {
+            ParseError::Bad(message) => (400, message),
+            ParseError::HeadTooLarge => (431, "Request header fields too large."),
+            ParseError::BodyTooLarge => (413, "Request body too large."),
+        };
+        self.ev.clear();
+        answers::write_openai_error(&mut self.ev, message, "invalid_request_error", None, None);
+        self.out.clear();
+        http::write_response(&mut self.out, status, JSON, &[], false, &self.ev);
+        self.send_out().await?;
+        Ok(Flow::Close)
+    }
+
+    fn reply_json(&mut self, status: u16, keep_alive: bool, extra: &[(&str, &str)]) {
+        self.out.clear();
+        http::write_response(&mut self.out, status, JSON, extra, keep_alive, &self.ev);
+    }
+
+    fn reply_openai_error(
+        &mut self,
+        status: u16,
+        keep_alive: bool,
+        message: &str,
+        r#type: &str,
+        param: Option<&str>,
+        code: Option<&str>,
+    ) {
+        self.ev.clear();
+        answers::write_openai_error(&mut self.ev, message, r#type, param, code);
+        self.reply_json(status, keep_alive, &[]);
+    }
+
+    fn reply_azure_error(&mut self, status: u16, keep_alive: bool, message: &str) {
+        self.ev.clear();
+        answers::write_azure_error(&mut self.ev, &status.to_string(), message);
+        self.reply_json(status, keep_alive, &[]);
+    }
+
+    fn decide(&mut self, head: Head, body: Option<Value>) -> Action {
+        let keep_alive = head.keep_alive;
+        let send = Action::Send { delay: Duration::ZERO, keep_alive };
+        let route = route(head.method, &head.target);
+        let routed = !matches!(route, Route::NotFound | Route::AzureNotFound);
+        let (endpoint, deployment) = match route {
+            Route::Control(op) => {
+                self.control(op, head.method, body, keep_alive);
+                return send;
+            }
+            Route::NotFound => {
+                let path = head.target.split_once('?').map_or(head.target.as_str(), |(p, _)| p);
+                let message = format!("Invalid URL ({} {path})", head.method_name);
+                self.reply_openai_error(404, keep_alive, &message, "invalid_request_error", None, None);
+                (None, None)
+            }
+            Route::AzureNotFound => {
+                self.reply_azure_error(404, keep_alive, "Resource not found");
+                (None, None)
+            }
+            Route::Models => (None, None),
+            Route::Api { endpoint, deployment } => (Some(endpoint), deployment),
+        };
+        let azure = deployment.is_some();
+        let key = if azure { head.api_key.or(head.bearer) } else { head.bearer };
+        let body_ok = body.is_some();
+        let body = body.unwrap_or(Value::Null);
+        let model = deployment.or_else(|| body.get("model").and_then(Value::as_str).map(str::to_owned));
+        let stream = body.get("stream").and_then(Value::as_bool) == Some(true);
+        // Built before taking the lock; only used when the key and JSON checks pass.
+        let call = match (endpoint, &model) {
+            (Some(endpoint), Some(model)) if body_ok && routed => {
+                Some(Call::new(endpoint, &body, model.clone(), stream))
+            }
+            _ => None,
+        };
+
+        let at = Instant::now();
+        let verdict = {
+            let mut state = self.shared.lock();
+            let verdict = if !routed {
+                Verdict::Answered
+            } else {
+                match &key {
+                    None => Verdict::MissingKey,
+                    Some(k) if state.invalid_keys.contains(k) => Verdict::InvalidKey(answers::mask_key(k)),
+                    Some(k) if state.no_quota_keys.contains(k) => Verdict::NoQuota,
+                    Some(_) if endpoint.is_none() => Verdict::Models,
+                    Some(_) if !body_ok => Verdict::BadJson,
+                    Some(_) => match call {
+                        None => Verdict::NoModel,
+                        Some(Err(rejection)) => Verdict::Rejected(rejection),
+                        Some(Ok(call)) => {
+                            let step = state.next_step(&call.model);
+                            Verdict::Step(call, step)
+                        }
+                    },
+                }
+            };
+            state.record(SeenRequest { path: head.target, model, api_key: key, stream, body, at });
+            verdict
+        };
+
+        match verdict {
+            Verdict::Answered => send,
+            Verdict::MissingKey if azure => {
+                self.reply_azure_error(
+                    401,
+                    keep_alive,
+                    "Access denied due to missing subscription key. Make sure to include subscription key when \
+                     making requests to an API.",
+                );
+                send
+            }
+            Verdict::MissingKey => {
+                self.reply_openai_error(
+                    401,
+                    keep_alive,
+                    "You didn't provide an API key. You need to provide your API key in an Authorization header using \
+                     Bearer auth (i.e. Authorization: Bearer YOUR_KEY), or as the password field (with blank username) \
+                     if you're accessing the API from your browser and are prompted for a username. You can obtain an \
+                     API key from https://platform.openai.com/account/api-keys.",
+                    "invalid_request_error",
+                    None,
+                    Some("invalid_api_key"),
+                );
+                send
+            }
+            Verdict::InvalidKey(_) if azure => {
+                self.reply_azure_error(
+                    401,
+                    keep_alive,
+                    "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a valid \
+                     key for an active subscription and use a correct regional API endpoint for your resource.",
+                );
+                send
+            }
+            Verdict::InvalidKey(masked) => {
+                let message = format!(
+                    "Incorrect API key provided: {masked}. You can find your API key at \
+                     https://platform.openai.com/account/api-keys."
+                );
+                let code = Some("invalid_api_key");
+                self.reply_openai_error(401, keep_alive, &message, "invalid_request_error", None, code);
+                send
+            }
+            Verdict::NoQuota => {
+                self.reply_openai_error(
+                    429,
+                    keep_alive,
+                    "You exceeded your current quota, please check your plan and billing details. For more \
+                     information on this error, read the docs: \
+                     https://platform.openai.com/docs/guides/error-codes/api-errors.",
+                    "insufficient_quota",
+                    None,
+                    Some("insufficient_quota"),
+                );
+                send
+            }
+            Verdict::Models => {
+                self.out.clear();
+                http::write_response(&mut self.out, 200, JSON, &[], keep_alive, MODELS_BODY);
+                send
+            }
+            Verdict::BadJson => {
+                self.reply_openai_error(
+                    400,
+                    keep_alive,
+                    "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your \
+                     HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid \
+                     JSON. If you have trouble figuring out how to fix this, please contact us through our help center \
+                     at help.openai.com.)",
+                    "invalid_request_error",
+                    None,
+                    None,
+                );
+                send
+            }
+            Verdict::NoModel => {
+                let message = "you must provide a model parameter";
+                self.reply_openai_error(400, keep_alive, message, "invalid_request_error", None, None);
+                send
+            }
+            Verdict::Rejected(r) => {
+                self.reply_openai_error(400, keep_alive, r.message, "invalid_request_error", r.param, r.code);
+                send
+            }
+            Verdict::Step(call, step) => self.behave(call, step, keep_alive),
+        }
+    }
+
+    /// Turns a scripted step (none: healthy) into what to do on the socket.
+    fn behave(&mut self, call: Call, step: Option<(Behavior, Instant)>, keep_alive: bool) -> Action {
+        let healthy = |call: Call, mode: Mode| Action::Healthy {
+            call,
+            pre: Duration::ZERO,
+            first: Duration::ZERO,
+            mode,
+            keep_alive,
+        };
+        let Some((behavior, set_at)) = step else { return healthy(call, Mode::Normal) };
+        let send = Action::Send { delay: Duration::ZERO, keep_alive };
+        let stream = call.stream;
+        match behavior {
+            Behavior::Ok { latency_ms, jitter_ms } => {
+                let jitter = if jitter_ms > 0 { rand::thread_rng().gen_range(0..=jitter_ms) } else { 0 };
+                let pre = Duration::from_millis(latency_ms.saturating_add(jitter));
+                Action::Healthy { call, pre, first: Duration::ZERO, mode: Mode::Normal, keep_alive }
+            }
+            Behavior::Error { status, code, r#type, message, param, retry_after } => {
+                let message = if message.is_empty() { behavior::default_message(status) } else { &message };
+                let message = message.replace("{model}", &call.model);
+                self.ev.clear();
+                answers::write_openai_error(&mut self.ev, &message, &r#type, param.as_deref(), code.as_deref());
+                match retry_after {
+                    Some(value) => self.reply_json(status, keep_alive, &[("Retry-After", &value)]),
+                    None => self.reply_json(status, keep_alive, &[]),
+                }
+                send
+            }
+            Behavior::ContextLimit { max_tokens, with_code } if call.prompt_tokens > max_tokens => {
+                let message = format!(
+                    "This model's maximum context length is {max_tokens} tokens. However, your messages resulted in \
+                     {} tokens. Please reduce the length of the messages.",
+                    call.prompt_tokens
+                );
+                let code = with_code.then_some("context_length_exceeded");
+                self.reply_openai_error(400, keep_alive, &message, "invalid_request_error", Some("messages"), code);
+                send
+            }
+            Behavior::ContextLimit { .. } => healthy(call, Mode::Normal),
+            Behavior::ResetBeforeHeaders => Action::Reset,
+            Behavior::NoResponse => Action::Hang,
+            Behavior::SlowFirstToken { delay_ms } => {
+                let delay = Duration::from_millis(delay_ms);
+                let (pre, first) = if stream { (Duration::ZERO, delay) } else { (delay, Duration::ZERO) };
+                Action::Healthy { call, pre, first, mode: Mode::Normal, keep_alive }
+            }
+            Behavior::StreamCut { after_tokens } if stream => healthy(call, Mode::Cut(after_tokens)),
+            Behavior::StreamCut { .. } => Action::Reset,
+            Behavior::StreamStall { after_tokens } if stream => healthy(call, Mode::Stall(after_tokens)),
+            Behavior::StreamStall { .. } => Action::Hang,
+            Behavior::MalformedChunk { at_token } => healthy(call, Mode::Malformed(at_token)),
+            Behavior::MissingDone => healthy(call, Mode::MissingDone),
+            Behavior::RejectPrefill if call.last_is_assistant => {
+                self.reply_openai_error(
+                    400,
+                    keep_alive,
+                    "Prefill of assistant messages is not supported by this model.",
+                    "invalid_request_error",
+                    None,
+                    None,
+                );
+                send
+            }
+            Behavior::RejectPrefill => healthy(call, Mode::Normal),
+            Behavior::Flapping { down_ms, up_ms } => {
+                let period = u128::from(down_ms) + u128::from(up_ms);
+                let down = period > 0 && set_at.elapsed().as_millis() % period < u128::from(down_ms);
+                if down {
+                    let message = behavior::OVERLOADED_MESSAGE;
+                    self.reply_openai_error(503, keep_alive, message, "server_error", None, None);
+                    send
+                } else {
+                    healthy(call, Mode::Normal)
+                }
+            }
+        }
+    }
+
+    /// The `/_mock/...` endpoints (not recorded, no key needed).
+    fn control(&mut self, op: ControlOp, method: Method, body: Option<Value>, keep_alive: bool) {
+        let bad = |error: &dyn std::fmt::Display| format!("invalid control request: {error}");
+        let result: Result<(), String> = match (op, method) {
+            (ControlOp::Script, Method::Post) => {
+                match serde_json::from_value::<ScriptBody>(body.unwrap_or(Value::Null)) {
+                    Ok(script) => {
+                        self.shared.script(&script.target, script.steps);
+                        Ok(())
+                    }
+                    Err(error) => Err(bad(&error)),
+                }
+            }
+            (ControlOp::InvalidKey | ControlOp::NoQuotaKey, Method::Post) => {
+                match serde_json::from_value::<KeyBody>(body.unwrap_or(Value::Null)) {
+                    Ok(KeyBody { key }) => {
+                        let mut state = self.shared.lock();
+                        if op == ControlOp::InvalidKey {
+                            state.invalid_keys.insert(key);
+                        } else {
+                            state.no_quota_keys.insert(key);
+                        }
+                        Ok(())
+                    }
+                    Err(error) => Err(bad(&error)),
+                }
+            }
+            (ControlOp::Requests, Method::Get) => {
+                self.ev.clear();
+                let state = self.shared.lock();
+                let requests: Vec<&SeenRequest> = state.requests.iter().collect();
+                let _ = serde_json::to_writer(&mut self.ev, &requests);
+                drop(state);
+                self.reply_json(200, keep_alive, &[]);
+                return;
+            }
+            (ControlOp::Clear, Method::Post) => {
+                self.shared.clear();
+                Ok(())
+            }
+            (ControlOp::Health, Method::Get) => Ok(()),
+            _ => {
+                let message = "Unknown control endpoint or method.";
+                self.reply_openai_error(404, keep_alive, message, "invalid_request_error", None, None);
+                return;
+            }
+        };
+        match result {
+            Ok(()) => {
+                self.ev.clear();
+                self.ev.extend_from_slice(b"{\"ok\":true}");
+                self.reply_json(200, keep_alive, &[]);
+            }
+            Err(message) => {
+                self.reply_openai_error(400, keep_alive, &message, "invalid_request_error", None, None);
+            }
+        }
+    }
+
+    async fn act(&mut self, action: Action) -> io::Result<Flow> {
+        match action {
+            Action::Send { delay, keep_alive } => {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                self.send_out().await?;
+                Ok(if keep_alive { Flow::Continue } else { Flow::Close })
+            }
+            Action::Reset => Ok(self.reset()),
+            Action::Hang => self.hang().await,
+            Action::Healthy { call, pre, first, mode, keep_alive } => {
+                if !pre.is_zero() {
+                    tokio::time::sleep(pre).await;
+                }
+                if call.stream {
+                    self.stream_answer(call, first, mode, keep_alive).await
+                } else {
+                    self.answer(&call, keep_alive);
+                    self.send_out().await?;
+                    Ok(if keep_alive { Flow::Continue } else { Flow::Close })
+                }
+            }
+        }
+    }
+
+    fn reset(&mut self) -> Flow {
+        let _ = self.stream.set_zero_linger();
+        Flow::Abort
+    }
+
+    /// Holds the connection without answering until the client closes it.
+    async fn hang(&mut self) -> io::Result<Flow> {
+        loop {
+            self.buf.clear();
+            if self.fill().await? == 0 {
+                return Ok(Flow::Close);
+            }
+        }
+    }
+
+    /// Writes a complete non-streaming healthy answer into `out`.
+    fn answer(&mut self, call: &Call, keep_alive: bool) {
+        self.ev.clear();
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        match (call.endpoint, &call.embed) {
+            (Endpoint::Chat, _) => {
+                answers::write_chat(&mut self.ev, id, unix_now(), &call.model, call.answer, call.prompt_tokens);
+            }
+            (Endpoint::Completions, _) => {
+                answers::write_completion(&mut self.ev, id, unix_now(), &call.model, call.answer, call.prompt_tokens);
+            }
+            (Endpoint::Embeddings, Some(e)) => {
+                answers::write_embeddings(&mut self.ev, &call.model, &e.seeds, e.dims, e.base64, call.prompt_tokens);
+            }
+            (Endpoint::Embeddings, None) => {
+                answers::write_embeddings(&mut self.ev, &call.model, &[], 0, false, call.prompt_tokens);
+            }
+        }
+        self.reply_json(200, keep_alive, &[]);
+    }
+
+    /// Frames `ev` as one HTTP chunk after whatever `out` holds, and writes it all.
+    async fn send_event(&mut self) -> io::Result<()> {
+        http::write_chunk(&mut self.out, &self.ev);
+        self.ev.clear();
+        self.send_out().await
+    }
+
+    async fn stream_answer(&mut self, call: Call, first: Duration, mode: Mode, keep_alive: bool) -> io::Result<Flow> {
+        let keep_alive = keep_alive && mode != Mode::MissingDone;
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let events =
+            StreamEvents::new(call.endpoint == Endpoint::Chat, id, unix_now(), &call.model, call.include_usage);
+        self.out.clear();
+        self.ev.clear();
+        http::write_sse_head(&mut self.out, keep_alive);
+        if !first.is_zero() {
+            self.send_out().await?;
+            tokio::time::sleep(first).await;
+        }
+        events.role(&mut self.ev);
+        if !self.ev.is_empty() {
+            self.send_event().await?;
+        }
+        let mut sent: u32 = 0;
+        let mut total = 0;
+        for piece in answers::pieces(call.answer) {
+            total += 1;
+            match mode {
+                Mode::Cut(n) | Mode::Stall(n) if sent >= n => break,
+                Mode::Malformed(at) if sent == at => {
+                    self.ev.extend_from_slice(MALFORMED_EVENT);
+                    self.send_event().await?;
+                }
+                _ => {}
+            }
+            events.content(&mut self.ev, piece);
+            self.send_event().await?;
+            sent += 1;
+        }
+        match mode {
+            Mode::Cut(_) => {
+                // Whatever `out` holds was written; the head alone when there was no token to send.
+                self.send_out().await?;
+                return Ok(self.reset());
+            }
+            Mode::Stall(_) => {
+                self.send_out().await?;
+                return self.hang().await;
+            }
+            Mode::Malformed(at) if at >= sent => {
+                self.ev.extend_from_slice(MALFORMED_EVENT);
+                self.send_event().await?;
+            }
+            _ => {}
+        }
+        events.finish(&mut self.ev);
+        self.send_event().await?;
+        events.usage(&mut self.ev, call.prompt_tokens, total);
+        if !self.ev.is_empty() {
+            self.send_event().await?;
+        }
+        if mode != Mode::MissingDone {
+            self.ev.extend_from_slice(DONE_EVENT);
+            http::write_chunk(&mut self.out, &self.ev);
+            self.ev.clear();
+        }
+        self.out.extend_from_slice(http::LAST_CHUNK);
+        self.send_out().await?;
+        Ok(if keep_alive { Flow::Continue } else { Flow::Close })
+    }
+}

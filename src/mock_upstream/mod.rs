@@ -1,0 +1,226 @@
+//! A fault-injecting OpenAI-compatible upstream for tests, benchmarks and the demo.
+//!
+//! It speaks OpenAI's (and Azure OpenAI's) exact wire format on a minimal HTTP/1.1 server written on raw tokio TCP,
+//! so it controls the socket: tests script per-model [`Behavior`]s to get errors, resets before the headers, silent
+//! connections, streams cut or stalled mid-answer, malformed SSE chunks and more. Healthy answers are deterministic
+//! ([`full_answer`]) so truncation is detectable.
+//!
+//! Routes: `POST /v1/chat/completions`, `POST /v1/completions`, `POST /v1/embeddings`, `GET /v1/models`, the Azure
+//! `POST /openai/deployments/{deployment}/{chat/completions,completions,embeddings}?api-version=...`, and the control
+//! endpoints `POST /_mock/script` `{"target", "steps": [Behavior]}`, `POST /_mock/invalid_key` `{"key"}`,
+//! `POST /_mock/no_quota_key` `{"key"}`, `GET /_mock/requests`, `POST /_mock/clear`, `GET /_mock/health`.
+//!
+//! Order of checks for an API request: route (unknown → 404; Azure without `api-version` → 404), key (missing or
+//! invalid → 401, no quota → 429), JSON body (→ 400), `model` (→ 400), then the target's next scripted step (none →
+//! healthy). Only requests that pass the checks consume a script step; every API request is recorded.
+
+mod answers;
+mod behavior;
+mod conn;
+mod http;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use answers::{ANSWER_WORDS, FULL_ANSWER};
+pub use behavior::Behavior;
+
+/// How many requests [`MockUpstream::requests`] remembers (the oldest are forgotten first).
+pub const MAX_RECORDED_REQUESTS: usize = 10_000;
+
+/// The healthy answer text: [`ANSWER_WORDS`] joined by single spaces, plus ".".
+pub fn full_answer() -> String {
+    FULL_ANSWER.to_owned()
+}
+
+/// A request the mock received (control endpoints excepted).
+#[derive(Clone, Debug, Serialize)]
+pub struct SeenRequest {
+    /// The request target, query included.
+    pub path: String,
+    /// The body's `model`, or the Azure deployment from the path.
+    pub model: Option<String>,
+    /// From `Authorization: Bearer X`, or on Azure routes the `api-key` header (then the bearer token).
+    pub api_key: Option<String>,
+    /// The body's `stream` is `true`.
+    pub stream: bool,
+    /// The JSON body (`null` when absent or not JSON).
+    pub body: serde_json::Value,
+    #[serde(skip_serializing)]
+    pub at: Instant,
+}
+
+/// A running mock upstream. Dropping it stops accepting and closes its connections.
+pub struct MockUpstream {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl MockUpstream {
+    /// Binds `listen` (port 0 picks a free port) and serves on the current tokio runtime.
+    pub async fn start(listen: SocketAddr) -> std::io::Result<MockUpstream> {
+        let listener = TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared::default());
+        let (shutdown, stopped) = watch::channel(false);
+        tokio::spawn(accept_loop(listener, Arc::clone(&shared), stopped));
+        Ok(MockUpstream { addr, shared, shutdown })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The OpenAI base URL, e.g. `http://127.0.0.1:PORT/v1`.
+    pub fn base_url(&self) -> String {
+        format!("{}/v1", self.azure_endpoint())
+    }
+
+    /// The Azure endpoint, e.g. `http://127.0.0.1:PORT`.
+    pub fn azure_endpoint(&self) -> String {
+        let ip = match self.addr.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
+        format!("http://{}", SocketAddr::new(ip, self.addr.port()))
+    }
+
+    /// Scripts a model name or Azure deployment name: its request k gets `steps[k]`, the last step repeats forever.
+    /// Replaces any earlier script for `target` (and restarts its count and [`Behavior::Flapping`] clock); empty
+    /// `steps` remove it.
+    pub fn script(&self, target: &str, steps: Vec<Behavior>) {
+        self.shared.script(target, steps);
+    }
+
+    /// Requests with this key get 401 `invalid_api_key`.
+    pub fn set_invalid_key(&self, key: &str) {
+        self.shared.lock().invalid_keys.insert(key.to_owned());
+    }
+
+    /// Requests with this key get 429 `insufficient_quota`.
+    pub fn set_no_quota_key(&self, key: &str) {
+        self.shared.lock().no_quota_keys.insert(key.to_owned());
+    }
+
+    /// Everything received (the last [`MAX_RECORDED_REQUESTS`]), oldest first.
+    pub fn requests(&self) -> Vec<SeenRequest> {
+        self.shared.lock().requests.iter().cloned().collect()
+    }
+
+    /// Forgets scripts, keys and recorded requests.
+    pub fn clear(&self) {
+        self.shared.clear();
+    }
+}
+
+impl Drop for MockUpstream {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+/// Runs a mock upstream on `listen` until the process ends (`reliablegpt mock-upstream --listen ADDR`).
+pub async fn run(listen: SocketAddr) -> std::io::Result<()> {
+    let mock = MockUpstream::start(listen).await?;
+    tracing::info!(addr = %mock.addr(), "mock upstream listening");
+    std::future::pending::<()>().await;
+    drop(mock);
+    Ok(())
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stopped.wait_for(|stop| *stop) => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                let _ = stream.set_nodelay(true);
+                let shared = Arc::clone(&shared);
+                let mut stopped = stopped.clone();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        () = conn::serve(stream, shared) => {}
+                        _ = stopped.wait_for(|stop| *stop) => {}
+                    }
+                });
+            }
+            Err(error) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(%error, "mock upstream accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+struct Script {
+    steps: Vec<Behavior>,
+    served: usize,
+    set_at: Instant,
+}
+
+#[derive(Default)]
+struct State {
+    scripts: HashMap<String, Script>,
+    invalid_keys: HashSet<String>,
+    no_quota_keys: HashSet<String>,
+    requests: VecDeque<SeenRequest>,
+}
+
+impl State {
+    fn record(&mut self, request: SeenRequest) {
+        if self.requests.len() >= MAX_RECORDED_REQUESTS {
+            self.requests.pop_front();
+        }
+        self.requests.push_back(request);
+    }
+
+    /// The next step for `target` and when its script was set; `None` when it is not scripted.
+    fn next_step(&mut self, target: &str) -> Option<(Behavior, Instant)> {
+        let script = self.scripts.get_mut(target)?;
+        let step = script.steps.get(script.served).or(script.steps.last())?.clone();
+        script.served = script.served.saturating_add(1);
+        Some((step, script.set_at))
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    state: Mutex<State>,
+    next_id: AtomicU64,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn script(&self, target: &str, steps: Vec<Behavior>) {
+        let mut state = self.lock();
+        if steps.is_empty() {
+            state.scripts.remove(target);
+        } else {
+            state.scripts.insert(target.to_owned(), Script { steps, served: 0, set_at: Instant::now() });
+        }
+    }
+
+    fn clear(&self) {
+        let mut state = self.lock();
+        state.scripts.clear();
+        state.invalid_keys.clear();
+        state.no_quota_keys.clear();
+        state.requests.clear();
+    }
+}

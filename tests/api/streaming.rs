@@ -1,0 +1,138 @@
+//! Streaming: events pass through as they arrive; a stream that dies midway is continued on a fallback (prefill) or
+//! ends with an in-band error — never a clean end of a truncated answer.
+
+use reliablegpt::mock_upstream::{Behavior, full_answer};
+use serde_json::{Value, json};
+
+use crate::helpers::{GatewayTest, spawn_gateway, sse_data, streamed_text};
+
+const K1: &str = "sk-test-key-one-000000000000000000000001";
+
+fn stream_body(model: &str) -> Value {
+    json!({"model": model, "stream": true, "messages": [{"role": "user", "content": "Say the alphabet."}]})
+}
+
+async fn stream(gw: &GatewayTest, fallbacks: &[&str], model: &str) -> crate::helpers::Answer {
+    let token = gw.key_set(&[K1], fallbacks).await;
+    gw.post("/v1/chat/completions", &token, stream_body(model), &[]).await
+}
+
+fn words(n: usize) -> String {
+    full_answer().split(' ').take(n).collect::<Vec<_>>().join(" ")
+}
+
+#[tokio::test]
+async fn a_healthy_stream_passes_through_with_usage() {
+    let gw = spawn_gateway().await;
+    let token = gw.key_set(&[K1], &[]).await;
+    let mut body = stream_body("gpt-4o");
+    body["stream_options"] = json!({"include_usage": true});
+    let a = gw.post("/v1/chat/completions", &token, body, &[]).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(a.header("content-type"), Some("text/event-stream"));
+    assert_eq!(a.header("x-reliablegpt-model"), Some("gpt-4o"));
+    assert_eq!(streamed_text(&a.text), full_answer());
+    let data = sse_data(&a.text);
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    let usage: Value = serde_json::from_str(&data[data.len() - 2]).unwrap();
+    assert_eq!(usage["choices"], json!([]));
+    assert!(usage["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+}
+
+#[tokio::test]
+async fn before_the_first_byte_a_stream_falls_back_freely() {
+    let gw = spawn_gateway().await;
+    gw.mock.script("gpt-4o", vec![Behavior::server_error()]);
+    gw.mock.script("gpt-4o-mini", vec![Behavior::SlowFirstToken { delay_ms: 2_000 }]);
+    let a = stream(&gw, &["gpt-4o-mini", "gpt-4.1"], "gpt-4o").await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(a.header("x-reliablegpt-model"), Some("gpt-4.1"));
+    assert_eq!(streamed_text(&a.text), full_answer());
+    assert_eq!(gw.models_seen(), vec!["gpt-4o", "gpt-4o", "gpt-4o", "gpt-4o-mini", "gpt-4.1"]);
+}
+
+async fn assert_rescued(behavior: Behavior, cut_after: usize) {
+    let gw = spawn_gateway().await;
+    gw.mock.script("gpt-4o", vec![behavior.clone()]);
+    let a = stream(&gw, &["gpt-4o-mini"], "gpt-4o").await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(streamed_text(&a.text), full_answer(), "{behavior:?}: the client must see one complete answer");
+    let data = sse_data(&a.text);
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    let ids: Vec<Value> =
+        data.iter().filter_map(|d| serde_json::from_str::<Value>(d).ok()).map(|v| v["id"].clone()).collect();
+    assert!(ids.windows(2).all(|w| w[0] == w[1]), "one stream id throughout: {ids:?}");
+    let seen = gw.mock.requests();
+    let rescue = seen.iter().find(|r| r.model.as_deref() == Some("gpt-4o-mini")).expect("a rescue request");
+    let last = rescue.body["messages"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last, json!({"role": "assistant", "content": words(cut_after)}), "prefill is the partial answer");
+}
+
+#[tokio::test]
+async fn a_stream_cut_midway_is_continued_on_the_fallback() {
+    assert_rescued(Behavior::StreamCut { after_tokens: 5 }, 5).await;
+}
+
+#[tokio::test]
+async fn a_stalled_stream_is_continued_on_the_fallback() {
+    assert_rescued(Behavior::StreamStall { after_tokens: 3 }, 3).await;
+}
+
+#[tokio::test]
+async fn a_refused_prefill_ends_with_an_in_band_error_and_no_done() {
+    let gw = spawn_gateway().await;
+    gw.mock.script("gpt-4o", vec![Behavior::StreamCut { after_tokens: 4 }]);
+    gw.mock.script("gpt-4o-mini", vec![Behavior::RejectPrefill]);
+    let a = stream(&gw, &["gpt-4o-mini"], "gpt-4o").await;
+    assert_eq!(a.status, 200);
+    assert_eq!(streamed_text(&a.text), words(4));
+    let data = sse_data(&a.text);
+    assert!(!data.contains(&"[DONE]".to_owned()), "a truncated answer must not end cleanly");
+    let last: Value = serde_json::from_str(data.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], "stream_interrupted");
+    let message = last["error"]["message"].as_str().unwrap();
+    assert!(message.contains("broke") && message.contains("prefill"), "the original failure stays visible: {message}");
+}
+
+#[tokio::test]
+async fn with_nothing_left_to_continue_a_cut_stream_ends_with_an_error() {
+    let gw = spawn_gateway().await;
+    gw.mock.script("gpt-4o", vec![Behavior::StreamCut { after_tokens: 2 }]);
+    let a = stream(&gw, &[], "gpt-4o").await;
+    let data = sse_data(&a.text);
+    assert!(!data.contains(&"[DONE]".to_owned()));
+    let last: Value = serde_json::from_str(data.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], "stream_interrupted");
+}
+
+#[tokio::test]
+async fn malformed_chunks_are_dropped_and_a_missing_done_is_supplied() {
+    let gw = spawn_gateway().await;
+    gw.mock.script("gpt-4o", vec![Behavior::MalformedChunk { at_token: 3 }]);
+    gw.mock.script("gpt-4.1", vec![Behavior::MissingDone]);
+    let token = gw.key_set(&[K1], &[]).await;
+    let a = gw.post("/v1/chat/completions", &token, stream_body("gpt-4o"), &[]).await;
+    assert_eq!(streamed_text(&a.text), full_answer());
+    let data = sse_data(&a.text);
+    assert!(data.iter().all(|d| d == "[DONE]" || serde_json::from_str::<Value>(d).is_ok()), "{data:?}");
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+
+    let a = gw.post("/v1/chat/completions", &token, stream_body("gpt-4.1"), &[]).await;
+    assert_eq!(streamed_text(&a.text), full_answer());
+    assert_eq!(sse_data(&a.text).last().map(String::as_str), Some("[DONE]"));
+
+    let metrics = gw.app.client.get(gw.app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("reliablegpt_stream_malformed_chunks_total 1"), "{metrics}");
+}
+
+#[tokio::test]
+async fn graceful_answers_stream_too() {
+    let gw = spawn_gateway().await;
+    gw.mock.script("gpt-4o", vec![Behavior::bad_request()]);
+    let token = gw.key_set_with(json!([K1]), json!({"graceful_string": "Back soon."})).await;
+    gw.mock.script("gpt-4o", vec![Behavior::overloaded()]);
+    let a = gw.post("/v1/chat/completions", &token, stream_body("gpt-4o"), &[]).await;
+    assert_eq!(a.header("x-reliablegpt-graceful"), Some("true"));
+    assert_eq!(streamed_text(&a.text), "Back soon.");
+    assert_eq!(sse_data(&a.text).last().map(String::as_str), Some("[DONE]"));
+}
