@@ -39,10 +39,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .limit(KEYS_BODY_LIMIT)
         .content_type_required(false)
         .error_handler(|err, _req| error::json_error(err, KEYS_BODY_LIMIT).into());
-    let gateway_json = web::JsonConfig::default()
-        .limit(GATEWAY_BODY_LIMIT)
-        .content_type_required(false)
-        .error_handler(|err, _req| error::json_error(err, GATEWAY_BODY_LIMIT).into());
     cfg.route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
         .route("/metrics", web::get().to(proxy::metrics))
@@ -57,7 +53,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         )
         .service(
             web::scope("/v1")
-                .app_data(gateway_json)
                 .route("/chat/completions", web::post().to(proxy::chat))
                 .route("/completions", web::post().to(proxy::completions))
                 .route("/embeddings", web::post().to(proxy::embeddings))

@@ -10,9 +10,10 @@ use serde_json::{Value, json};
 
 use super::auth::Gateway;
 use super::error::ErrorBody;
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, GATEWAY_BODY_LIMIT};
 use crate::engine::{Endpoint, GatewayRequest, Reply, Served};
 use crate::vault::{OpenKeySet, Provider};
+use actix_web::web::Bytes;
 
 const MAX_FALLBACKS: usize = 16;
 const MAX_TIMEOUT_MS: u64 = 600_000;
@@ -37,8 +38,8 @@ const MAX_TIMEOUT_MS: u64 = 600_000;
         (status = 504, body = ErrorBody),
     )
 )]
-pub async fn chat(gw: Gateway, req: HttpRequest, body: web::Json<Value>) -> Result<HttpResponse, ApiError> {
-    forward(gw, &req, body.into_inner(), Endpoint::Chat).await
+pub async fn chat(gw: Gateway, req: HttpRequest, body: web::Payload) -> Result<HttpResponse, ApiError> {
+    forward(gw, &req, body, Endpoint::Chat).await
 }
 
 /// Legacy completions, same engine.
@@ -47,8 +48,8 @@ pub async fn chat(gw: Gateway, req: HttpRequest, body: web::Json<Value>) -> Resu
     request_body(content = Object, description = "OpenAI completion request."),
     responses((status = 200, description = "The answering upstream's body"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 502, body = ErrorBody))
 )]
-pub async fn completions(gw: Gateway, req: HttpRequest, body: web::Json<Value>) -> Result<HttpResponse, ApiError> {
-    forward(gw, &req, body.into_inner(), Endpoint::Completions).await
+pub async fn completions(gw: Gateway, req: HttpRequest, body: web::Payload) -> Result<HttpResponse, ApiError> {
+    forward(gw, &req, body, Endpoint::Completions).await
 }
 
 /// Embeddings; fallbacks only between models of the same dimension.
@@ -57,8 +58,8 @@ pub async fn completions(gw: Gateway, req: HttpRequest, body: web::Json<Value>) 
     request_body(content = Object, description = "OpenAI embeddings request."),
     responses((status = 200, description = "The answering upstream's body"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 502, body = ErrorBody))
 )]
-pub async fn embeddings(gw: Gateway, req: HttpRequest, body: web::Json<Value>) -> Result<HttpResponse, ApiError> {
-    forward(gw, &req, body.into_inner(), Endpoint::Embeddings).await
+pub async fn embeddings(gw: Gateway, req: HttpRequest, body: web::Payload) -> Result<HttpResponse, ApiError> {
+    forward(gw, &req, body, Endpoint::Embeddings).await
 }
 
 /// The models this key set can reach.
@@ -74,9 +75,15 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(state.engine.metrics.render(open, half))
 }
 
-async fn forward(gw: Gateway, http: &HttpRequest, body: Value, endpoint: Endpoint) -> Result<HttpResponse, ApiError> {
+async fn forward(
+    gw: Gateway,
+    http: &HttpRequest,
+    payload: web::Payload,
+    endpoint: Endpoint,
+) -> Result<HttpResponse, ApiError> {
     let Gateway(set, state) = gw;
-    let request = parse(http, body, endpoint)?;
+    let (raw, body) = read_json(http, payload, GATEWAY_BODY_LIMIT).await?;
+    let request = parse(http, raw, body, endpoint)?;
     let stream = request.stream;
     let model = request.model.clone();
     match state.engine.serve(set, request).await {
@@ -129,7 +136,31 @@ fn served_headers(res: &mut HttpResponseBuilder, served: &Served) {
     }
 }
 
-fn parse(http: &HttpRequest, body: Value, endpoint: Endpoint) -> Result<GatewayRequest, ApiError> {
+/// Reads the body within `limit` and parses it, keeping the raw bytes to forward unchanged.
+async fn read_json(http: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<(Bytes, Value), ApiError> {
+    let declared = http
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::payload_too_large(limit));
+    }
+    let mut buffer = web::BytesMut::with_capacity(declared.unwrap_or(1024));
+    while let Some(chunk) = futures_util::StreamExt::next(&mut payload).await {
+        let chunk = chunk.map_err(|_| ApiError::bad_json("Could not read the request body."))?;
+        if buffer.len() + chunk.len() > limit {
+            return Err(ApiError::payload_too_large(limit));
+        }
+        buffer.extend_from_slice(&chunk);
+    }
+    let raw = buffer.freeze();
+    let value = serde_json::from_slice(&raw)
+        .map_err(|e| super::error::json_error(actix_web::error::JsonPayloadError::Deserialize(e), limit))?;
+    Ok((raw, value))
+}
+
+fn parse(http: &HttpRequest, raw: Bytes, body: Value, endpoint: Endpoint) -> Result<GatewayRequest, ApiError> {
     let Value::Object(map) = &body else {
         return Err(ApiError::bad_json("The request body must be a JSON object."));
     };
@@ -197,7 +228,7 @@ fn parse(http: &HttpRequest, body: Value, endpoint: Endpoint) -> Result<GatewayR
             _ => return Err(ApiError::invalid("x-reliablegpt-hedge-ms", "must be 1-60000")),
         },
     };
-    Ok(GatewayRequest { endpoint, body, model, stream, fallbacks, instance, timeout, hedge })
+    Ok(GatewayRequest { endpoint, body, raw, model, stream, fallbacks, instance, timeout, hedge })
 }
 
 fn valid_model(m: &str) -> bool {

@@ -39,6 +39,8 @@ pub struct GatewayRequest {
     pub endpoint: Endpoint,
     /// The client's body, forwarded as sent except for `model` (an object with a string `model`).
     pub body: Value,
+    /// The same body as received: sent byte for byte while the model is the requested one.
+    pub raw: Bytes,
     pub model: String,
     pub stream: bool,
     pub fallbacks: Option<Vec<String>>,
@@ -238,14 +240,7 @@ impl Engine {
                     }
                     let limits = self.limits(deadline);
                     let t0 = Instant::now();
-                    let primary = upstream::attempt(
-                        &self.client,
-                        step,
-                        key,
-                        body_for(&req.body, step, None),
-                        req.stream,
-                        &limits,
-                    );
+                    let primary = upstream::attempt(&self.client, step, key, req.body_for(step), req.stream, &limits);
                     let hedge_target = if retries == 0 {
                         hedge.and_then(|h| self.hedge_target(&set, &steps, index, &run).map(|t| (h, t)))
                     } else {
@@ -255,7 +250,7 @@ impl Engine {
                         None => (primary.await, (index, key_index)),
                         Some((after, (h_index, h_key))) => {
                             let h_step = &steps[h_index];
-                            let h_body = body_for(&req.body, h_step, None);
+                            let h_body = req.body_for(h_step);
                             let raced = hedge::race(primary, after, || {
                                 let h_limits = self.limits(deadline);
                                 let client = self.client.clone();
@@ -613,6 +608,13 @@ enum Next {
     RotateKey,
     MoveOn,
     ReturnUpstream,
+}
+
+impl GatewayRequest {
+    /// The body for one step: the client's bytes untouched when the step asks for the requested model.
+    fn body_for(&self, step: &Step) -> Bytes {
+        if step.model == self.model { self.raw.clone() } else { body_for(&self.body, step, None) }
+    }
 }
 
 /// The body for one step: the client's body with `model` set, and optionally an assistant prefill to continue from.

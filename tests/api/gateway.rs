@@ -458,3 +458,19 @@ async fn model_budgets_pace_requests_and_overflow_moves_to_the_next_model() {
     }
     assert_eq!(gw.models_seen(), vec!["gpt-4o", "gpt-4o", "gpt-4o-mini"], "the provider never saw a third gpt-4o call");
 }
+
+#[tokio::test]
+async fn large_prompts_pass_and_oversized_bodies_get_413() {
+    let gw = spawn_gateway().await;
+    let token = gw.key_set(&[K1], &[]).await;
+    let big = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "x".repeat(2 * 1024 * 1024)}]});
+    let a = gw.post("/v1/chat/completions", &token, big, &[]).await;
+    assert_eq!(a.status, 200, "a 2 MiB prompt is a normal request");
+    let huge = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "x".repeat(33 * 1024 * 1024)}]});
+    let a = gw.post("/v1/chat/completions", &token, huge, &[]).await;
+    assert_eq!(a.status, 413);
+    assert_eq!(a.body["error"]["code"], "payload_too_large");
+    let a = gw.post("/v1/chat/completions", &token, json!("not an object"), &[]).await;
+    assert_eq!(a.status, 400);
+    assert_eq!(gw.mock.requests().len(), 1);
+}
