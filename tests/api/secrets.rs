@@ -218,7 +218,11 @@ async fn trace_logs_hold_no_key_and_no_token() {
     let db = TestDatabase::create().await;
     let pool = db.pool().await;
     reliablegpt::db::migrate(&pool).await.unwrap();
-    let vars = base_env(&db);
+    let mock = reliablegpt::mock_upstream::MockUpstream::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let mut vars = base_env(&db);
+    vars.insert(env::OPENAI_BASE_URL.into(), mock.base_url());
+    vars.insert(env::ALLOW_PRIVATE_UPSTREAMS.into(), "true".into());
+    vars.insert(env::ALLOWED_UPSTREAM_HOSTS.into(), "127.0.0.1".into());
     let mut child = Command::new(env!("CARGO_BIN_EXE_reliablegpt"))
         .arg("serve")
         .env_clear()
@@ -275,6 +279,18 @@ async fn trace_logs_hold_no_key_and_no_token() {
     assert_eq!(client.get(&url).bearer_auth(&token).send().await.unwrap().status(), 200);
     let patched = client.patch(&url).bearer_auth(&token).json(&json!({"add_keys": [k2]})).send().await.unwrap();
     assert_eq!(patched.status(), 200);
+    // Upstream calls carry the provider keys: a rejected key, a rotation, a stream.
+    mock.set_invalid_key(&k1);
+    let chat = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]});
+    let res = client.post(format!("{base}/v1/chat/completions")).bearer_auth(&token).json(&chat).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let mut streaming = chat.clone();
+    streaming["stream"] = json!(true);
+    let res =
+        client.post(format!("{base}/v1/chat/completions")).bearer_auth(&token).json(&streaming).send().await.unwrap();
+    assert!(res.text().await.unwrap().contains("[DONE]"));
+    let seen: Vec<String> = mock.requests().into_iter().filter_map(|r| r.api_key).collect();
+    assert_eq!(seen, vec![k1.clone(), k2.clone(), k2.clone()], "the keys really went upstream");
     let not_found = client.get(format!("{base}/v1/keys/{token}?key={k1}")).send().await.unwrap();
     assert_eq!(not_found.status(), 404);
     assert_eq!(client.get(&url).bearer_auth(format!("{token}x")).send().await.unwrap().status(), 401);
@@ -289,6 +305,7 @@ async fn trace_logs_hold_no_key_and_no_token() {
     logs.push_str(&stderr);
 
     assert!(logs.contains("key set created") && logs.contains("key set revoked"), "flows were not logged");
+    assert!(logs.contains("upstream attempt failed"), "the rotation was not logged");
     assert!(logs.contains("\"level\":\"TRACE\"") || logs.contains("\"level\":\"DEBUG\""), "not a TRACE capture");
     for secret in [&k1, &k2, &token] {
         assert_absent(&logs, secret, "service logs");

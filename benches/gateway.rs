@@ -1,0 +1,251 @@
+//! Gateway benchmark: the mock upstream alone vs the mock through reliablegpt (and, when given, through the LiteLLM
+//! proxy) at constant rates and at maximum throughput; the cost of a fallback; idle memory. Prints a table; asserts
+//! nothing. The release binary runs the gateway and the mock as separate processes, as in production.
+//!
+//!     scripts/bench            # provisions everything, including LiteLLM, and runs this
+//!     DATABASE_URL=... cargo bench --bench gateway -- [--mock-port N] [--litellm-url URL --litellm-key KEY]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, clippy::panic)]
+
+mod loadgen;
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use base64::Engine as _;
+use loadgen::Stats;
+use serde_json::{Value, json};
+use sqlx::{Connection, PgConnection};
+
+const BIN: &str = env!("CARGO_BIN_EXE_reliablegpt");
+const RATES: [u32; 3] = [1_000, 2_500, 5_000];
+const RUN: Duration = Duration::from_secs(5);
+const CONNECTIONS: usize = 64;
+const CHAT: &str = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"Say the alphabet."}]}"#;
+
+struct Guard(Vec<Child>);
+impl Drop for Guard {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+async fn wait_ready(url: &str) {
+    let client = reqwest::Client::new();
+    for _ in 0..300 {
+        if let Ok(r) = client.get(url).send().await
+            && r.status().is_success()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{url} never became ready");
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3}", d.as_secs_f64() * 1e3)
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(run());
+}
+
+async fn run() {
+    let admin = std::env::var("DATABASE_URL").expect("DATABASE_URL (scripts/bench provides one)");
+    let name = format!("bench_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = PgConnection::connect(&admin).await.unwrap();
+    sqlx::query(&format!(r#"CREATE DATABASE "{name}""#)).execute(&mut conn).await.unwrap();
+    let mut db_url = url::Url::parse(&admin).unwrap();
+    db_url.set_path(&name);
+
+    let mock_port: u16 = arg("--mock-port").map(|p| p.parse().unwrap()).unwrap_or_else(free_port);
+    let gw_port = free_port();
+    let mock_addr: SocketAddr = format!("127.0.0.1:{mock_port}").parse().unwrap();
+    let gw_addr: SocketAddr = format!("127.0.0.1:{gw_port}").parse().unwrap();
+    let secret = || base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>());
+    let mock = Command::new(BIN)
+        .args(["mock-upstream", "--listen", &mock_addr.to_string()])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let gateway = Command::new(BIN)
+        .args(["serve", "--migrate"])
+        .env("DATABASE_URL", db_url.as_str())
+        .env("RELIABLEGPT_LISTEN", gw_addr.to_string())
+        .env("RELIABLEGPT_MASTER_KEY", secret())
+        .env("RELIABLEGPT_TOKEN_PEPPER", secret())
+        .env("RELIABLEGPT_OPENAI_BASE_URL", format!("http://{mock_addr}/v1"))
+        .env("RELIABLEGPT_ALLOW_PRIVATE_UPSTREAMS", "true")
+        .env("RELIABLEGPT_ALLOWED_UPSTREAM_HOSTS", "127.0.0.1")
+        .env("RELIABLEGPT_KEY_SETS_PER_MINUTE", "100000")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let gateway_pid = gateway.id();
+    let _guard = Guard(vec![gateway, mock]);
+    wait_ready(&format!("http://{mock_addr}/_mock/health")).await;
+    wait_ready(&format!("http://{gw_addr}/readyz")).await;
+    let client = reqwest::Client::new();
+    let created: Value = client
+        .post(format!("http://{gw_addr}/v1/keys"))
+        .json(&json!({"user_email": "bench@example.com", "keys": ["sk-bench-000000000000000000000000000000"],
+                      "policy": {"fallback_strategy": ["gpt-4o-mini"]}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = created["token"].as_str().unwrap().to_owned();
+    // Warm up (connection pools, key-set cache), then measure idle memory.
+    let warm = loadgen::request("/v1/chat/completions", gw_addr, Some(&token), &[], CHAT);
+    loadgen::sequential(gw_addr, warm, 200).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle_rss = rss_kib(gateway_pid);
+
+    let direct = loadgen::request("/v1/chat/completions", mock_addr, Some("sk-bench-direct"), &[], CHAT);
+    let through = loadgen::request("/v1/chat/completions", gw_addr, Some(&token), &[], CHAT);
+
+    println!(
+        "\n## reliablegpt gateway benchmark (mock upstream, zero latency; load generator, gateway and mock share this machine)\n"
+    );
+    println!("| target | offered rate (req/s) | achieved (req/s) | errors | p50 (ms) | p99 (ms) |");
+    println!("|---|---|---|---|---|---|");
+    let mut overhead_rows = Vec::new();
+    for rate in RATES {
+        let d = loadgen::constant_rate(mock_addr, direct.clone(), rate, RUN, CONNECTIONS).await;
+        let g = loadgen::constant_rate(gw_addr, through.clone(), rate, RUN, CONNECTIONS).await;
+        for (label, s) in [("mock direct", &d), ("via reliablegpt", &g)] {
+            println!(
+                "| {label} | {rate} | {:.0} | {} | {} | {} |",
+                s.throughput(),
+                s.errors,
+                ms(s.percentile(0.50)),
+                ms(s.percentile(0.99))
+            );
+        }
+        overhead_rows.push((
+            rate,
+            g.percentile(0.50).saturating_sub(d.percentile(0.50)),
+            g.percentile(0.99).saturating_sub(d.percentile(0.99)),
+        ));
+    }
+    println!("\n| rate (req/s) | overhead p50 (ms) | overhead p99 (ms) |");
+    println!("|---|---|---|");
+    for (rate, p50, p99) in &overhead_rows {
+        println!("| {rate} | {} | {} |", ms(*p50), ms(*p99));
+    }
+
+    let d = loadgen::max_throughput(mock_addr, direct.clone(), RUN, CONNECTIONS).await;
+    let g = loadgen::max_throughput(gw_addr, through.clone(), RUN, CONNECTIONS).await;
+    println!(
+        "\n| maximum throughput ({CONNECTIONS} connections, {}s) | req/s | errors | p50 (ms) | p99 (ms) |",
+        RUN.as_secs()
+    );
+    println!("|---|---|---|---|---|");
+    print_max("mock direct", &d);
+    print_max("via reliablegpt", &g);
+
+    // Fallback cost: a model the upstream does not have (404, no retry) then the fallback, vs the two calls direct.
+    let missing_body = r#"{"model":"bench-missing","messages":[{"role":"user","content":"Say the alphabet."}]}"#;
+    reqwest::Client::new()
+        .post(format!("http://{mock_addr}/_mock/script"))
+        .json(&json!({"target": "bench-missing", "steps": [{"kind": "error", "status": 404, "code": "model_not_found",
+                       "type": "invalid_request_error", "message": "The model `bench-missing` does not exist."}]}))
+        .send()
+        .await
+        .unwrap();
+    let n = 2_000;
+    let fail_direct = loadgen::sequential(
+        mock_addr,
+        loadgen::request("/v1/chat/completions", mock_addr, Some("sk-x"), &[], missing_body),
+        n,
+    )
+    .await;
+    let ok_direct = loadgen::sequential(mock_addr, direct.clone(), n).await;
+    let plain = loadgen::sequential(gw_addr, through.clone(), n).await;
+    let fallback = loadgen::sequential(
+        gw_addr,
+        loadgen::request("/v1/chat/completions", gw_addr, Some(&token), &[], missing_body),
+        n,
+    )
+    .await;
+    let cost = fallback.percentile(0.5).saturating_sub(plain.percentile(0.5) + fail_direct.percentile(0.5));
+    println!("\n| sequential latency ({n} requests) | p50 (ms) | p99 (ms) |");
+    println!("|---|---|---|");
+    for (label, s) in [
+        ("upstream 404 direct", &fail_direct),
+        ("upstream 200 direct", &ok_direct),
+        ("via reliablegpt, no fallback", &plain),
+        ("via reliablegpt, 404 then fallback", &fallback),
+    ] {
+        println!("| {label} | {} | {} |", ms(s.percentile(0.5)), ms(s.percentile(0.99)));
+    }
+    println!("\nfallback cost beyond the failed attempt (p50): {} ms", ms(cost));
+    println!("gateway RSS after warm-up, idle: {:.1} MiB", idle_rss as f64 / 1024.0);
+
+    if let (Some(url), Some(key)) = (arg("--litellm-url"), arg("--litellm-key")) {
+        let addr: SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+        let lite = loadgen::request("/v1/chat/completions", addr, Some(&key), &[], CHAT);
+        loadgen::sequential(addr, lite.clone(), 50).await;
+        println!("\n## LiteLLM proxy, same mock upstream and fallback config\n");
+        println!("| target | offered rate (req/s) | achieved (req/s) | errors | p50 (ms) | p99 (ms) |");
+        println!("|---|---|---|---|---|---|");
+        for rate in [100, 250, 500] {
+            let s = loadgen::constant_rate(addr, lite.clone(), rate, RUN, CONNECTIONS).await;
+            println!(
+                "| LiteLLM | {rate} | {:.0} | {} | {} | {} |",
+                s.throughput(),
+                s.errors,
+                ms(s.percentile(0.5)),
+                ms(s.percentile(0.99))
+            );
+        }
+        let l = loadgen::max_throughput(addr, lite, RUN, CONNECTIONS).await;
+        print_max("LiteLLM", &l);
+        println!(
+            "\nthroughput ratio reliablegpt / LiteLLM: {:.1}x; p50 at max load: {} ms vs {} ms",
+            g.throughput() / l.throughput().max(0.001),
+            ms(g.percentile(0.5)),
+            ms(l.percentile(0.5))
+        );
+    }
+    sqlx::query(&format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#)).execute(&mut conn).await.ok();
+}
+
+fn print_max(label: &str, s: &Stats) {
+    println!(
+        "| {label} | {:.0} | {} | {} | {} |",
+        s.throughput(),
+        s.errors,
+        ms(s.percentile(0.5)),
+        ms(s.percentile(0.99))
+    );
+}
