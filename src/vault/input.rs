@@ -2,6 +2,7 @@
 //! field it is about and never echoes a secret.
 
 use std::collections::{BTreeMap, HashSet};
+use std::fmt;
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -36,7 +37,7 @@ pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Invalid 
 // ---------------------------------------------------------------------------------------------------------------------
 
 /// Body of `POST /v1/keys`.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKeySetRequest {
     /// Contact address for alerts. It authorises nothing; mail goes only to a verified address.
@@ -51,7 +52,7 @@ pub struct CreateKeySetRequest {
 }
 
 /// Body of `PATCH /v1/keys`. Every field is optional; all changes apply atomically or not at all.
-#[derive(Debug, Default, Deserialize, ToSchema)]
+#[derive(Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateKeySetRequest {
     /// New contact address (it must be verified again).
@@ -81,7 +82,7 @@ pub enum KeyInput {
     Detailed(ProviderKeyInput),
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderKeyInput {
     /// `openai` (also any OpenAI-compatible server via `base_url`) or `azure`.
@@ -143,6 +144,40 @@ pub struct ModelLimit {
 }
 
 pub const DEFAULT_MAX_QUEUE_MS: u32 = 30_000;
+
+impl fmt::Debug for CreateKeySetRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CreateKeySetRequest")
+            .field("user_email", &self.user_email)
+            .field("keys", &format_args!("[{} REDACTED]", self.keys.len()))
+            .field("policy", &self.policy)
+            .finish()
+    }
+}
+
+impl fmt::Debug for UpdateKeySetRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpdateKeySetRequest")
+            .field("user_email", &self.user_email)
+            .field("add_keys", &format_args!("[{} REDACTED]", self.add_keys.len()))
+            .field("remove_keys", &self.remove_keys)
+            .field("order", &self.order)
+            .field("revive_keys", &self.revive_keys)
+            .field("policy", &self.policy)
+            .finish()
+    }
+}
+
+impl fmt::Debug for ProviderKeyInput {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProviderKeyInput")
+            .field("provider", &self.provider)
+            .field("key", &"[REDACTED]")
+            .field("base_url", &self.base_url)
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
 
 // ---------------------------------------------------------------------------------------------------------------------
 // Domain values
@@ -693,6 +728,29 @@ mod tests {
         let text = describe_serde_error(&e);
         assert!(!text.contains("sk-secret"), "{text}");
         assert!(text.contains("expected a map"), "{text}");
+    }
+
+    #[test]
+    fn debug_of_every_request_and_key_type_is_redacted() {
+        let secret = "sk-debug-canary-0123456789abcdef0123";
+        let create: CreateKeySetRequest = serde_json::from_value(json!({
+            "user_email": "a@b.co",
+            "keys": [secret, {"provider": "azure", "key": secret, "endpoint": "https://r.openai.azure.com",
+                              "api_version": "2024-10-21", "deployments": {"gpt-4o": "d"}}]
+        }))
+        .unwrap();
+        let update: UpdateKeySetRequest = serde_json::from_value(json!({"add_keys": [secret]})).unwrap();
+        let input: ProviderKeyInput = serde_json::from_value(json!({"provider": "openai", "key": secret})).unwrap();
+        let parsed = NewKeySet::parse(
+            serde_json::from_value(json!({"user_email": "a@b.co", "keys": [secret]})).unwrap(),
+            &egress(),
+        )
+        .unwrap();
+        let changes =
+            KeySetChanges::parse(serde_json::from_value(json!({"add_keys": [secret]})).unwrap(), &egress()).unwrap();
+        let all = format!("{create:?} {update:?} {input:?} {parsed:?} {changes:?} {:?}", parsed.keys[0]);
+        assert!(!all.contains("sk-debug-canary"), "{all}");
+        assert!(all.contains("REDACTED"), "{all}");
     }
 
     #[test]

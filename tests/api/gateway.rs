@@ -203,6 +203,35 @@ async fn long_retry_after_cools_the_target_down_and_moves_on() {
     // The breaker keeps later requests off the cooling target.
     assert_eq!(gw.chat(&token, "gpt-4o").await.status, 200);
     assert_eq!(gw.models_seen(), vec!["gpt-4o", "gpt-4o-mini", "gpt-4o-mini"]);
+    // The owner sees the key cooling down.
+    let mut status = Value::Null;
+    for _ in 0..50 {
+        let listed: Value = gw.app.get_keys(&token).await.json().await.unwrap();
+        status = listed["keys"][0]["status"].clone();
+        if status == "cooling_down" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, "cooling_down");
+}
+
+#[tokio::test]
+async fn last_used_at_is_recorded_off_the_request_path() {
+    let gw = spawn_gateway().await;
+    let token = gw.key_set(&[K1, K2], &[]).await;
+    assert_eq!(gw.chat(&token, "gpt-4o").await.status, 200);
+    // Usage is flushed in batches every 5 s.
+    let mut listed = Value::Null;
+    for _ in 0..80 {
+        listed = gw.app.get_keys(&token).await.json().await.unwrap();
+        if !listed["keys"][0]["last_used_at"].is_null() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(listed["keys"][0]["last_used_at"].is_string(), "{listed}");
+    assert!(listed["keys"][1]["last_used_at"].is_null(), "the second key was never used: {listed}");
 }
 
 #[tokio::test]
