@@ -20,6 +20,7 @@ use sqlx::{Connection, PgConnection};
 const BIN: &str = env!("CARGO_BIN_EXE_reliablegpt");
 const RATES: [u32; 3] = [1_000, 2_500, 5_000];
 const RUN: Duration = Duration::from_secs(5);
+const WARMUP: Duration = Duration::from_secs(1);
 const CONNECTIONS: usize = 64;
 const CHAT: &str = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"Say the alphabet."}]}"#;
 
@@ -105,6 +106,7 @@ async fn run() {
         .env("RELIABLEGPT_ALLOWED_UPSTREAM_HOSTS", "127.0.0.1")
         .env("RELIABLEGPT_KEY_SETS_PER_MINUTE", "100000")
         .env("RUST_LOG", "warn")
+        .envs(std::env::var("RELIABLEGPT_WORKERS").ok().map(|w| ("RELIABLEGPT_WORKERS", w)))
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
@@ -140,7 +142,10 @@ async fn run() {
     println!("|---|---|---|---|---|---|");
     let mut overhead_rows = Vec::new();
     for rate in RATES {
+        // One second at the rate first (connection pools grow), then the measured run.
+        loadgen::constant_rate(mock_addr, direct.clone(), rate, WARMUP, CONNECTIONS).await;
         let d = loadgen::constant_rate(mock_addr, direct.clone(), rate, RUN, CONNECTIONS).await;
+        loadgen::constant_rate(gw_addr, through.clone(), rate, WARMUP, CONNECTIONS).await;
         let g = loadgen::constant_rate(gw_addr, through.clone(), rate, RUN, CONNECTIONS).await;
         for (label, s) in [("mock direct", &d), ("via reliablegpt", &g)] {
             println!(
@@ -157,6 +162,14 @@ async fn run() {
             g.percentile(0.99).saturating_sub(d.percentile(0.99)),
         ));
     }
+    let metrics =
+        reqwest::Client::new().get(format!("http://{gw_addr}/metrics")).send().await.unwrap().text().await.unwrap();
+    println!("\nThe gateway's own overhead histogram over these runs (time in reliablegpt, upstream time excluded):\n");
+    println!("```");
+    for line in metrics.lines().filter(|l| l.starts_with("reliablegpt_gateway_overhead_seconds")) {
+        println!("{line}");
+    }
+    println!("```");
     println!("\n| rate (req/s) | overhead p50 (ms) | overhead p99 (ms) |");
     println!("|---|---|---|");
     for (rate, p50, p99) in &overhead_rows {

@@ -39,6 +39,7 @@ pub mod env {
     pub const BREAKER_OPEN_MS: &str = "RELIABLEGPT_BREAKER_OPEN_MS";
     pub const RATE_LIMIT_COOLDOWN_MS: &str = "RELIABLEGPT_RATE_LIMIT_COOLDOWN_MS";
     pub const KEY_SET_CACHE_SECS: &str = "RELIABLEGPT_KEY_SET_CACHE_SECS";
+    pub const WORKERS: &str = "RELIABLEGPT_WORKERS";
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -229,6 +230,8 @@ pub struct Settings {
     pub token_pepper: Secret32,
     pub egress: EgressPolicy,
     pub db_max_connections: u32,
+    /// HTTP worker threads; default: one per CPU.
+    pub workers: Option<u32>,
     pub limits: AbuseLimits,
     pub engine: EngineSettings,
 }
@@ -324,6 +327,7 @@ impl Settings {
             token_pepper,
             egress: EgressPolicy::new(allowed_hosts, allow_private),
             db_max_connections: parse_number(env::DB_MAX_CONNECTIONS, get(env::DB_MAX_CONNECTIONS), 16)?,
+            workers: get(env::WORKERS).map(|v| parse_number(env::WORKERS, Some(v), 1)).transpose()?,
             limits: AbuseLimits {
                 key_sets_per_minute: parse_number(
                     env::KEY_SETS_PER_MINUTE,
@@ -372,6 +376,7 @@ fn parse_toml(text: &str) -> Result<HashMap<String, String>, ConfigError> {
         env::BREAKER_OPEN_MS,
         env::RATE_LIMIT_COOLDOWN_MS,
         env::KEY_SET_CACHE_SECS,
+        env::WORKERS,
     ]
     .iter()
     .map(|n| file_key(n))

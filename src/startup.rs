@@ -78,17 +78,20 @@ impl Application {
             auth_failure_limiter: ClientLimiter::per_minute(settings.limits.auth_failures_per_minute),
             engine,
         });
-        let server = HttpServer::new(move || {
+        let workers = settings.workers;
+        let mut server = HttpServer::new(move || {
             App::new()
                 .wrap(from_fn(api::request_context))
                 .app_data(state.clone())
                 .configure(api::routes)
                 .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", ApiDoc::openapi()))
                 .default_service(web::to(api::not_found))
-        })
-        .listen(listener)
-        .map_err(|source| StartError::Bind { addr: addr.to_string(), source })?
-        .run();
+        });
+        if let Some(n) = workers {
+            server = server.workers(n as usize);
+        }
+        let server =
+            server.listen(listener).map_err(|source| StartError::Bind { addr: addr.to_string(), source })?.run();
         tracing::info!(addr = %addr, "listening");
         Ok(Self { addr, server, background })
     }
