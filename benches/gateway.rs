@@ -242,6 +242,11 @@ async fn run() {
             );
         }
         let l = loadgen::max_throughput(addr, lite, RUN, CONNECTIONS).await;
+        println!(
+            "\n| maximum throughput ({CONNECTIONS} connections, {}s) | req/s | errors | p50 (ms) | p99 (ms) |",
+            RUN.as_secs()
+        );
+        println!("|---|---|---|---|---|");
         print_max("LiteLLM", &l);
         println!(
             "\nthroughput ratio reliablegpt / LiteLLM: {:.1}x; p50 at max load: {} ms vs {} ms",

@@ -9,6 +9,7 @@ mod health;
 mod hedge;
 mod pacing;
 pub mod plan;
+mod reply;
 mod stream;
 pub mod upstream;
 
@@ -119,6 +120,34 @@ struct Run {
     context_error: Option<(u16, Bytes)>,
     /// Time spent waiting on upstreams or sleeping on purpose (excluded from the overhead metric).
     waited: Duration,
+    /// Pre-flight prompt token estimate.
+    estimate: u32,
+}
+
+impl Run {
+    /// Remembers a failed attempt for the total-failure message (model, provider, masked key, class) and logs it.
+    fn note(&mut self, step: &Step, key: &ProviderKey, failure: &AttemptFailure) {
+        self.first_failure.get_or_insert(failure.class);
+        let masked = crate::vault::input::mask(secrecy::ExposeSecret::expose_secret(&key.secret));
+        self.failures.push((
+            failure.class,
+            format!(
+                "{} via {} key {masked}: {} ({})",
+                step.model,
+                step.provider.as_str(),
+                failure.class.as_str(),
+                failure.detail
+            ),
+        ));
+        tracing::info!(
+            model = %step.model,
+            provider = step.provider.as_str(),
+            key_id = %key.id,
+            class = failure.class.as_str(),
+            status = failure.status,
+            "upstream attempt failed"
+        );
+    }
 }
 
 impl Engine {
@@ -192,12 +221,11 @@ impl Engine {
             },
             &self.catalog,
         );
-        let estimate = estimate_prompt_tokens(&req.body);
         let hedge = req.hedge.or(set.policy.hedge_ms.map(|ms| Duration::from_millis(u64::from(ms))));
-        let mut run = Run::default();
+        let mut run = Run { estimate: estimate_prompt_tokens(&req.body), ..Run::default() };
 
         for (index, step) in steps.iter().enumerate() {
-            if !self.fits(step, index, estimate, run.context_floor) {
+            if !self.fits(step, index, run.estimate, run.context_floor) {
                 continue;
             }
             'keys: for &key_index in &step.keys {
@@ -212,168 +240,169 @@ impl Engine {
                 }
                 let mut retries = 0;
                 loop {
-                    let now = Instant::now();
-                    if now >= deadline {
+                    if Instant::now() >= deadline {
                         self.breakers.release_probe(&target);
                         return self.total_failure(&set, &req, run, true);
                     }
-                    if let Some(limit) = set.policy.model_limits.get(&step.model) {
-                        let max_queue = Duration::from_millis(u64::from(
-                            set.policy.max_queue_ms.unwrap_or(crate::vault::input::DEFAULT_MAX_QUEUE_MS),
-                        ))
-                        .min(deadline.saturating_duration_since(now));
-                        match self.pacer.reserve(set.key_set_id, &step.model, *limit, estimate, max_queue) {
-                            Some(wait) => {
-                                tokio::time::sleep(wait).await;
-                                run.waited += wait;
-                            }
-                            None => {
-                                self.breakers.release_probe(&target);
-                                run.failures.push((
-                                    FailureClass::RateLimited,
-                                    format!("{}: over its policy budget (model_limits)", step.model),
-                                ));
-                                run.first_failure.get_or_insert(FailureClass::RateLimited);
-                                break 'keys;
-                            }
-                        }
+                    if !self.pace(&set, step, deadline, &mut run).await {
+                        self.breakers.release_probe(&target);
+                        break 'keys;
                     }
-                    let limits = self.limits(deadline);
+                    let hedge = if retries == 0 { hedge } else { None };
                     let t0 = Instant::now();
-                    let primary = upstream::attempt(&self.client, step, key, req.body_for(step), req.stream, &limits);
-                    let hedge_target = if retries == 0 {
-                        hedge.and_then(|h| self.hedge_target(&set, &steps, index, &run).map(|t| (h, t)))
-                    } else {
-                        None
-                    };
-                    let (result, answered) = match hedge_target {
-                        None => (primary.await, (index, key_index)),
-                        Some((after, (h_index, h_key))) => {
-                            let h_step = &steps[h_index];
-                            let h_body = req.body_for(h_step);
-                            let raced = hedge::race(primary, after, || {
-                                let h_limits = self.limits(deadline);
-                                let client = self.client.clone();
-                                let h_step = h_step.clone();
-                                let h_secret = set.keys[h_key].clone_for_attempt();
-                                let stream = req.stream;
-                                async move {
-                                    upstream::attempt(&client, &h_step, &h_secret, h_body, stream, &h_limits).await
-                                }
-                            })
-                            .await;
-                            if raced.hedge_started {
-                                run.attempts += 1;
-                                self.metrics.hedges.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            }
-                            if let Some(f) = &raced.hedge_failure {
-                                self.metrics.attempt(Some(f.class));
-                            }
-                            let answered = if raced.hedge_won { (h_index, h_key) } else { (index, key_index) };
-                            (raced.result, answered)
-                        }
-                    };
+                    let (result, answered) =
+                        self.attempt(&set, &req, &steps, (index, key_index), hedge, deadline, &mut run).await;
                     run.waited += t0.elapsed();
                     run.attempts += 1;
                     let (a_step, a_key) = (&steps[answered.0], &set.keys[answered.1]);
                     let class = result.as_ref().err().map(|f| f.class);
                     self.emit(&set, &req, a_step, a_key, class, &result, t0.elapsed());
-                    match result {
+                    let failure = match result {
                         Ok(ok) => {
-                            let a_target = TargetKey {
-                                endpoint: a_step.endpoint.clone(),
-                                model: a_step.model.clone(),
-                                key_id: a_key.id,
-                            };
                             if answered.0 != index {
+                                // A hedge won: the primary was cancelled.
                                 self.breakers.release_probe(&target);
                                 run.first_failure.get_or_insert(FailureClass::Timeout);
                             }
-                            self.on_success(&set, a_key, &a_target);
-                            let served = Served {
-                                model: a_step.model.clone(),
-                                provider: a_step.provider,
-                                attempts: run.attempts,
-                                fallback_reason: run.first_failure,
-                            };
-                            self.metrics.request(if run.first_failure.is_some() {
-                                RequestOutcome::Fallback
-                            } else {
-                                RequestOutcome::Success
-                            });
-                            if run.first_failure.is_some() {
-                                self.metrics.fallbacks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            }
-                            self.metrics.overhead(started.elapsed().saturating_sub(run.waited));
-                            return match ok {
-                                AttemptOk::Body { status, body } => Reply::Upstream { status, body, served },
-                                AttemptOk::Stream { reader, first } => {
-                                    let (tx, rx) = mpsc::channel(64);
-                                    let job = stream::StreamJob {
-                                        engine: self.clone(),
-                                        set: set.clone(),
-                                        endpoint: req.endpoint,
-                                        body: req.body,
-                                        steps,
-                                        next_step: answered.0 + 1,
-                                        tx,
-                                    };
-                                    let first_bytes = first.raw.clone();
-                                    tokio::spawn(job.pump(reader, first));
-                                    Reply::Stream { first: first_bytes, rest: rx, served }
-                                }
-                            };
+                            return self.succeed(&set, req, steps, answered, ok, run, started);
                         }
-                        Err(failure) => {
-                            run.first_failure.get_or_insert(failure.class);
-                            run.failures.push((
-                                failure.class,
-                                format!(
-                                    "{} via {} key {}: {} ({})",
-                                    step.model,
-                                    step.provider.as_str(),
-                                    crate::vault::input::mask(secrecy::ExposeSecret::expose_secret(&key.secret)),
-                                    failure.class.as_str(),
-                                    failure.detail
-                                ),
-                            ));
-                            tracing::info!(
-                                model = %step.model,
-                                provider = step.provider.as_str(),
-                                key_id = %key.id,
-                                class = failure.class.as_str(),
-                                status = failure.status,
-                                "upstream attempt failed"
-                            );
-                            match self.decide(&set, key, &target, admission, &failure, retries, deadline, &mut run) {
-                                Next::Retry(wait) => {
-                                    tokio::time::sleep(wait).await;
-                                    run.waited += wait;
-                                    retries += 1;
-                                }
-                                Next::RotateKey => continue 'keys,
-                                Next::MoveOn => break 'keys,
-                                Next::ReturnUpstream => {
-                                    self.metrics.request(RequestOutcome::Passthrough);
-                                    let served = Served {
-                                        model: step.model.clone(),
-                                        provider: step.provider,
-                                        attempts: run.attempts,
-                                        fallback_reason: None,
-                                    };
-                                    return Reply::Upstream {
-                                        status: failure.status.unwrap_or(502),
-                                        body: failure.body.unwrap_or_default(),
-                                        served,
-                                    };
-                                }
-                            }
+                        Err(failure) => failure,
+                    };
+                    run.note(step, key, &failure);
+                    match self.decide(&set, key, &target, admission, &failure, retries, deadline, &mut run) {
+                        Next::Retry(wait) => {
+                            tokio::time::sleep(wait).await;
+                            run.waited += wait;
+                            retries += 1;
+                        }
+                        Next::RotateKey => continue 'keys,
+                        Next::MoveOn => break 'keys,
+                        Next::ReturnUpstream => {
+                            self.metrics.request(RequestOutcome::Passthrough);
+                            let served = Served {
+                                model: step.model.clone(),
+                                provider: step.provider,
+                                attempts: run.attempts,
+                                fallback_reason: None,
+                            };
+                            let status = failure.status.unwrap_or(502);
+                            return Reply::Upstream { status, body: failure.body.unwrap_or_default(), served };
                         }
                     }
                 }
             }
         }
         self.total_failure(&set, &req, run, Instant::now() >= deadline)
+    }
+
+    /// Waits for the model's policy budget (`model_limits`), if it has one. False: over budget for longer than the
+    /// queue allows, so move on.
+    async fn pace(&self, set: &OpenKeySet, step: &Step, deadline: Instant, run: &mut Run) -> bool {
+        let Some(limit) = set.policy.model_limits.get(&step.model) else { return true };
+        let max_queue = Duration::from_millis(u64::from(
+            set.policy.max_queue_ms.unwrap_or(crate::vault::input::DEFAULT_MAX_QUEUE_MS),
+        ))
+        .min(deadline.saturating_duration_since(Instant::now()));
+        match self.pacer.reserve(set.key_set_id, &step.model, *limit, run.estimate, max_queue) {
+            Some(wait) => {
+                tokio::time::sleep(wait).await;
+                run.waited += wait;
+                true
+            }
+            None => {
+                run.failures.push((
+                    FailureClass::RateLimited,
+                    format!("{}: over its policy budget (model_limits)", step.model),
+                ));
+                run.first_failure.get_or_insert(FailureClass::RateLimited);
+                false
+            }
+        }
+    }
+
+    /// One attempt at `at` = (step, key), raced against a hedge on the next target when `hedge` is set and the first
+    /// has sent nothing by then. Returns the result and which (step, key) it came from.
+    #[allow(clippy::too_many_arguments)]
+    async fn attempt(
+        &self,
+        set: &OpenKeySet,
+        req: &GatewayRequest,
+        steps: &[Step],
+        at: (usize, usize),
+        hedge: Option<Duration>,
+        deadline: Instant,
+        run: &mut Run,
+    ) -> (Result<AttemptOk, AttemptFailure>, (usize, usize)) {
+        let (step, key) = (&steps[at.0], &set.keys[at.1]);
+        let limits = self.limits(deadline);
+        let primary = upstream::attempt(&self.client, step, key, req.body_for(step), req.stream, &limits);
+        let Some((after, h_at)) = hedge.and_then(|h| self.hedge_target(set, steps, at.0, run).map(|t| (h, t))) else {
+            return (primary.await, at);
+        };
+        let h_step = steps[h_at.0].clone();
+        let h_key = set.keys[h_at.1].clone_for_attempt();
+        let h_body = req.body_for(&h_step);
+        let raced = hedge::race(primary, after, || {
+            let (client, limits, stream) = (self.client.clone(), self.limits(deadline), req.stream);
+            async move { upstream::attempt(&client, &h_step, &h_key, h_body, stream, &limits).await }
+        })
+        .await;
+        if raced.hedge_started {
+            run.attempts += 1;
+            self.metrics.hedges.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        if let Some(f) = &raced.hedge_failure {
+            self.metrics.attempt(Some(f.class));
+        }
+        (raced.result, if raced.hedge_won { h_at } else { at })
+    }
+
+    /// Records a success and turns it into the reply (for a stream: starts the pump that forwards and rescues it).
+    #[allow(clippy::too_many_arguments)]
+    fn succeed(
+        self: &Arc<Self>,
+        set: &Arc<OpenKeySet>,
+        req: GatewayRequest,
+        steps: Vec<Step>,
+        answered: (usize, usize),
+        ok: AttemptOk,
+        run: Run,
+        started: Instant,
+    ) -> Reply {
+        let (step, key) = (&steps[answered.0], &set.keys[answered.1]);
+        let target = TargetKey { endpoint: step.endpoint.clone(), model: step.model.clone(), key_id: key.id };
+        self.on_success(set, key, &target);
+        let served = Served {
+            model: step.model.clone(),
+            provider: step.provider,
+            attempts: run.attempts,
+            fallback_reason: run.first_failure,
+        };
+        if run.first_failure.is_some() {
+            self.metrics.request(RequestOutcome::Fallback);
+            self.metrics.fallbacks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        } else {
+            self.metrics.request(RequestOutcome::Success);
+        }
+        self.metrics.overhead(started.elapsed().saturating_sub(run.waited));
+        match ok {
+            AttemptOk::Body { status, body } => Reply::Upstream { status, body, served },
+            AttemptOk::Stream { reader, first } => {
+                let (tx, rx) = mpsc::channel(64);
+                let job = stream::StreamJob {
+                    engine: self.clone(),
+                    set: set.clone(),
+                    endpoint: req.endpoint,
+                    body: req.body,
+                    steps,
+                    next_step: answered.0 + 1,
+                    tx,
+                };
+                let first_bytes = first.raw.clone();
+                tokio::spawn(job.pump(reader, first));
+                Reply::Stream { first: first_bytes, rest: rx, served }
+            }
+        }
     }
 
     /// Time limits of an attempt starting now.
@@ -387,9 +416,8 @@ impl Engine {
 
     /// The target a hedge would use: the next step that fits, with a usable key whose breaker is closed.
     fn hedge_target(&self, set: &OpenKeySet, steps: &[Step], index: usize, run: &Run) -> Option<(usize, usize)> {
-        let estimate = 0;
         steps.iter().enumerate().skip(index + 1).find_map(|(i, step)| {
-            if !self.fits(step, i, estimate, run.context_floor) {
+            if !self.fits(step, i, run.estimate, run.context_floor) {
                 return None;
             }
             step.keys
@@ -543,63 +571,6 @@ impl Engine {
             &self.metrics,
         );
     }
-
-    fn total_failure(&self, set: &OpenKeySet, req: &GatewayRequest, run: Run, deadline_hit: bool) -> Reply {
-        if let Some((status, body)) = run.context_error.clone()
-            && run.failures.iter().all(|(c, _)| matches!(c, FailureClass::ContextTooLong | FailureClass::ModelNotFound))
-        {
-            // Nothing could fit the prompt: the caller needs the original reason.
-            self.metrics.request(RequestOutcome::Failed);
-            let served = Served {
-                model: req.model.clone(),
-                provider: ProviderKind::Openai,
-                attempts: run.attempts,
-                fallback_reason: None,
-            };
-            return Reply::Upstream { status, body, served };
-        }
-        if let Some(text) = &set.policy.graceful_string
-            && req.endpoint != Endpoint::Embeddings
-        {
-            self.metrics.request(RequestOutcome::Graceful);
-            return Reply::Graceful { body: graceful_body(req, text), attempts: run.attempts };
-        }
-        self.metrics.request(RequestOutcome::Failed);
-        let classes: Vec<FailureClass> = run.failures.iter().map(|(c, _)| *c).collect();
-        let all = |c: FailureClass| !classes.is_empty() && classes.iter().all(|x| *x == c);
-        let (status, code) = if deadline_hit {
-            (504, "deadline_exceeded")
-        } else if classes.is_empty() {
-            (503, "no_available_upstream")
-        } else if all(FailureClass::RateLimited) {
-            (429, "upstream_rate_limited")
-        } else if all(FailureClass::Timeout) {
-            (504, "upstream_timeout")
-        } else if all(FailureClass::Credential) {
-            (401, "upstream_credentials_invalid")
-        } else if classes.contains(&FailureClass::Transient) || classes.contains(&FailureClass::RateLimited) {
-            (503, "upstream_unavailable")
-        } else {
-            (502, "upstream_failed")
-        };
-        let message = if run.failures.is_empty() {
-            if deadline_hit {
-                "The request deadline passed before any upstream could be tried.".to_owned()
-            } else {
-                "No upstream could be tried: every key is invalid or cooling down, or every target's circuit breaker is open."
-                    .to_owned()
-            }
-        } else {
-            let list: Vec<&str> = run.failures.iter().map(|(_, d)| d.as_str()).collect();
-            format!(
-                "{}All {} upstream attempts failed: {}",
-                if deadline_hit { "The request deadline passed. " } else { "" },
-                run.attempts,
-                list.join("; ")
-            )
-        };
-        Reply::Failed { status, code, message, attempts: run.attempts }
-    }
 }
 
 /// What the engine does after a failed attempt.
@@ -631,22 +602,4 @@ pub(crate) fn body_for(body: &Value, step: &Step, prefill: Option<&str>) -> Byte
         }
     }
     Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
-}
-
-fn graceful_body(req: &GatewayRequest, text: &str) -> Value {
-    let created = chrono::Utc::now().timestamp();
-    let id = format!("chatcmpl-rgpt-{}", Uuid::new_v4().simple());
-    match req.endpoint {
-        Endpoint::Completions => json!({
-            "id": id, "object": "text_completion", "created": created, "model": req.model,
-            "choices": [{"index": 0, "text": text, "logprobs": null, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-        }),
-        _ => json!({
-            "id": id, "object": "chat.completion", "created": created, "model": req.model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": null},
-                         "logprobs": null, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-        }),
-    }
 }
