@@ -93,14 +93,26 @@ impl EgressPolicy {
     /// Parses and checks a URL without touching the network (scheme, shape, allowlist, literal IP addresses).
     pub fn check_url(&self, text: &str) -> Result<Url, EgressError> {
         let url = Url::parse(text.trim()).map_err(|_| EgressError::Unparsable)?;
-        match url.scheme() {
-            "https" => {}
-            "http" if self.allow_private => {}
-            _ => return Err(EgressError::Scheme),
-        }
+        self.check_scheme(&url)?;
         if !url.username().is_empty() || url.password().is_some() || url.query().is_some() || url.fragment().is_some() {
             return Err(EgressError::Shape);
         }
+        self.check_target(&url)?;
+        Ok(url)
+    }
+
+    fn check_scheme(&self, url: &Url) -> Result<(), EgressError> {
+        match url.scheme() {
+            "https" => Ok(()),
+            "http" if self.allow_private => Ok(()),
+            _ => Err(EgressError::Scheme),
+        }
+    }
+
+    /// The request-time check of a stored upstream URL (the settings may have changed since it was stored): scheme,
+    /// literal addresses and the allowlist. Names are checked again when they resolve.
+    pub fn check_target(&self, url: &Url) -> Result<(), EgressError> {
+        self.check_scheme(url)?;
         // The WHATWG parser already turned decimal, octal and hex IPv4 forms into a plain address here.
         let host_text = match url.host() {
             None => return Err(EgressError::Unparsable),
@@ -117,7 +129,7 @@ impl EgressPolicy {
         if !self.host_allowed(&host_text) {
             return Err(EgressError::HostNotAllowed(host_text));
         }
-        Ok(url)
+        Ok(())
     }
 
     /// Refuses non-public addresses unless private upstreams are allowed.

@@ -98,6 +98,7 @@ pub struct Engine {
     events: EventSink,
     pub metrics: Arc<Metrics>,
     vault: Vault,
+    egress: EgressPolicy,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -166,7 +167,8 @@ impl Engine {
             }
         };
         Ok(Self {
-            client: upstream::build_client(&settings, egress)?,
+            client: upstream::build_client(&settings, egress.clone())?,
+            egress,
             breakers: Breakers::new(settings.breaker_failures, settings.breaker_open),
             keys: KeyHealth::new(settings.key_retry_after),
             usage: UsageRecorder::default(),
@@ -225,7 +227,7 @@ impl Engine {
         let mut run = Run { estimate: estimate_prompt_tokens(&req.body), ..Run::default() };
 
         for (index, step) in steps.iter().enumerate() {
-            if !self.fits(step, index, run.estimate, run.context_floor) {
+            if !self.fits(step, index, run.estimate, run.context_floor) || !self.egress_allows(step) {
                 continue;
             }
             'keys: for &key_index in &step.keys {
@@ -405,6 +407,24 @@ impl Engine {
         }
     }
 
+    /// Azure endpoints and custom base URLs are customer data: check them against today's egress settings before a key
+    /// is sent there. (OpenAI's base URL is the operator's own setting.)
+    fn egress_allows(&self, step: &Step) -> bool {
+        if step.provider == ProviderKind::Openai {
+            return true;
+        }
+        match url::Url::parse(&step.url)
+            .map_err(|_| crate::egress::EgressError::Unparsable)
+            .and_then(|u| self.egress.check_target(&u))
+        {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(endpoint = %step.endpoint, reason = %e, "upstream refused by the egress policy");
+                false
+            }
+        }
+    }
+
     /// Time limits of an attempt starting now.
     fn limits(&self, deadline: Instant) -> Limits {
         Limits {
@@ -417,7 +437,7 @@ impl Engine {
     /// The target a hedge would use: the next step that fits, with a usable key whose breaker is closed.
     fn hedge_target(&self, set: &OpenKeySet, steps: &[Step], index: usize, run: &Run) -> Option<(usize, usize)> {
         steps.iter().enumerate().skip(index + 1).find_map(|(i, step)| {
-            if !self.fits(step, i, run.estimate, run.context_floor) {
+            if !self.fits(step, i, run.estimate, run.context_floor) || !self.egress_allows(step) {
                 return None;
             }
             step.keys

@@ -160,6 +160,9 @@ impl StreamJob {
         while self.next_step < self.steps.len() {
             let step = self.steps[self.next_step].clone();
             self.next_step += 1;
+            if !engine.egress_allows(&step) {
+                continue;
+            }
             for &key_index in &step.keys {
                 let Some(key) = self.set.keys.get(key_index) else { continue };
                 if !engine.keys.usable(key, self.set.loaded_at) {

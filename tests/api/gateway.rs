@@ -503,3 +503,27 @@ async fn large_prompts_pass_and_oversized_bodies_get_413() {
     assert_eq!(a.status, 400);
     assert_eq!(gw.mock.requests().len(), 1);
 }
+
+#[tokio::test]
+async fn stored_upstream_urls_are_checked_again_against_todays_egress_settings() {
+    let gw = spawn_gateway().await;
+    let token = gw
+        .key_set_with(
+            json!([{"provider": "azure", "key": "0123456789abcdef0123456789abcdef", "endpoint": gw.mock.azure_endpoint(),
+                    "api_version": "2024-10-21", "deployments": {"gpt-4o": "prod-gpt4o"}}, K1]),
+            json!({}),
+        )
+        .await;
+    // The operator has since turned private upstreams off: the stored loopback Azure endpoint must not get the key.
+    let strict = gw
+        .app
+        .sibling(|e| {
+            e.insert(env::ALLOW_PRIVATE_UPSTREAMS.into(), "false".into());
+        })
+        .await;
+    let res = strict.client.post(strict.url("/v1/chat/completions")).bearer_auth(&token).json(&chat_body("gpt-4o"));
+    let res = res.send().await.unwrap();
+    assert_eq!(res.headers()["x-reliablegpt-provider"], "openai");
+    assert_eq!(res.status(), 200);
+    assert!(gw.mock.requests().iter().all(|r| !r.path.starts_with("/openai/")), "no request reached the Azure path");
+}
