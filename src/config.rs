@@ -289,6 +289,10 @@ impl Settings {
             let default_ms = u32::try_from(default.as_millis()).unwrap_or(u32::MAX);
             Ok(Duration::from_millis(u64::from(parse_number(name, get(name), default_ms)?)))
         };
+        let secs = |name: &'static str, default: Duration| -> Result<Duration, ConfigError> {
+            let default_secs = u32::try_from(default.as_secs()).unwrap_or(u32::MAX);
+            Ok(Duration::from_secs(u64::from(parse_number(name, get(name), default_secs)?)))
+        };
         let openai_base_url = get(env::OPENAI_BASE_URL).unwrap_or(d.openai_base_url).trim_end_matches('/').to_owned();
         if url::Url::parse(&openai_base_url).map(|u| !matches!(u.scheme(), "http" | "https")).unwrap_or(true) {
             return Err(malformed(env::OPENAI_BASE_URL, "expected an http(s) URL"));
@@ -306,19 +310,11 @@ impl Settings {
             first_byte_timeout: ms(env::FIRST_BYTE_TIMEOUT_MS, d.first_byte_timeout)?,
             stream_idle_timeout: ms(env::STREAM_IDLE_TIMEOUT_MS, d.stream_idle_timeout)?,
             request_timeout: ms(env::REQUEST_TIMEOUT_MS, d.request_timeout)?,
-            key_retry_after: Duration::from_secs(u64::from(parse_number(
-                env::KEY_RETRY_AFTER_SECS,
-                get(env::KEY_RETRY_AFTER_SECS),
-                600,
-            )?)),
+            key_retry_after: secs(env::KEY_RETRY_AFTER_SECS, d.key_retry_after)?,
             breaker_failures: parse_number(env::BREAKER_FAILURES, get(env::BREAKER_FAILURES), d.breaker_failures)?,
             breaker_open: ms(env::BREAKER_OPEN_MS, d.breaker_open)?,
             rate_limit_cooldown: ms(env::RATE_LIMIT_COOLDOWN_MS, d.rate_limit_cooldown)?,
-            key_set_cache: Duration::from_secs(u64::from(parse_number(
-                env::KEY_SET_CACHE_SECS,
-                get(env::KEY_SET_CACHE_SECS),
-                30,
-            )?)),
+            key_set_cache: secs(env::KEY_SET_CACHE_SECS, d.key_set_cache)?,
         };
         Ok(Self {
             database_url: SecretString::from(database_url),
@@ -512,6 +508,35 @@ mod tests {
         assert!(s.egress.host_allowed("x.example.net"));
         let err = Settings::from_sources(Some("surprise = 1"), env_of(&minimal())).unwrap_err();
         assert!(err.to_string().contains("unknown setting `surprise`"), "{err}");
+    }
+
+    #[test]
+    fn engine_settings_have_defaults_and_overrides() {
+        let s = Settings::from_sources(None, env_of(&minimal())).unwrap();
+        assert_eq!(s.engine.openai_base_url, "https://api.openai.com/v1");
+        assert_eq!(s.engine.max_retries, 2);
+        assert_eq!(s.engine.first_byte_timeout, Duration::from_secs(10));
+        assert_eq!(s.engine.key_retry_after, Duration::from_secs(600));
+        let mut vars = minimal();
+        vars.extend([
+            (env::OPENAI_BASE_URL, "http://127.0.0.1:9090/v1/".to_string()),
+            (env::MAX_RETRIES, "0".to_string()),
+            (env::FIRST_BYTE_TIMEOUT_MS, "250".to_string()),
+            (env::KEY_SET_CACHE_SECS, "5".to_string()),
+        ]);
+        let s = Settings::from_sources(None, env_of(&vars)).unwrap();
+        assert_eq!(s.engine.openai_base_url, "http://127.0.0.1:9090/v1");
+        assert_eq!(s.engine.max_retries, 0);
+        assert_eq!(s.engine.first_byte_timeout, Duration::from_millis(250));
+        assert_eq!(s.engine.key_set_cache, Duration::from_secs(5));
+        for (name, bad) in
+            [(env::OPENAI_BASE_URL, "ftp://x"), (env::FIRST_BYTE_TIMEOUT_MS, "-1"), (env::MAX_RETRIES, "many")]
+        {
+            let mut vars = minimal();
+            vars.push((name, bad.to_string()));
+            let err = Settings::from_sources(None, env_of(&vars)).unwrap_err().to_string();
+            assert!(err.starts_with(name), "{err}");
+        }
     }
 
     #[test]

@@ -165,13 +165,7 @@ pub async fn constant_rate(
             stats
         }));
     }
-    let mut parts = Vec::new();
-    for t in tasks {
-        if let Ok(s) = t.await {
-            parts.push(s);
-        }
-    }
-    Stats::merge(parts, start.elapsed())
+    join(tasks, start).await
 }
 
 /// Closed loop: each connection sends as fast as answers come back, for `duration`.
@@ -193,6 +187,10 @@ pub async fn max_throughput(addr: SocketAddr, req: Arc<Vec<u8>>, duration: Durat
             stats
         }));
     }
+    join(tasks, start).await
+}
+
+async fn join(tasks: Vec<tokio::task::JoinHandle<Stats>>, start: Instant) -> Stats {
     let mut parts = Vec::new();
     for t in tasks {
         if let Ok(s) = t.await {
