@@ -371,7 +371,7 @@ impl Vault {
         Ok(queries::mark_key_invalid(&self.pool, key_set_id, key_id, reason).await?)
     }
 
-    /// Whether an opened key set is still what the cache should serve (used by tests and the engine after key changes).
+    /// Drops this replica's cached copy of a key set (the engine calls it after it changed a key's stored status).
     pub fn evict_cached(&self, key_set_id: Uuid) {
         self.cache.evict_key_set(key_set_id);
     }
