@@ -74,6 +74,19 @@ pub(crate) fn content_text(content: &Value) -> Option<String> {
     }
 }
 
+/// What a completion model would write after `prompt`: if the prompt ends with the first 5 or more characters of
+/// [`FULL_ANSWER`], the rest of it; otherwise the whole answer.
+pub(crate) fn continuation_of_prompt(prompt: &str) -> &'static str {
+    let longest = (0..prompt.len())
+        .filter(|&i| prompt.is_char_boundary(i))
+        .map(|i| &prompt[i..])
+        .find(|tail| tail.len() >= 5 && FULL_ANSWER.starts_with(tail));
+    match longest {
+        Some(tail) => &FULL_ANSWER[tail.len()..],
+        None => FULL_ANSWER,
+    }
+}
+
 /// Characters of a completions `prompt` or embeddings `input`: a string, strings, or token arrays (4 per token).
 pub(crate) fn input_chars(input: &Value) -> usize {
     match input {
@@ -373,6 +386,13 @@ mod tests {
         assert_eq!(pieces(FULL_ANSWER).count(), 24);
         assert_eq!(pieces(FULL_ANSWER).nth(1), Some(" bravo"));
         assert_eq!(pieces(answer_after(Some("alpha bra"))).next(), Some("vo"));
+    }
+
+    #[test]
+    fn completion_prompts_are_continued() {
+        assert_eq!(continuation_of_prompt("Say the alphabet."), FULL_ANSWER);
+        assert_eq!(continuation_of_prompt("Give me a"), FULL_ANSWER, "short overlaps are not continuations");
+        assert_eq!(format!("alpha bravo{}", continuation_of_prompt("Say: alpha bravo")), FULL_ANSWER);
     }
 
     #[test]

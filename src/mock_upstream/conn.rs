@@ -181,6 +181,10 @@ impl Call {
             Endpoint::Completions => {
                 let chars = body.get("prompt").map_or(0, answers::input_chars);
                 call.prompt_tokens = answers::tokens_of_chars(chars);
+                // A completion model continues its prompt: a prompt ending in the start of the answer gets the rest.
+                if let Some(prompt) = body.get("prompt").and_then(Value::as_str) {
+                    call.answer = answers::continuation_of_prompt(prompt);
+                }
             }
             Endpoint::Embeddings => {
                 let Some(input) = body.get("input") else {

@@ -527,3 +527,18 @@ async fn stored_upstream_urls_are_checked_again_against_todays_egress_settings()
     assert_eq!(res.status(), 200);
     assert!(gw.mock.requests().iter().all(|r| !r.path.starts_with("/openai/")), "no request reached the Azure path");
 }
+
+#[tokio::test]
+async fn a_refused_connection_is_transient_and_a_custom_base_url_falls_back_to_openai() {
+    let gw = spawn_gateway().await;
+    // Nothing listens on port 1: every connect is refused.
+    let token = gw
+        .key_set_with(json!([{"provider": "openai", "key": K2, "base_url": "http://127.0.0.1:1/v1"}, K1]), json!({}))
+        .await;
+    let a = gw.chat(&token, "gpt-4o").await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(a.header("x-reliablegpt-provider"), Some("openai"));
+    assert_eq!(a.header("x-reliablegpt-fallback-reason"), Some("transient"));
+    assert_eq!(a.header("x-reliablegpt-attempts"), Some("4"), "three connects (two retries), then the OpenAI key");
+    assert_eq!(gw.keys_seen(), vec![K1]);
+}

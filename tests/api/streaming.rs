@@ -136,3 +136,22 @@ async fn graceful_answers_stream_too() {
     assert_eq!(streamed_text(&a.text), "Back soon.");
     assert_eq!(sse_data(&a.text).last().map(String::as_str), Some("[DONE]"));
 }
+
+#[tokio::test]
+async fn a_legacy_completion_stream_is_continued_by_extending_the_prompt() {
+    let gw = spawn_gateway().await;
+    gw.mock.script("davinci-002", vec![Behavior::StreamCut { after_tokens: 4 }]);
+    let token = gw.key_set(&[K1], &["gpt-3.5-turbo-instruct"]).await;
+    let body = json!({"model": "davinci-002", "prompt": "Say the alphabet: ", "stream": true});
+    let a = gw.post("/v1/completions", &token, body, &[]).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let text: String = sse_data(&a.text)
+        .iter()
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|v| v.pointer("/choices/0/text").and_then(Value::as_str).map(str::to_owned))
+        .collect();
+    assert_eq!(text, full_answer());
+    assert_eq!(sse_data(&a.text).last().map(String::as_str), Some("[DONE]"));
+    let rescue = gw.mock.requests().into_iter().find(|r| r.model.as_deref() == Some("gpt-3.5-turbo-instruct")).unwrap();
+    assert_eq!(rescue.body["prompt"], format!("Say the alphabet: {}", words(4)));
+}
