@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod abuse;
+mod events;
 mod gateway;
 mod helpers;
 mod http_basics;
