@@ -142,20 +142,10 @@ async fn run() {
     println!("|---|---|---|---|---|---|");
     let mut overhead_rows = Vec::new();
     for rate in RATES {
-        // One second at the rate first (connection pools grow), then the measured run.
-        loadgen::constant_rate(mock_addr, direct.clone(), rate, WARMUP, CONNECTIONS).await;
-        let d = loadgen::constant_rate(mock_addr, direct.clone(), rate, RUN, CONNECTIONS).await;
-        loadgen::constant_rate(gw_addr, through.clone(), rate, WARMUP, CONNECTIONS).await;
-        let g = loadgen::constant_rate(gw_addr, through.clone(), rate, RUN, CONNECTIONS).await;
-        for (label, s) in [("mock direct", &d), ("via reliablegpt", &g)] {
-            println!(
-                "| {label} | {rate} | {:.0} | {} | {} | {} |",
-                s.throughput(),
-                s.errors,
-                ms(s.percentile(0.50)),
-                ms(s.percentile(0.99))
-            );
-        }
+        let d = at_rate(mock_addr, &direct, rate).await;
+        let g = at_rate(gw_addr, &through, rate).await;
+        print_rate("mock direct", rate, &d);
+        print_rate("via reliablegpt", rate, &g);
         overhead_rows.push((
             rate,
             g.percentile(0.50).saturating_sub(d.percentile(0.50)),
@@ -178,11 +168,7 @@ async fn run() {
 
     let d = loadgen::max_throughput(mock_addr, direct.clone(), RUN, CONNECTIONS).await;
     let g = loadgen::max_throughput(gw_addr, through.clone(), RUN, CONNECTIONS).await;
-    println!(
-        "\n| maximum throughput ({CONNECTIONS} connections, {}s) | req/s | errors | p50 (ms) | p99 (ms) |",
-        RUN.as_secs()
-    );
-    println!("|---|---|---|---|---|");
+    print_max_header();
     print_max("mock direct", &d);
     print_max("via reliablegpt", &g);
 
@@ -232,21 +218,10 @@ async fn run() {
         println!("| target | offered rate (req/s) | achieved (req/s) | errors | p50 (ms) | p99 (ms) |");
         println!("|---|---|---|---|---|---|");
         for rate in [100, 250, 500] {
-            let s = loadgen::constant_rate(addr, lite.clone(), rate, RUN, CONNECTIONS).await;
-            println!(
-                "| LiteLLM | {rate} | {:.0} | {} | {} | {} |",
-                s.throughput(),
-                s.errors,
-                ms(s.percentile(0.5)),
-                ms(s.percentile(0.99))
-            );
+            print_rate("LiteLLM", rate, &at_rate(addr, &lite, rate).await);
         }
         let l = loadgen::max_throughput(addr, lite, RUN, CONNECTIONS).await;
-        println!(
-            "\n| maximum throughput ({CONNECTIONS} connections, {}s) | req/s | errors | p50 (ms) | p99 (ms) |",
-            RUN.as_secs()
-        );
-        println!("|---|---|---|---|---|");
+        print_max_header();
         print_max("LiteLLM", &l);
         println!(
             "\nthroughput ratio reliablegpt / LiteLLM: {:.1}x; p50 at max load: {} ms vs {} ms",
@@ -256,6 +231,30 @@ async fn run() {
         );
     }
     sqlx::query(&format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#)).execute(&mut conn).await.ok();
+}
+
+/// One second at the rate first (connection pools grow), then the measured run.
+async fn at_rate(addr: SocketAddr, req: &std::sync::Arc<Vec<u8>>, rate: u32) -> Stats {
+    loadgen::constant_rate(addr, req.clone(), rate, WARMUP, CONNECTIONS).await;
+    loadgen::constant_rate(addr, req.clone(), rate, RUN, CONNECTIONS).await
+}
+
+fn print_rate(label: &str, rate: u32, s: &Stats) {
+    println!(
+        "| {label} | {rate} | {:.0} | {} | {} | {} |",
+        s.throughput(),
+        s.errors,
+        ms(s.percentile(0.50)),
+        ms(s.percentile(0.99))
+    );
+}
+
+fn print_max_header() {
+    println!(
+        "\n| maximum throughput ({CONNECTIONS} connections, {}s) | req/s | errors | p50 (ms) | p99 (ms) |",
+        RUN.as_secs()
+    );
+    println!("|---|---|---|---|---|");
 }
 
 fn print_max(label: &str, s: &Stats) {

@@ -100,10 +100,6 @@ impl Application {
         self.addr
     }
 
-    pub fn port(&self) -> u16 {
-        self.addr.port()
-    }
-
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
         for task in self.background {

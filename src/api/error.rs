@@ -134,10 +134,6 @@ impl ApiError {
         let kind = if status == StatusCode::TOO_MANY_REQUESTS { "rate_limit_error" } else { "upstream_error" };
         Self::new(status, kind, code, message)
     }
-
-    pub fn code(&self) -> Option<&'static str> {
-        self.detail.code
-    }
 }
 
 impl fmt::Display for ApiError {

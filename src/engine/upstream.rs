@@ -1,6 +1,5 @@
 //! One upstream call: the HTTP client (guarded DNS, no redirects), request building, time limits, and the SSE reader.
 
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,14 +26,7 @@ impl reqwest::dns::Resolve for GuardedResolver {
         let egress = self.egress.clone();
         let host = name.as_str().to_owned();
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            if addrs.is_empty() {
-                return Err("no addresses".into());
-            }
-            for addr in &addrs {
-                egress.check_ip(addr.ip())?;
-            }
-            let addrs: reqwest::dns::Addrs = Box::new(addrs.into_iter());
+            let addrs: reqwest::dns::Addrs = Box::new(egress.resolve(&host, 0).await?.into_iter());
             Ok(addrs)
         })
     }
@@ -208,26 +200,32 @@ type ByteStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
 pub struct SseReader {
     stream: ByteStream,
     buffer: Vec<u8>,
+    /// Bytes of `buffer` already searched for an event's end (a long event arriving in pieces is scanned once).
+    scanned: usize,
     ended: bool,
 }
 
 impl SseReader {
     pub fn new(stream: impl Stream<Item = reqwest::Result<Bytes>> + Send + 'static) -> Self {
-        Self { stream: Box::pin(stream), buffer: Vec::with_capacity(4096), ended: false }
+        Self { stream: Box::pin(stream), buffer: Vec::with_capacity(4096), scanned: 0, ended: false }
     }
 
     /// The next complete event; `Ok(None)` at a clean end of stream; `Err` when the connection broke.
     pub async fn next_event(&mut self) -> Result<Option<SseEvent>, String> {
         loop {
-            if let Some(end) = find_blank_line(&self.buffer) {
+            let from = self.scanned.saturating_sub(1).min(self.buffer.len());
+            if let Some(end) = find_blank_line(&self.buffer[from..]).map(|i| i + from) {
                 let raw: Vec<u8> = self.buffer.drain(..end + 2).collect();
+                self.scanned = 0;
                 return Ok(Some(parse_event(&raw[..end])));
             }
+            self.scanned = self.buffer.len();
             if self.ended {
                 if self.buffer.iter().all(u8::is_ascii_whitespace) {
                     return Ok(None);
                 }
                 let raw = std::mem::take(&mut self.buffer);
+                self.scanned = 0;
                 return Ok(Some(parse_event(&raw)));
             }
             match self.stream.next().await {
@@ -274,6 +272,14 @@ mod tests {
         assert_eq!(e.data, "{\"a\":1}");
         assert_eq!(&e.raw[..], b"data: {\"a\":1}\n\n");
         assert!(matches!(r.next_event().await.unwrap().unwrap().json(), EventData::Done));
+        assert!(r.next_event().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_blank_line_split_between_chunks_still_ends_the_event() {
+        let mut r = reader(vec!["data: {\"a\":1}\n", "\ndata: {\"b\"", ":2}\n", "\n"]);
+        assert_eq!(r.next_event().await.unwrap().unwrap().data, "{\"a\":1}");
+        assert_eq!(r.next_event().await.unwrap().unwrap().data, "{\"b\":2}");
         assert!(r.next_event().await.unwrap().is_none());
     }
 

@@ -172,7 +172,7 @@ impl Vault {
         if let Some(opened) = self.cache.get(&hash.0) {
             return Ok(opened);
         }
-        let session = self.authenticate(token_text).await?;
+        let session = self.unlock(&token, &hash).await?;
         let opened = Arc::new(self.open_key_set(&session).await?);
         self.cache.insert(hash.0, opened.clone());
         Ok(opened)
@@ -241,6 +241,10 @@ impl Vault {
     pub async fn authenticate(&self, token_text: &str) -> Result<KeySetSession, VaultError> {
         let token = Token::parse(token_text).map_err(|_| VaultError::Unauthenticated)?;
         let token_hash = token.hash(self.pepper.expose());
+        self.unlock(&token, &token_hash).await
+    }
+
+    async fn unlock(&self, token: &Token, token_hash: &token::TokenHash) -> Result<KeySetSession, VaultError> {
         let row = queries::find_by_token_hash(&self.pool, &token_hash.0).await?.ok_or(VaultError::Unauthenticated)?;
         let version = u32::try_from(row.master_key_version).map_err(|_| CryptoError::Forged)?;
         let master = self.keyring.get(version).ok_or(VaultError::MasterKeyMissing(version))?;
