@@ -542,3 +542,45 @@ async fn a_refused_connection_is_transient_and_a_custom_base_url_falls_back_to_o
     assert_eq!(a.header("x-reliablegpt-attempts"), Some("4"), "three connects (two retries), then the OpenAI key");
     assert_eq!(gw.keys_seen(), vec![K1]);
 }
+
+async fn key_status(gw: &crate::helpers::GatewayTest, token: &str, index: usize, want: &str) -> Value {
+    let mut listed = Value::Null;
+    for _ in 0..100 {
+        listed = gw.app.get_keys(token).await.json().await.unwrap();
+        if listed["keys"][index]["status"] == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    listed["keys"][index]["status"].clone()
+}
+
+#[tokio::test]
+async fn an_invalid_key_is_tried_once_more_after_its_cooldown_and_recovers_when_it_works() {
+    let gw = spawn_gateway_with(|e| {
+        e.insert(env::KEY_RETRY_AFTER_SECS.into(), "1".into());
+    })
+    .await;
+    let token = gw.key_set(&[K1, K2], &[]).await;
+    gw.mock.set_invalid_key(K1);
+    assert_eq!(gw.chat(&token, "gpt-4o").await.status, 200);
+    assert_eq!(key_status(&gw, &token, 0, "invalid").await, "invalid");
+
+    // After the cooldown, one request tries the key again; it is still dead, so it is marked again and skipped.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    gw.mock.clear();
+    gw.mock.set_invalid_key(K1);
+    assert_eq!(gw.chat(&token, "gpt-4o").await.status, 200);
+    assert_eq!(gw.chat(&token, "gpt-4o").await.status, 200);
+    assert_eq!(gw.keys_seen(), vec![K1, K2, K2], "one retry of the dead key, then skipped again");
+
+    // Once the provider accepts it again, the next retry brings it back to active.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    gw.mock.clear();
+    assert_eq!(gw.chat(&token, "gpt-4o").await.status, 200);
+    assert_eq!(gw.keys_seen(), vec![K1]);
+    assert_eq!(key_status(&gw, &token, 0, "active").await, "active");
+    gw.mock.clear();
+    assert_eq!(gw.chat(&token, "gpt-4o").await.status, 200);
+    assert_eq!(gw.keys_seen(), vec![K1], "a recovered key is first in line again");
+}

@@ -128,7 +128,6 @@ async fn malformed_chunks_are_dropped_and_a_missing_done_is_supplied() {
 #[tokio::test]
 async fn graceful_answers_stream_too() {
     let gw = spawn_gateway().await;
-    gw.mock.script("gpt-4o", vec![Behavior::bad_request()]);
     let token = gw.key_set_with(json!([K1]), json!({"graceful_string": "Back soon."})).await;
     gw.mock.script("gpt-4o", vec![Behavior::overloaded()]);
     let a = gw.post("/v1/chat/completions", &token, stream_body("gpt-4o"), &[]).await;
