@@ -21,6 +21,32 @@ fn user(content: &str) -> Value {
     json!([{"role": "user", "content": content}])
 }
 
+/// The user turn the gateway sends to continue a cut-off answer on a model that refuses prefill.
+fn instruction(partial: &str) -> String {
+    format!(
+        "Your previous answer was cut off. This is exactly what you had written so far:\n\n<partial_answer>\n{partial}\n\
+         </partial_answer>\n\nContinue from exactly where it stops. Do not repeat any of it and add no preamble: reply \
+         with only the missing rest."
+    )
+}
+
+/// A conversation whose answer was cut after `partial`, continued by instruction.
+fn continue_by_instruction(partial: &str) -> Value {
+    json!([
+        {"role": "user", "content": "Say the NATO alphabet."},
+        {"role": "assistant", "content": partial},
+        {"role": "user", "content": instruction(partial)}
+    ])
+}
+
+fn with_prefill(partial: &str) -> Value {
+    json!([{"role": "user", "content": "Say the NATO alphabet."}, {"role": "assistant", "content": partial}])
+}
+
+fn content(body: &Value) -> &str {
+    body["choices"][0]["message"]["content"].as_str().unwrap()
+}
+
 async fn post(mock: &MockUpstream, path: &str, body: Value) -> reqwest::Response {
     client().post(format!("{}{path}", mock.base_url())).bearer_auth(KEY).json(&body).send().await.unwrap()
 }
@@ -136,6 +162,135 @@ async fn prefill_is_continued() {
     let messages = json!([{"role": "user", "content": "go"}, {"role": "assistant", "content": "zulu"}]);
     let body: Value = chat(&mock, json!({"model": "gpt-4o", "messages": messages})).await.json().await.unwrap();
     assert_eq!(body["choices"][0]["message"]["content"], full_answer());
+}
+
+#[tokio::test]
+async fn an_instruction_is_continued_with_the_last_word_repeated() {
+    let mock = start().await;
+    let messages = continue_by_instruction("alpha bravo charlie delta");
+    let body: Value = chat(&mock, json!({"model": "gpt-4o", "messages": messages})).await.json().await.unwrap();
+    let answer = content(&body);
+    assert_eq!(answer, full_answer().strip_prefix("alpha bravo charlie ").unwrap(), "\"delta\" is repeated");
+    assert!(answer.starts_with("delta echo "));
+    assert_eq!(format!("alpha bravo charlie delta{}", answer.strip_prefix("delta").unwrap()), full_answer());
+    assert_eq!(body["usage"]["completion_tokens"], 21, "delta to xray");
+
+    let request = json!({"model": "gpt-4o", "stream": true, "stream_options": {"include_usage": true},
+                         "messages": messages});
+    let events = events(&chat(&mock, request).await.text().await.unwrap());
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let first_word: Value = serde_json::from_str(&events[1]).unwrap();
+    assert_eq!(first_word["choices"][0]["delta"]["content"], "delta");
+    assert_eq!(streamed_text(&events), answer);
+    let usage: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+    assert_eq!(usage["usage"]["completion_tokens"], 21);
+    assert_eq!(usage["usage"]["total_tokens"], usage["usage"]["prompt_tokens"].as_u64().unwrap() + 21);
+
+    // Cut inside a word: the model writes that word whole.
+    let messages = continue_by_instruction("alpha bravo char");
+    let body: Value = chat(&mock, json!({"model": "gpt-4o", "messages": messages})).await.json().await.unwrap();
+    assert_eq!(content(&body), full_answer().strip_prefix("alpha bravo ").unwrap());
+    // Text parts count as well.
+    let parts = json!([{"role": "user", "content": [{"type": "text", "text": instruction("alpha bravo charlie")}]}]);
+    let body: Value = chat(&mock, json!({"model": "gpt-4o", "messages": parts})).await.json().await.unwrap();
+    assert!(content(&body).starts_with("charlie delta "), "{}", content(&body));
+}
+
+#[tokio::test]
+async fn only_a_quoted_start_of_the_answer_in_the_last_user_turn_is_continued() {
+    let mock = start().await;
+    let answer_to = |messages: Value| {
+        let mock = &mock;
+        async move {
+            let body: Value = chat(mock, json!({"model": "gpt-4o", "messages": messages})).await.json().await.unwrap();
+            (content(&body).to_owned(), body["usage"]["completion_tokens"].as_u64().unwrap())
+        }
+    };
+    assert_eq!(answer_to(user("Say the alphabet.")).await, (full_answer(), 24));
+    assert_eq!(answer_to(user("alph")).await.0, full_answer(), "too short to be a quote");
+    // "alphabet" and "deltas" do not end where the answer's words end; the longest valid quote is "alpha bravo charlie".
+    let (answer, words) = answer_to(user("alphabet soup: alpha bravo, or alpha bravo charlie deltas")).await;
+    assert_eq!(answer, full_answer().strip_prefix("alpha bravo ").unwrap());
+    assert_eq!(words, 22);
+    // The quote must be in the last message, and that must be the user's.
+    let earlier = json!([{"role": "user", "content": instruction("alpha bravo")}, {"role": "assistant", "content": "ok"},
+                         {"role": "user", "content": "Thanks, now say it all."}]);
+    assert_eq!(answer_to(earlier).await.0, full_answer());
+    let system = json!([{"role": "system", "content": instruction("alpha bravo")}]);
+    assert_eq!(answer_to(system).await.0, full_answer());
+}
+
+#[tokio::test]
+async fn a_target_that_rejects_prefill_refuses_every_prefill_and_serves_instructions() {
+    let mock = start().await;
+    mock.set_rejects_prefill("claude-like");
+    let prefill = json!({"model": "claude-like", "messages": with_prefill("alpha bravo")});
+    let expected = json!({"error": {
+        "message": "This model does not support assistant message prefill. The conversation must end with a user message.",
+        "type": "invalid_request_error", "param": null, "code": null}});
+    for _ in 0..3 {
+        assert_eq!(error_of(chat(&mock, prefill.clone()).await).await, (400, expected.clone()));
+    }
+    let streamed = json!({"model": "claude-like", "stream": true, "messages": with_prefill("alpha bravo")});
+    assert_eq!(error_of(chat(&mock, streamed).await).await, (400, expected.clone()));
+
+    let instructed = json!({"model": "claude-like", "messages": continue_by_instruction("alpha bravo")});
+    let body: Value = chat(&mock, instructed.clone()).await.json().await.unwrap();
+    assert_eq!(content(&body), full_answer().strip_prefix("alpha ").unwrap());
+    let plain: Value = chat(&mock, json!({"model": "claude-like", "messages": user("hi")})).await.json().await.unwrap();
+    assert_eq!(content(&plain), full_answer());
+    // Other targets still accept prefill.
+    let body: Value =
+        chat(&mock, json!({"model": "gpt-4o", "messages": with_prefill("alpha bravo")})).await.json().await.unwrap();
+    assert_eq!(content(&body), full_answer().strip_prefix("alpha bravo").unwrap());
+
+    // Scripts still apply to the requests it serves, and a refused prefill does not consume a step.
+    mock.script("claude-like", vec![Behavior::server_error(), Behavior::ok()]);
+    assert_eq!(chat(&mock, prefill.clone()).await.status(), 400);
+    assert_eq!(chat(&mock, instructed.clone()).await.status(), 500);
+    assert_eq!(chat(&mock, instructed).await.status(), 200);
+    assert_eq!(chat(&mock, prefill.clone()).await.status(), 400);
+
+    mock.clear();
+    let body: Value = chat(&mock, prefill).await.json().await.unwrap();
+    assert_eq!(content(&body), full_answer().strip_prefix("alpha bravo").unwrap(), "clear forgets the setting");
+}
+
+#[tokio::test]
+async fn rejects_prefill_over_http_and_on_azure() {
+    let mock = start().await;
+    let http = client();
+    let control = |path: &str| format!("{}/_mock/{path}", mock.azure_endpoint());
+    let set = http.post(control("rejects_prefill")).json(&json!({"target": "prod-claude"})).send().await.unwrap();
+    assert_eq!(set.status(), 200);
+    let bad = http.post(control("rejects_prefill")).json(&json!({"key": "prod-claude"})).send().await.unwrap();
+    assert_eq!(bad.status(), 400);
+
+    let azure = |messages: Value, stream: bool| {
+        http.post(format!(
+            "{}/openai/deployments/prod-claude/chat/completions?api-version=2024-10-21",
+            mock.azure_endpoint()
+        ))
+        .header("api-key", "azure-key-0123456789")
+        .json(&json!({"messages": messages, "stream": stream}))
+        .send()
+    };
+    for _ in 0..2 {
+        let (status, body) = error_of(azure(with_prefill("alpha bravo"), false).await.unwrap()).await;
+        assert_eq!((status, body["error"]["type"].as_str()), (400, Some("invalid_request_error")));
+        assert!(body["error"]["message"].as_str().unwrap().contains("does not support assistant message prefill"));
+    }
+    let response = azure(continue_by_instruction("alpha bravo charlie delta echo"), true).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let text = streamed_text(&events(&response.text().await.unwrap()));
+    assert_eq!(text, full_answer().strip_prefix("alpha bravo charlie delta ").unwrap());
+    // The setting is per target: the same name as an OpenAI model is the same target.
+    assert_eq!(chat(&mock, json!({"model": "prod-claude", "messages": with_prefill("alpha")})).await.status(), 400);
+    assert_eq!(chat(&mock, json!({"model": "gpt-4o", "messages": with_prefill("alpha")})).await.status(), 200);
+
+    assert_eq!(http.post(control("clear")).send().await.unwrap().status(), 200);
+    let body: Value = azure(with_prefill("alpha bravo"), false).await.unwrap().json().await.unwrap();
+    assert_eq!(content(&body), full_answer().strip_prefix("alpha bravo").unwrap());
 }
 
 #[tokio::test]
@@ -454,16 +609,23 @@ async fn missing_done_ends_without_done() {
 #[tokio::test]
 async fn reject_prefill_only_rejects_prefill() {
     let mock = start().await;
-    mock.script("gpt-4o", vec![Behavior::RejectPrefill]);
-    let messages = json!([{"role": "user", "content": "go"}, {"role": "assistant", "content": "alpha"}]);
-    let (status, body) = error_of(chat(&mock, json!({"model": "gpt-4o", "messages": messages})).await).await;
+    mock.script("gpt-4o", vec![Behavior::RejectPrefill, Behavior::RejectPrefill, Behavior::ok()]);
+    let (status, body) =
+        error_of(chat(&mock, json!({"model": "gpt-4o", "messages": with_prefill("alpha")})).await).await;
     assert_eq!(status, 400);
     assert_eq!(
         body,
-        json!({"error": {"message": "Prefill of assistant messages is not supported by this model.",
+        json!({"error": {"message": "This model does not support assistant message prefill. The conversation must end with a user message.",
                          "type": "invalid_request_error", "param": null, "code": null}})
     );
-    assert_eq!(chat(&mock, json!({"model": "gpt-4o", "messages": user("go")})).await.status(), 200);
+    // Under the step, an instruction to continue is served.
+    let instructed = json!({"model": "gpt-4o", "messages": continue_by_instruction("alpha bravo")});
+    let body: Value = chat(&mock, instructed).await.json().await.unwrap();
+    assert_eq!(content(&body), full_answer().strip_prefix("alpha ").unwrap());
+    // The script moved on: the next prefill is continued.
+    let body: Value =
+        chat(&mock, json!({"model": "gpt-4o", "messages": with_prefill("alpha")})).await.json().await.unwrap();
+    assert_eq!(content(&body), full_answer().strip_prefix("alpha").unwrap());
 }
 
 #[tokio::test]

@@ -26,6 +26,47 @@ pub(crate) fn answer_after(prefill: Option<&str>) -> &'static str {
     FULL_ANSWER.strip_prefix(prefill.trim_end()).unwrap_or(FULL_ANSWER)
 }
 
+/// The shortest start of [`FULL_ANSWER`] that counts as quoted in an instruction: shorter ones ("a", "alp") turn up
+/// in ordinary prompts.
+const MIN_QUOTE: usize = 5;
+
+/// The longest start of [`FULL_ANSWER`], at least [`MIN_QUOTE`] long, that `text` contains followed by a character
+/// that is not alphanumeric (or by its end), so that "Say the alphabet." does not quote "alpha".
+pub(crate) fn longest_quoted_prefix(text: &str) -> Option<&'static str> {
+    let full = FULL_ANSWER.as_bytes();
+    let first = *full.first()?;
+    let mut best = 0;
+    for (i, _) in text.bytes().enumerate().filter(|&(_, b)| b == first) {
+        let Some(from_here) = text.as_bytes().get(i..) else { continue };
+        let common = full.iter().zip(from_here).take_while(|(a, b)| a == b).count();
+        if common <= best {
+            continue;
+        }
+        // All matched bytes are ASCII, so `i + common` is a char boundary.
+        let ends_word =
+            text.get(i + common..).and_then(|rest| rest.chars().next()).is_none_or(|c| !c.is_alphanumeric());
+        // A shorter match is followed by the answer's own next character: it must not be alphanumeric.
+        let len = if ends_word {
+            common
+        } else {
+            (0..common).rev().find(|&l| full.get(l).is_some_and(|b| !b.is_ascii_alphanumeric())).unwrap_or(0)
+        };
+        if len >= MIN_QUOTE && len > best {
+            best = len;
+        }
+    }
+    FULL_ANSWER.get(..best).filter(|p| !p.is_empty())
+}
+
+/// The answer to a user turn that quotes a cut-off answer and asks for the rest: like a real model, it repeats the
+/// last word it was shown (which may be a word cut in the middle), then writes the rest of [`FULL_ANSWER`]. `None` when
+/// `text` quotes no start of the answer (see [`longest_quoted_prefix`]).
+pub(crate) fn answer_to_instruction(text: &str) -> Option<&'static str> {
+    let quoted = longest_quoted_prefix(text)?;
+    let last_word = quoted.trim_end().rfind(' ').map_or(0, |space| space + 1);
+    FULL_ANSWER.get(last_word..)
+}
+
 /// Splits `text` into streamed tokens: each is its leading spaces plus one word, so they concatenate to `text`.
 pub(crate) fn pieces(text: &str) -> impl Iterator<Item = &str> {
     let bytes = text.as_bytes();
@@ -403,6 +444,63 @@ mod tests {
         assert_eq!(format!("alpha bravo{}", answer_after(Some("alpha bravo"))), FULL_ANSWER);
         assert_eq!(format!("alpha bravo {}", answer_after(Some("alpha bravo "))), FULL_ANSWER);
         assert_eq!(answer_after(Some("bravo")), FULL_ANSWER);
+    }
+
+    const INSTRUCTION: &str = "Your previous answer was cut off. This is exactly what you had written so far:\n\n\
+                               <partial_answer>\n{partial}\n</partial_answer>\n\nContinue from exactly where it \
+                               stops. Do not repeat any of it and add no preamble: reply with only the missing rest.";
+
+    fn instruction(partial: &str) -> String {
+        INSTRUCTION.replace("{partial}", partial)
+    }
+
+    #[test]
+    fn the_longest_quoted_prefix_ends_a_word() {
+        let cases = [
+            ("Say the alphabet.", None),
+            ("Say the alphabet", None),
+            ("alpha", Some("alpha")),
+            ("alph", None),
+            ("alpha bravo", Some("alpha bravo")),
+            ("alphabet soup alpha bravo", Some("alpha bravo")),
+            ("alpha bravo charlie, then alpha bravo charlie delta echo", Some("alpha bravo charlie delta echo")),
+            // Followed by a letter: only the part that ends a word counts.
+            ("alpha bravo charliex", Some("alpha bravo")),
+            ("alpha bravos", Some("alpha")),
+            ("alpha bravo charlieé", Some("alpha bravo")),
+            ("«alpha bravo char»", Some("alpha bravo char")),
+            ("alpha bravo ", Some("alpha bravo ")),
+            ("alpha  bravo", Some("alpha ")),
+            ("ALPHA BRAVO", None),
+            ("", None),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(longest_quoted_prefix(text), expected, "{text:?}");
+        }
+        assert_eq!(longest_quoted_prefix(&instruction(FULL_ANSWER)), Some(FULL_ANSWER));
+        assert_eq!(longest_quoted_prefix(&instruction("alpha bravo charlie delta")), Some("alpha bravo charlie delta"));
+    }
+
+    #[test]
+    fn an_instruction_gets_the_last_word_again_then_the_rest() {
+        assert_eq!(answer_to_instruction("Say the alphabet."), None);
+        assert_eq!(answer_to_instruction("hi"), None);
+        let answer = answer_to_instruction(&instruction("alpha bravo charlie delta"));
+        assert_eq!(answer, FULL_ANSWER.strip_prefix("alpha bravo charlie "));
+        assert_eq!(answer.map(|a| a.split(' ').next()), Some(Some("delta")));
+        for (partial, overlap) in [
+            ("alpha bravo charlie delta", "delta"),
+            ("alpha bravo char", "char"),
+            ("alpha bravo ", "bravo "),
+            ("alpha", "alpha"),
+            (FULL_ANSWER, "xray."),
+        ] {
+            let answer = answer_to_instruction(&instruction(partial)).unwrap();
+            assert!(answer.starts_with(overlap), "{partial:?} → {answer:?}");
+            let kept = partial.strip_suffix(overlap).unwrap();
+            assert_eq!(format!("{kept}{answer}"), FULL_ANSWER, "{partial:?}");
+            assert_eq!(format!("{partial}{}", &answer[overlap.len()..]), FULL_ANSWER, "{partial:?}");
+        }
     }
 
     #[test]

@@ -54,7 +54,10 @@ pub enum Behavior {
     /// Streaming: the whole answer and the `finish_reason: "stop"` chunk but no `data: [DONE]`; the chunked body is
     /// ended properly. Non-streaming: healthy.
     MissingDone,
-    /// 400 when the last message is an assistant prefill; otherwise healthy.
+    /// 400 `invalid_request_error` when the last message is an assistant prefill, with the message of models that never
+    /// accept prefill; any other request is served healthily, including an instruction to continue (a last user turn
+    /// quoting the cut-off answer). One step refuses one prefill; for a model that refuses every prefill see
+    /// [`super::MockUpstream::set_rejects_prefill`].
     RejectPrefill,
     /// From the moment the script was set: `down_ms` of 503 (as [`Behavior::overloaded`]), then `up_ms` healthy,
     /// repeating.
@@ -146,6 +149,9 @@ impl Behavior {
 pub(crate) const SERVER_ERROR_MESSAGE: &str =
     "The server had an error while processing your request. Sorry about that!";
 pub(crate) const OVERLOADED_MESSAGE: &str = "The server is overloaded or not ready yet.";
+/// What Anthropic's models that never accept prefill answer (also behind OpenAI-compatible proxies).
+pub(crate) const PREFILL_REJECTED_MESSAGE: &str =
+    "This model does not support assistant message prefill. The conversation must end with a user message.";
 pub(crate) const BAD_REQUEST_MESSAGE: &str =
     "Invalid value for 'temperature': expected a decimal, but got a string instead.";
 

@@ -69,6 +69,7 @@ enum ControlOp {
     Script,
     InvalidKey,
     NoQuotaKey,
+    RejectsPrefill,
     Requests,
     Clear,
     Health,
@@ -90,6 +91,7 @@ fn route(method: Method, target: &str) -> Route {
             "script" => ControlOp::Script,
             "invalid_key" => ControlOp::InvalidKey,
             "no_quota_key" => ControlOp::NoQuotaKey,
+            "rejects_prefill" => ControlOp::RejectsPrefill,
             "requests" => ControlOp::Requests,
             "clear" => ControlOp::Clear,
             "health" => ControlOp::Health,
@@ -170,12 +172,20 @@ impl Call {
                 };
                 let chars = messages.iter().filter_map(|m| m.get("content")).map(answers::content_chars).sum();
                 call.prompt_tokens = answers::tokens_of_chars(chars);
-                if let Some(last) = messages.last()
-                    && last.get("role").and_then(Value::as_str) == Some("assistant")
-                {
-                    call.last_is_assistant = true;
-                    let prefill = last.get("content").and_then(answers::content_text);
-                    call.answer = answers::answer_after(prefill.as_deref());
+                let last = messages.last();
+                let text = last.and_then(|m| m.get("content")).and_then(answers::content_text);
+                match last.and_then(|m| m.get("role")).and_then(Value::as_str) {
+                    Some("assistant") => {
+                        call.last_is_assistant = true;
+                        call.answer = answers::answer_after(text.as_deref());
+                    }
+                    // A user turn quoting the cut-off answer and asking for the rest.
+                    Some("user") => {
+                        if let Some(answer) = text.as_deref().and_then(answers::answer_to_instruction) {
+                            call.answer = answer;
+                        }
+                    }
+                    _ => {}
                 }
             }
             Endpoint::Completions => {
@@ -254,6 +264,7 @@ enum Verdict {
     BadJson,
     NoModel,
     Rejected(Rejection),
+    PrefillRejected,
     Step(Call, Option<(Behavior, Instant)>),
 }
 
@@ -266,6 +277,11 @@ struct ScriptBody {
 #[derive(Deserialize)]
 struct KeyBody {
     key: String,
+}
+
+#[derive(Deserialize)]
+struct TargetBody {
+    target: String,
 }
 
 fn unix_now() -> u64 {
@@ -386,6 +402,11 @@ impl Conn {
         self.reply_json(status, keep_alive, &[]);
     }
 
+    fn reply_prefill_rejected(&mut self, keep_alive: bool) {
+        let message = behavior::PREFILL_REJECTED_MESSAGE;
+        self.reply_openai_error(400, keep_alive, message, "invalid_request_error", None, None);
+    }
+
     fn decide(&mut self, head: Head, body: Option<Value>) -> Action {
         let keep_alive = head.keep_alive;
         let send = Action::Send { delay: Duration::ZERO, keep_alive };
@@ -438,6 +459,10 @@ impl Conn {
                     Some(_) => match call {
                         None => Verdict::NoModel,
                         Some(Err(rejection)) => Verdict::Rejected(rejection),
+                        // Like the other request checks, before (and without consuming) a script step.
+                        Some(Ok(c)) if c.last_is_assistant && state.rejects_prefill.contains(&c.model) => {
+                            Verdict::PrefillRejected
+                        }
                         Some(Ok(call)) => {
                             let step = state.next_step(&call.model);
                             Verdict::Step(call, step)
@@ -533,6 +558,10 @@ impl Conn {
                 self.reply_openai_error(400, keep_alive, r.message, "invalid_request_error", r.param, r.code);
                 send
             }
+            Verdict::PrefillRejected => {
+                self.reply_prefill_rejected(keep_alive);
+                send
+            }
             Verdict::Step(call, step) => self.behave(call, step, keep_alive),
         }
     }
@@ -591,14 +620,7 @@ impl Conn {
             Behavior::MalformedChunk { at_token } => healthy(call, Mode::Malformed(at_token)),
             Behavior::MissingDone => healthy(call, Mode::MissingDone),
             Behavior::RejectPrefill if call.last_is_assistant => {
-                self.reply_openai_error(
-                    400,
-                    keep_alive,
-                    "Prefill of assistant messages is not supported by this model.",
-                    "invalid_request_error",
-                    None,
-                    None,
-                );
+                self.reply_prefill_rejected(keep_alive);
                 send
             }
             Behavior::RejectPrefill => healthy(call, Mode::Normal),
@@ -638,6 +660,15 @@ impl Conn {
                         } else {
                             state.no_quota_keys.insert(key);
                         }
+                        Ok(())
+                    }
+                    Err(error) => Err(bad(&error)),
+                }
+            }
+            (ControlOp::RejectsPrefill, Method::Post) => {
+                match serde_json::from_value::<TargetBody>(body.unwrap_or(Value::Null)) {
+                    Ok(TargetBody { target }) => {
+                        self.shared.lock().rejects_prefill.insert(target);
                         Ok(())
                     }
                     Err(error) => Err(bad(&error)),

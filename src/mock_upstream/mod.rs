@@ -5,14 +5,23 @@
 //! connections, streams cut or stalled mid-answer, malformed SSE chunks and more. Healthy answers are deterministic
 //! ([`full_answer`]) so truncation is detectable.
 //!
+//! A healthy chat answer continues a cut-off one the two ways a gateway can ask for it, as a real model would:
+//! - the last message is an assistant prefill that starts [`FULL_ANSWER`]: the rest after it;
+//! - the last message is a user turn quoting a start of [`FULL_ANSWER`] (at least 5 characters, ending before a
+//!   non-alphanumeric character or the end of the text, the longest such): the last word quoted again, then the rest.
+//!
+//! Otherwise the answer is [`FULL_ANSWER`]. A legacy completion prompt ending in a start of it gets the rest.
+//!
 //! Routes: `POST /v1/chat/completions`, `POST /v1/completions`, `POST /v1/embeddings`, `GET /v1/models`, the Azure
 //! `POST /openai/deployments/{deployment}/{chat/completions,completions,embeddings}?api-version=...`, and the control
 //! endpoints `POST /_mock/script` `{"target", "steps": [Behavior]}`, `POST /_mock/invalid_key` `{"key"}`,
-//! `POST /_mock/no_quota_key` `{"key"}`, `GET /_mock/requests`, `POST /_mock/clear`, `GET /_mock/health`.
+//! `POST /_mock/no_quota_key` `{"key"}`, `POST /_mock/rejects_prefill` `{"target"}`, `GET /_mock/requests`,
+//! `POST /_mock/clear`, `GET /_mock/health`.
 //!
 //! Order of checks for an API request: route (unknown → 404; Azure without `api-version` → 404), key (missing or
-//! invalid → 401, no quota → 429), JSON body (→ 400), `model` (→ 400), then the target's next scripted step (none →
-//! healthy). Only requests that pass the checks consume a script step; every API request is recorded.
+//! invalid → 401, no quota → 429), JSON body (→ 400), `model` (→ 400), an assistant prefill to a target set with
+//! [`MockUpstream::set_rejects_prefill`] (→ 400), then the target's next scripted step (none → healthy). Only requests
+//! that pass the checks consume a script step; every API request is recorded.
 
 mod answers;
 mod behavior;
@@ -112,12 +121,19 @@ impl MockUpstream {
         self.shared.lock().no_quota_keys.insert(key.to_owned());
     }
 
+    /// The model name or Azure deployment `target` never accepts prefill: every chat request to it whose last message
+    /// is an assistant message gets the 400 of [`Behavior::RejectPrefill`] (without consuming a script step); other
+    /// requests, instructions to continue included, are served as usual. Lasts until [`MockUpstream::clear`].
+    pub fn set_rejects_prefill(&self, target: &str) {
+        self.shared.lock().rejects_prefill.insert(target.to_owned());
+    }
+
     /// Everything received (the last [`MAX_RECORDED_REQUESTS`]), oldest first.
     pub fn requests(&self) -> Vec<SeenRequest> {
         self.shared.lock().requests.iter().cloned().collect()
     }
 
-    /// Forgets scripts, keys and recorded requests.
+    /// Forgets scripts, keys, targets that reject prefill and recorded requests.
     pub fn clear(&self) {
         self.shared.clear();
     }
@@ -176,6 +192,8 @@ struct State {
     scripts: HashMap<String, Script>,
     invalid_keys: HashSet<String>,
     no_quota_keys: HashSet<String>,
+    /// Targets that refuse every assistant prefill.
+    rejects_prefill: HashSet<String>,
     requests: VecDeque<SeenRequest>,
 }
 
@@ -221,6 +239,7 @@ impl Shared {
         state.scripts.clear();
         state.invalid_keys.clear();
         state.no_quota_keys.clear();
+        state.rejects_prefill.clear();
         state.requests.clear();
     }
 }
