@@ -11,6 +11,7 @@ mod hedge;
 mod pacing;
 pub mod plan;
 mod reply;
+pub mod settings;
 use decide::Next;
 mod stream;
 pub mod upstream;
