@@ -5,6 +5,23 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::config::{parse, settings};
+
+settings! {
+    /// Per-client-IP abuse limits.
+    #[derive(Debug, Clone, Copy)]
+    pub struct AbuseLimits: Default {
+        /// `POST /v1/keys` per client IP per minute (burst of the same size).
+        pub key_sets_per_minute: u32 [
+            KEY_SETS_PER_MINUTE = "RELIABLEGPT_KEY_SETS_PER_MINUTE", parse::positive, default 20
+        ],
+        /// Failed authentications per client IP per minute before further attempts get 429.
+        pub auth_failures_per_minute: u32 [
+            AUTH_FAILURES_PER_MINUTE = "RELIABLEGPT_AUTH_FAILURES_PER_MINUTE", parse::positive, default 30
+        ],
+    }
+}
+
 pub struct ClientLimiter {
     emission: Duration,
     tolerance: Duration,

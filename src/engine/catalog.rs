@@ -1,10 +1,14 @@
-//! The model catalog (context windows, kinds, embedding dimensions) and the pre-flight token estimate.
+//! The model catalog (context windows, kinds, embedding dimensions, prefill support, context upgrades) and the
+//! pre-flight token estimate.
 
 use std::collections::HashMap;
 
 use serde::Deserialize;
 
 const SHIPPED: &str = include_str!("models.toml");
+
+/// The metric label of a model the catalog does not know (labels stay a bounded set).
+pub const OTHER: &str = "other";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -14,12 +18,26 @@ pub enum ModelKind {
     Embedding,
 }
 
+impl ModelKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Chat => "chat",
+            Self::Completion => "completion",
+            Self::Embedding => "embedding",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelInfo {
     pub context_window: u32,
     pub kind: ModelKind,
     pub dimensions: Option<u32>,
+    /// Whether the model continues a trailing assistant message; `None` = unknown.
+    pub assistant_prefill: Option<bool>,
+    /// The larger-context model to switch to when a prompt does not fit.
+    pub context_upgrade: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -34,23 +52,72 @@ impl Catalog {
         Self::parse(SHIPPED).unwrap_or_else(|_| Self { models: HashMap::new() })
     }
 
+    /// The shipped catalog, extended by the operator's file if one is given: its entries are added, and replace
+    /// shipped entries of the same name whole. The result is checked as one catalog, so an operator's
+    /// `context_upgrade` may name a shipped model and the other way round.
+    pub fn load(path: Option<&str>) -> Result<Self, String> {
+        let mut catalog = Self::unchecked(SHIPPED).map_err(|reason| format!("shipped catalog: {reason}"))?;
+        if let Some(path) = path {
+            let text = std::fs::read_to_string(path).map_err(|e| e.kind().to_string())?;
+            catalog.models.extend(Self::unchecked(&text)?.models);
+        }
+        catalog.check()?;
+        Ok(catalog)
+    }
+
+    /// One complete catalog, checked.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let catalog: Self = toml::from_str(text).map_err(|e| e.message().to_owned())?;
-        for (name, info) in &catalog.models {
+        let catalog = Self::unchecked(text)?;
+        catalog.check()?;
+        Ok(catalog)
+    }
+
+    fn unchecked(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.message().to_owned())
+    }
+
+    fn check(&self) -> Result<(), String> {
+        // Sorted, so that of several mistakes the same one is reported every time.
+        for name in self.names() {
+            let Some(info) = self.models.get(name) else { continue };
             if info.kind == ModelKind::Embedding && info.dimensions.is_none() {
                 return Err(format!("embedding model `{name}` needs `dimensions`"));
             }
+            let Some(upgrade) = info.context_upgrade.as_deref() else { continue };
+            let Some(target) = self.models.get(upgrade) else {
+                return Err(format!("`{name}`: context_upgrade `{upgrade}` is not in the catalog"));
+            };
+            if target.kind != info.kind {
+                return Err(format!(
+                    "`{name}`: context_upgrade `{upgrade}` is a {} model, not {}",
+                    target.kind.as_str(),
+                    info.kind.as_str()
+                ));
+            }
+            // Windows strictly grow along a chain of upgrades, so no chain can come back to where it started.
+            if target.context_window <= info.context_window {
+                return Err(format!(
+                    "`{name}`: context_upgrade `{upgrade}` has a context window of {}, not larger than {}",
+                    target.context_window, info.context_window
+                ));
+            }
         }
-        Ok(catalog)
+        Ok(())
+    }
+
+    /// A model's catalog name and entry: by exact name, then by its dated snapshot's base (`gpt-4o-2024-08-06` →
+    /// `gpt-4o`).
+    fn resolve(&self, model: &str) -> Option<(&str, &ModelInfo)> {
+        let (name, info) = match self.models.get_key_value(model) {
+            Some(found) => found,
+            None => self.models.get_key_value(strip_snapshot(model)?)?,
+        };
+        Some((name.as_str(), info))
     }
 
     /// Looks a model up by exact name, then by its dated snapshot's base (`gpt-4o-2024-08-06` → `gpt-4o`).
     pub fn get(&self, model: &str) -> Option<&ModelInfo> {
-        if let Some(info) = self.models.get(model) {
-            return Some(info);
-        }
-        let base = strip_snapshot(model)?;
-        self.models.get(base)
+        self.resolve(model).map(|(_, info)| info)
     }
 
     /// Model names, sorted.
@@ -62,6 +129,22 @@ impl Catalog {
 
     pub fn context_window(&self, model: &str) -> Option<u32> {
         self.get(model).map(|m| m.context_window)
+    }
+
+    /// Whether the model continues a trailing assistant message; `None` when the catalog does not say.
+    pub fn assistant_prefill(&self, model: &str) -> Option<bool> {
+        self.get(model)?.assistant_prefill
+    }
+
+    /// The larger-context model to switch to when a prompt does not fit this one.
+    pub fn context_upgrade(&self, model: &str) -> Option<&str> {
+        self.get(model)?.context_upgrade.as_deref()
+    }
+
+    /// The model's name for metric labels: the catalog's name (a snapshot counts as its base), or [`OTHER`], so that
+    /// callers cannot grow the label set.
+    pub fn label(&self, model: &str) -> &str {
+        self.resolve(model).map_or(OTHER, |(name, _)| name)
     }
 }
 
@@ -132,6 +215,106 @@ mod tests {
         assert!(Catalog::parse("[models.x]\ncontext_window = 10\nkind = \"chat\"\nsurprise = 1\n").is_err());
         let c = Catalog::parse("[models.small]\ncontext_window = 100\nkind = \"chat\"\n").unwrap();
         assert_eq!(c.context_window("small"), Some(100));
+    }
+
+    /// Loads the shipped catalog extended by `overlay`.
+    fn load_with(overlay: &str) -> Result<Catalog, String> {
+        let path = std::env::temp_dir().join(format!("reliablegpt-catalog-{}.toml", uuid::Uuid::new_v4()));
+        std::fs::write(&path, overlay).unwrap();
+        let result = Catalog::load(path.to_str());
+        std::fs::remove_file(&path).unwrap();
+        result
+    }
+
+    #[test]
+    fn an_operator_catalog_extends_the_shipped_one_and_overrides_same_names() {
+        let c = load_with(concat!(
+            "[models.\"my-finetune\"]\ncontext_window = 16000\nkind = \"chat\"\nassistant_prefill = true\n",
+            "context_upgrade = \"gpt-4.1\"\n",
+            "[models.\"gpt-4o\"]\ncontext_window = 64000\nkind = \"chat\"\n",
+        ))
+        .unwrap();
+        assert_eq!(c.context_window("my-finetune"), Some(16_000));
+        assert_eq!(c.context_upgrade("my-finetune"), Some("gpt-4.1"));
+        assert_eq!(c.assistant_prefill("my-finetune"), Some(true));
+        // The override replaces the entry whole: its prefill and upgrade are gone too.
+        assert_eq!(c.context_window("gpt-4o-2024-08-06"), Some(64_000));
+        assert_eq!(c.assistant_prefill("gpt-4o"), None);
+        assert_eq!(c.context_upgrade("gpt-4o"), None);
+        // Everything else is still shipped.
+        assert_eq!(c.context_window("gpt-4o-mini"), Some(128_000));
+        assert_eq!(c.names().len(), Catalog::shipped().names().len() + 1);
+        assert_eq!(Catalog::load(None).unwrap().names(), Catalog::shipped().names());
+    }
+
+    #[test]
+    fn operator_catalog_errors_name_the_problem() {
+        let err = Catalog::load(Some("/nonexistent/reliablegpt-models.toml")).unwrap_err();
+        assert!(err.contains("not found"), "{err}");
+        let chat = |name: &str, window: u32, upgrade: &str| {
+            format!(
+                "[models.\"{name}\"]\ncontext_window = {window}\nkind = \"chat\"\ncontext_upgrade = \"{upgrade}\"\n"
+            )
+        };
+        for (overlay, expected) in [
+            (chat("a", 1000, "nowhere"), "`a`: context_upgrade `nowhere` is not in the catalog"),
+            (chat("a", 1000, "davinci-002"), "`a`: context_upgrade `davinci-002` is a completion model, not chat"),
+            (chat("a", 1000, "a"), "`a`: context_upgrade `a` has a context window of 1000, not larger than 1000"),
+            (
+                chat("a", 500_000, "gpt-4o"),
+                "`a`: context_upgrade `gpt-4o` has a context window of 128000, not larger than 500000",
+            ),
+            (
+                chat("a", 1000, "b") + &chat("b", 2000, "a"),
+                "`b`: context_upgrade `a` has a context window of 1000, not larger than 2000",
+            ),
+            // Overriding a model can break a shipped model's upgrade: the merged catalog is what is checked.
+            (
+                "[models.\"gpt-4.1\"]\ncontext_window = 1000\nkind = \"chat\"\n".to_owned(),
+                "context_upgrade `gpt-4.1` has a context window of 1000",
+            ),
+            (
+                "[models.x]\ncontext_window = 10\nkind = \"chat\"\nassistant_prefill = \"yes\"\n".to_owned(),
+                "invalid type",
+            ),
+        ] {
+            let err = load_with(&overlay).unwrap_err();
+            assert!(err.contains(expected), "{overlay}: {err}");
+        }
+    }
+
+    #[test]
+    fn shipped_prefill_and_upgrades_resolve_snapshots() {
+        let c = Catalog::shipped();
+        assert_eq!(c.assistant_prefill("gpt-4o-2024-08-06"), Some(true));
+        assert_eq!(c.assistant_prefill("gpt-3.5-turbo"), Some(true));
+        assert_eq!(c.assistant_prefill("o3-mini-2025-01-31"), Some(false));
+        assert_eq!(c.assistant_prefill("gpt-5"), Some(false));
+        assert_eq!(c.assistant_prefill("text-embedding-3-small"), None);
+        assert_eq!(c.assistant_prefill("davinci-002"), None);
+        assert_eq!(c.assistant_prefill("my-finetune"), None);
+        assert_eq!(c.context_upgrade("gpt-4o-mini-2024-07-18"), Some("gpt-4.1-mini"));
+        assert_eq!(c.context_upgrade("gpt-4"), Some("gpt-4-turbo"));
+        assert_eq!(c.context_upgrade("o1"), Some("gpt-5"));
+        assert_eq!(c.context_upgrade("gpt-3.5-turbo-instruct"), Some("davinci-002"));
+        assert_eq!(c.context_upgrade("gpt-4.1"), None);
+        assert_eq!(c.context_upgrade("my-finetune"), None);
+        // Every chat model says whether it takes a prefill; no other kind does.
+        for name in c.names() {
+            let info = c.get(name).unwrap();
+            assert_eq!(info.assistant_prefill.is_some(), info.kind == ModelKind::Chat, "{name}");
+        }
+    }
+
+    #[test]
+    fn labels_are_catalog_names_or_other() {
+        let c = Catalog::shipped();
+        assert_eq!(c.label("gpt-4o"), "gpt-4o");
+        assert_eq!(c.label("gpt-4o-2024-08-06"), "gpt-4o");
+        assert_eq!(c.label("text-embedding-3-large"), "text-embedding-3-large");
+        assert_eq!(c.label("my-finetune"), OTHER);
+        assert_eq!(c.label("gpt-4o-2024-13"), OTHER);
+        assert_eq!(c.label(""), OTHER);
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod hedge;
 mod pacing;
 pub mod plan;
 mod reply;
+pub mod settings;
 use decide::Next;
 mod stream;
 pub mod upstream;
@@ -159,14 +160,10 @@ impl Engine {
         vault: Vault,
         events: EventSink,
     ) -> Result<Self, EngineError> {
-        let catalog = match &settings.model_catalog {
-            None => Catalog::shipped(),
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| EngineError::Catalog { path: path.clone(), reason: e.kind().to_string() })?;
-                Catalog::parse(&text).map_err(|reason| EngineError::Catalog { path: path.clone(), reason })?
-            }
-        };
+        let catalog = Catalog::load(settings.model_catalog.as_deref()).map_err(|reason| EngineError::Catalog {
+            path: settings.model_catalog.clone().unwrap_or_else(|| "(shipped)".to_owned()),
+            reason,
+        })?;
         Ok(Self {
             client: upstream::build_client(&settings, egress.clone())?,
             egress,
