@@ -14,13 +14,20 @@ use url::{Host, Url};
 pub enum EgressError {
     #[error("URL is not valid")]
     Unparsable,
-    #[error("URL must use https")]
+    // Names the operator's switch so a local demo is one setting away; tests check the name against `config::env`.
+    #[error(
+        "URL must use https (http and private addresses are allowed only when the operator sets \
+         RELIABLEGPT_ALLOW_PRIVATE_UPSTREAMS=true, for local demos; never in production)"
+    )]
     Scheme,
     #[error("URL must not contain credentials, a query or a fragment")]
     Shape,
     #[error("host `{0}` is not on the allowed upstream hosts list")]
     HostNotAllowed(String),
-    #[error("host resolves to a non-public address")]
+    #[error(
+        "host resolves to a non-public address (allowed only when the operator sets \
+         RELIABLEGPT_ALLOW_PRIVATE_UPSTREAMS=true, for local demos; never in production)"
+    )]
     PrivateAddress,
     #[error("host could not be resolved")]
     Unresolvable,

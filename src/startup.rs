@@ -81,6 +81,7 @@ impl Application {
         let workers = settings.workers;
         let mut server = HttpServer::new(move || {
             App::new()
+                .wrap(from_fn(api::head_as_get))
                 .wrap(from_fn(api::request_context))
                 .app_data(state.clone())
                 .configure(api::routes)

@@ -98,6 +98,16 @@ impl ApiError {
         )
     }
 
+    /// OpenAI's answer, word for word, so SDKs and apps that match on it behave the same.
+    pub fn model_not_found(model: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            INVALID_REQUEST,
+            "model_not_found",
+            format!("The model `{model}` does not exist or you do not have access to it."),
+        )
+    }
+
     pub fn method_not_allowed(req: &HttpRequest) -> Self {
         Self::new(
             StatusCode::METHOD_NOT_ALLOWED,

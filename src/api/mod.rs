@@ -4,12 +4,17 @@ mod auth;
 pub mod error;
 mod health;
 mod keys;
+mod models;
 pub mod openapi;
 mod proxy;
 pub mod rate_limit;
 mod request_context;
 
-use actix_web::web;
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::{Method, header};
+use actix_web::middleware::Next;
+use actix_web::{HttpResponse, web};
 
 use crate::egress::EgressPolicy;
 use crate::engine::Engine;
@@ -42,6 +47,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
         .route("/metrics", web::get().to(proxy::metrics))
+        .route("/docs", web::get().to(docs_slash))
         .service(
             web::resource("/v1/keys")
                 .app_data(keys_json)
@@ -56,7 +62,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route("/chat/completions", web::post().to(proxy::chat))
                 .route("/completions", web::post().to(proxy::completions))
                 .route("/embeddings", web::post().to(proxy::embeddings))
-                .route("/models", web::get().to(proxy::models)),
+                .route("/models", web::get().to(models::list))
+                // Fine-tuned and custom model ids contain `/` and `:`; SDKs may also send them percent-encoded.
+                .route("/models/{model:.+}", web::get().to(models::retrieve)),
         );
 }
 
@@ -66,4 +74,22 @@ pub async fn not_found(req: actix_web::HttpRequest) -> Result<actix_web::HttpRes
 
 async fn method_not_allowed(req: actix_web::HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
     Err(ApiError::method_not_allowed(&req))
+}
+
+/// Swagger UI is served under `/docs/` (its page links its assets relatively), so the bare path redirects there.
+async fn docs_slash() -> HttpResponse {
+    HttpResponse::PermanentRedirect().insert_header((header::LOCATION, "/docs/")).finish()
+}
+
+/// HEAD is answered as GET on every route, Swagger UI's included (RFC 9110 requires it wherever GET is served). The
+/// HTTP layer remembers the method it parsed and sends the response's status and headers, Content-Length included,
+/// without the body. Register it inside the access log so the log still shows HEAD.
+pub async fn head_as_get(
+    mut req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    if req.method() == Method::HEAD {
+        req.head_mut().method = Method::GET;
+    }
+    next.call(req).await
 }

@@ -9,10 +9,9 @@ use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder, web};
 use serde_json::{Value, json};
 
 use super::auth::Gateway;
-use super::error::ErrorBody;
+use super::openapi::GatewayErrors;
 use super::{ApiError, AppState, GATEWAY_BODY_LIMIT};
 use crate::engine::{Endpoint, GatewayRequest, Reply, Served};
-use crate::vault::{OpenKeySet, Provider};
 use actix_web::web::Bytes;
 
 const MAX_FALLBACKS: usize = 16;
@@ -31,11 +30,7 @@ const MAX_TIMEOUT_MS: u64 = 600_000;
     ),
     responses(
         (status = 200, description = "The answering upstream's body; headers x-reliablegpt-model, -provider, -attempts, -fallback-reason, -cache. `text/event-stream` when `stream` is true."),
-        (status = 400, description = "Invalid request, or the upstream's own 4xx returned unchanged", body = ErrorBody),
-        (status = 401, body = ErrorBody),
-        (status = 502, description = "Every upstream failed; the message lists each attempt", body = ErrorBody),
-        (status = 503, body = ErrorBody),
-        (status = 504, body = ErrorBody),
+        GatewayErrors,
     )
 )]
 pub async fn chat(gw: Gateway, req: HttpRequest, body: web::Payload) -> Result<HttpResponse, ApiError> {
@@ -46,7 +41,7 @@ pub async fn chat(gw: Gateway, req: HttpRequest, body: web::Payload) -> Result<H
 #[utoipa::path(
     post, path = "/v1/completions", tag = "gateway", security(("token" = [])),
     request_body(content = Object, description = "OpenAI completion request."),
-    responses((status = 200, description = "The answering upstream's body"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 502, body = ErrorBody))
+    responses((status = 200, description = "The answering upstream's body"), GatewayErrors)
 )]
 pub async fn completions(gw: Gateway, req: HttpRequest, body: web::Payload) -> Result<HttpResponse, ApiError> {
     forward(gw, &req, body, Endpoint::Completions).await
@@ -56,16 +51,10 @@ pub async fn completions(gw: Gateway, req: HttpRequest, body: web::Payload) -> R
 #[utoipa::path(
     post, path = "/v1/embeddings", tag = "gateway", security(("token" = [])),
     request_body(content = Object, description = "OpenAI embeddings request."),
-    responses((status = 200, description = "The answering upstream's body"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 502, body = ErrorBody))
+    responses((status = 200, description = "The answering upstream's body"), GatewayErrors)
 )]
 pub async fn embeddings(gw: Gateway, req: HttpRequest, body: web::Payload) -> Result<HttpResponse, ApiError> {
     forward(gw, &req, body, Endpoint::Embeddings).await
-}
-
-/// The models this key set can reach.
-#[utoipa::path(get, path = "/v1/models", tag = "gateway", security(("token" = [])), responses((status = 200, description = "OpenAI model list"), (status = 401, body = ErrorBody)))]
-pub async fn models(gw: Gateway) -> HttpResponse {
-    HttpResponse::Ok().json(model_list(&gw.0, &gw.1))
 }
 
 /// Prometheus metrics.
@@ -246,40 +235,4 @@ fn graceful_sse(body: &Value) -> String {
         chunk(json!({"role": "assistant", "content": text}), Value::Null),
         chunk(json!({}), json!("stop"))
     )
-}
-
-fn model_list(set: &OpenKeySet, state: &AppState) -> Value {
-    let mut entries: Vec<(String, &'static str)> = Vec::new();
-    let mut add = |id: &str, owner: &'static str| {
-        if !entries.iter().any(|(m, o)| m == id && *o == owner) {
-            entries.push((id.to_owned(), owner));
-        }
-    };
-    for key in &set.keys {
-        match (key.provider, &key.target.base_url) {
-            (Provider::Azure, _) => {
-                for model in key.target.deployments.iter().flat_map(|d| d.keys()) {
-                    add(model, "azure");
-                }
-            }
-            (Provider::Openai, None) => {
-                for model in state.engine.catalog().names() {
-                    add(model, "openai");
-                }
-                for model in &set.policy.fallback_strategy {
-                    add(model, "openai");
-                }
-            }
-            (Provider::Openai, Some(_)) => {
-                for model in &set.policy.fallback_strategy {
-                    add(model, "custom");
-                }
-            }
-        }
-    }
-    let data: Vec<Value> = entries
-        .into_iter()
-        .map(|(id, owner)| json!({"id": id, "object": "model", "created": 0, "owned_by": owner}))
-        .collect();
-    json!({"object": "list", "data": data})
 }

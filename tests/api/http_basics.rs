@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{error_of, spawn_app};
+use crate::helpers::{canary_key, error_of, spawn_app, token_of};
 
 #[tokio::test]
 async fn health_and_readiness() {
@@ -65,6 +65,56 @@ async fn unknown_routes_and_methods_answer_in_the_error_shape() {
     let app = spawn_app().await;
     let error = error_of(app.client.get(app.url("/v1/nope")).send().await.unwrap(), 404).await;
     assert_eq!(error["code"], "unknown_url");
+    let error = error_of(app.client.put(app.url("/v1/keys")).send().await.unwrap(), 405).await;
+    assert_eq!(error["code"], "method_not_allowed");
+}
+
+#[tokio::test]
+async fn head_answers_like_get_without_a_body() {
+    let app = spawn_app().await;
+    let token = token_of(&app.create_key_set(json!([canary_key()])).await);
+    for (path, authenticated) in [
+        ("/healthz", false),
+        ("/readyz", false),
+        ("/metrics", false),
+        ("/openapi.json", false),
+        ("/docs/", false),
+        ("/docs", false),
+        ("/v1/keys", true),
+        ("/v1/models", true),
+        ("/v1/models/gpt-4o", true),
+    ] {
+        let auth = |req: reqwest::RequestBuilder| if authenticated { req.bearer_auth(&token) } else { req };
+        let get = auth(app.client.get(app.url(path))).send().await.unwrap();
+        let head = auth(app.client.head(app.url(path))).send().await.unwrap();
+        assert!(get.status().is_success() || get.status().is_redirection(), "GET {path}: {}", get.status());
+        assert_eq!(head.status(), get.status(), "{path}");
+        for name in ["content-type", "content-length", "location"] {
+            assert_eq!(head.headers().get(name), get.headers().get(name), "{path}: {name}");
+        }
+        assert!(head.headers().contains_key("x-request-id"), "{path}");
+        assert!(head.bytes().await.unwrap().is_empty(), "HEAD {path} has no body");
+    }
+
+    // Without a token HEAD is the same 401 as GET, headers only.
+    for path in ["/v1/keys", "/v1/models", "/v1/models/gpt-4o"] {
+        let res = app.client.head(app.url(path)).send().await.unwrap();
+        assert_eq!(res.status(), 401, "{path}");
+        assert_eq!(res.headers()["content-type"], "application/json", "{path}");
+        assert!(res.bytes().await.unwrap().is_empty(), "{path}");
+    }
+
+    // Routes without GET keep answering as before: HEAD is no way in.
+    for path in ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/nope"] {
+        let get = app.client.get(app.url(path)).send().await.unwrap().status();
+        let head = app.client.head(app.url(path)).send().await.unwrap();
+        assert_eq!((get.as_u16(), head.status().as_u16()), (404, 404), "{path}");
+        assert!(head.bytes().await.unwrap().is_empty(), "{path}");
+    }
+    for path in ["/healthz", "/v1/models", "/v1/models/gpt-4o", "/docs"] {
+        let error = error_of(app.client.post(app.url(path)).send().await.unwrap(), 404).await;
+        assert_eq!(error["code"], "unknown_url", "{path}");
+    }
     let error = error_of(app.client.put(app.url("/v1/keys")).send().await.unwrap(), 405).await;
     assert_eq!(error["code"], "method_not_allowed");
 }

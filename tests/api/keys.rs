@@ -1,5 +1,6 @@
 //! The vault API contract: create, read, change and revoke key sets.
 
+use reliablegpt::config::env;
 use serde_json::{Value, json};
 
 use crate::helpers::{assert_absent, canary_key, error_of, spawn_app, token_of};
@@ -100,6 +101,16 @@ async fn invalid_bodies_name_the_field_and_store_nothing() {
         assert_eq!(error["param"], param, "{body} -> {text_status} {error}");
         assert_eq!(error["type"], "invalid_request_error");
         assert_absent(&error.to_string(), &k, "validation error");
+    }
+
+    // Refusing http or a private address names the operator's switch for local demos, and warns it off production.
+    for url in ["http://api.openai.com/v1", "https://10.0.0.5/v1"] {
+        let body = json!({"user_email": "a@example.com", "keys": [{"provider": "openai", "key": k, "base_url": url}]});
+        let error = error_of(app.post_keys(&body).await, 400).await;
+        assert_eq!(error["param"], "keys[0].base_url");
+        let message = error["message"].as_str().unwrap();
+        assert!(message.contains(&format!("{}=true", env::ALLOW_PRIVATE_UPSTREAMS)), "{message}");
+        assert!(message.contains("never in production"), "{message}");
     }
     assert_eq!(app.count("vault_key_sets").await, 0);
     assert_eq!(app.count("vault_provider_keys").await, 0);
