@@ -15,7 +15,7 @@ use crate::api::{self, AppState, openapi::ApiDoc, rate_limit::ClientLimiter};
 use crate::config::Settings;
 use crate::db;
 use crate::engine::Engine;
-use crate::engine::events::{EVENT_BUFFER, EventSink};
+use crate::engine::events::{DiscardEvents, EVENT_BUFFER, EventSink, spawn_consumer};
 use crate::vault::Vault;
 
 #[derive(Debug, thiserror::Error)]
@@ -62,13 +62,13 @@ impl Application {
             Arc::new(settings.token_pepper),
             settings.engine.key_set_cache,
         );
-        let (events, mut event_rx) = EventSink::channel(EVENT_BUFFER);
+        let (events, event_rx) = EventSink::channel(EVENT_BUFFER);
         let engine = Arc::new(Engine::new(settings.engine, settings.egress.clone(), vault.clone(), events)?);
         let background = vec![
             vault.start_change_listener().await.map_err(|e| StartError::Listener(e.to_string()))?,
             engine.spawn_background(),
-            // Until the alerts module consumes attempt events, drain them so the buffer never fills.
-            tokio::spawn(async move { while event_rx.recv().await.is_some() {} }),
+            // Until the alerts module consumes engine events, drain them so the buffer never fills.
+            spawn_consumer(event_rx, DiscardEvents),
         ];
         let state = web::Data::new(AppState {
             vault,

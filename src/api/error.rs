@@ -138,6 +138,12 @@ impl ApiError {
         )
     }
 
+    /// Adds a `Retry-After` header.
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after_secs = Some(secs.max(1));
+        self
+    }
+
     /// Every upstream failed; `message` lists the attempts (models, providers, masked keys, classes).
     pub fn upstream(status: u16, code: &'static str, message: String) -> Self {
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);

@@ -6,12 +6,14 @@ use std::time::Duration;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder, web};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::auth::Gateway;
 use super::openapi::GatewayErrors;
+use super::request_context::UpstreamTime;
 use super::{ApiError, AppState, GATEWAY_BODY_LIMIT};
-use crate::engine::{Endpoint, GatewayRequest, Reply, Served};
+use crate::engine::substitute::SubstituteSource;
+use crate::engine::{DEFAULT_INSTANCE, Endpoint, GatewayRequest, Reply, Served, valid_instance};
 use actix_web::web::Bytes;
 
 const MAX_FALLBACKS: usize = 16;
@@ -58,10 +60,12 @@ pub async fn embeddings(gw: Gateway, req: HttpRequest, body: web::Payload) -> Re
 }
 
 /// Prometheus metrics.
-#[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "Prometheus text format")))]
+#[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "OpenMetrics text format")))]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let (open, half) = state.engine.breakers().counts();
-    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(state.engine.metrics.render(open, half))
+    HttpResponse::Ok()
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .body(state.engine.metrics.render(open, half))
 }
 
 async fn forward(
@@ -73,52 +77,68 @@ async fn forward(
     let Gateway(set, state) = gw;
     let (raw, body) = read_json(http, payload, GATEWAY_BODY_LIMIT).await?;
     let request = parse(http, raw, body, endpoint)?;
-    let stream = request.stream;
-    let model = request.model.clone();
-    match state.engine.serve(set, request).await {
+    let (mut res, upstream_time) = match state.engine.serve(set, request).await {
         Reply::Upstream { status, body, served } => {
             let mut res = HttpResponse::build(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY));
             served_headers(&mut res, &served);
-            Ok(res.content_type("application/json").body(body))
+            (res.content_type("application/json").body(body), served.upstream_time)
         }
-        Reply::Stream { first, rest, served } => {
+        Reply::Stream { first, rest, served, done: _ } => {
             let mut res = HttpResponse::Ok();
             served_headers(&mut res, &served);
             let first = futures_util::stream::once(async move { Ok::<_, Infallible>(first) });
             let rest = futures_util::stream::unfold(rest, |mut rx| async move {
                 rx.recv().await.map(|bytes| (Ok::<_, Infallible>(bytes), rx))
             });
-            Ok(res
-                .insert_header((CONTENT_TYPE, "text/event-stream"))
-                .insert_header(("cache-control", "no-cache"))
-                .insert_header(("x-accel-buffering", "no"))
-                .streaming(futures_util::StreamExt::chain(first, rest)))
+            let res = sse_headers(&mut res).streaming(futures_util::StreamExt::chain(first, rest));
+            (res, served.upstream_time)
         }
-        Reply::Graceful { body, attempts } => {
+        Reply::Substitute { body, stream, source, served } => {
             let mut res = HttpResponse::Ok();
-            res.insert_header(("x-reliablegpt-graceful", "true"))
-                .insert_header(("x-reliablegpt-attempts", attempts.to_string()))
-                .insert_header(("x-reliablegpt-model", model))
-                .insert_header(("x-reliablegpt-cache", "miss"));
-            if stream {
-                Ok(res.insert_header((CONTENT_TYPE, "text/event-stream")).body(graceful_sse(&body)))
-            } else {
-                Ok(res.json(body))
+            served_headers(&mut res, &served);
+            match source {
+                SubstituteSource::Graceful => {
+                    res.insert_header(("x-reliablegpt-graceful", "true"));
+                }
+                SubstituteSource::Cache { similarity, overload } => {
+                    res.insert_header(("x-reliablegpt-cache", if overload { "overload-hit" } else { "hit" }))
+                        .insert_header(("x-reliablegpt-cache-similarity", format!("{similarity:.4}")));
+                }
             }
+            let res =
+                if stream { sse_headers(&mut res).body(body) } else { res.content_type("application/json").body(body) };
+            (res, served.upstream_time)
         }
-        Reply::Failed { status, code, message, attempts } => {
-            tracing::warn!(status, code, attempts, "every upstream failed");
-            Err(ApiError::upstream(status, code, message))
+        Reply::Failed { status, code, message, retry_after, served } => {
+            let mut error = ApiError::upstream(status, code, message);
+            if let Some(wait) = retry_after {
+                error = error.with_retry_after(wait.as_secs_f64().ceil() as u64);
+            }
+            let mut res = actix_web::ResponseError::error_response(&error);
+            if let Ok(attempts) = HeaderValue::from_str(&served.attempts.to_string()) {
+                res.headers_mut().insert(HeaderName::from_static("x-reliablegpt-attempts"), attempts);
+            }
+            (res, served.upstream_time)
         }
-    }
+    };
+    res.extensions_mut().insert(UpstreamTime(upstream_time));
+    Ok(res)
+}
+
+fn sse_headers(res: &mut HttpResponseBuilder) -> &mut HttpResponseBuilder {
+    res.insert_header((CONTENT_TYPE, "text/event-stream"))
+        .insert_header(("cache-control", "no-cache"))
+        .insert_header(("x-accel-buffering", "no"))
 }
 
 fn served_headers(res: &mut HttpResponseBuilder, served: &Served) {
     if let Ok(model) = HeaderValue::from_str(&served.model) {
         res.insert_header((HeaderName::from_static("x-reliablegpt-model"), model));
     }
-    res.insert_header(("x-reliablegpt-provider", served.provider.as_str()))
-        .insert_header(("x-reliablegpt-attempts", served.attempts.to_string()))
+    if let Some(provider) = served.provider {
+        res.insert_header(("x-reliablegpt-provider", provider.as_str()));
+    }
+    res.insert_header(("x-reliablegpt-attempts", served.attempts.to_string()))
         .insert_header(("x-reliablegpt-cache", "miss"));
     if let Some(reason) = served.fallback_reason {
         res.insert_header(("x-reliablegpt-fallback-reason", reason.as_str()));
@@ -187,22 +207,18 @@ fn parse(http: &HttpRequest, raw: Bytes, body: Value, endpoint: Endpoint) -> Res
         }
     };
     let instance = match header("x-reliablegpt-instance")? {
-        None => None,
-        Some(id)
-            if !id.is_empty()
-                && id.len() <= 128
-                && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)) =>
-        {
-            Some(id.to_owned())
-        }
+        None => DEFAULT_INSTANCE.to_owned(),
+        Some(id) if valid_instance(id) => id.to_owned(),
         Some(_) => {
             return Err(ApiError::invalid("x-reliablegpt-instance", "must be 1-128 letters, digits or `-_.:`"));
         }
     };
-    match header("x-reliablegpt-caching")? {
-        None | Some("true") | Some("false") => {}
+    let caching = match header("x-reliablegpt-caching")? {
+        None => None,
+        Some("true") => Some(true),
+        Some("false") => Some(false),
         Some(_) => return Err(ApiError::invalid("x-reliablegpt-caching", "must be true or false")),
-    }
+    };
     let timeout = match header("x-reliablegpt-timeout-ms")? {
         None => None,
         Some(ms) => match ms.parse::<u64>() {
@@ -217,22 +233,9 @@ fn parse(http: &HttpRequest, raw: Bytes, body: Value, endpoint: Endpoint) -> Res
             _ => return Err(ApiError::invalid("x-reliablegpt-hedge-ms", "must be 1-60000")),
         },
     };
-    Ok(GatewayRequest { endpoint, body, raw, model, stream, fallbacks, instance, timeout, hedge })
+    Ok(GatewayRequest { endpoint, body, raw, model, stream, fallbacks, instance, timeout, hedge, caching })
 }
 
 fn valid_model(m: &str) -> bool {
     !m.is_empty() && m.len() <= 256 && m.chars().all(|c| !c.is_control() && c != ',')
-}
-
-fn graceful_sse(body: &Value) -> String {
-    let text = body.pointer("/choices/0/message/content").or_else(|| body.pointer("/choices/0/text"));
-    let chunk = |delta: Value, finish: Value| {
-        json!({"id": body["id"], "object": "chat.completion.chunk", "created": body["created"], "model": body["model"],
-               "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]})
-    };
-    format!(
-        "data: {}\n\ndata: {}\n\ndata: [DONE]\n\n",
-        chunk(json!({"role": "assistant", "content": text}), Value::Null),
-        chunk(json!({}), json!("stop"))
-    )
 }

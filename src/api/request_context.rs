@@ -12,6 +12,10 @@ use tracing::Instrument;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// Set by gateway handlers on their response: time spent waiting on upstreams (and deliberate sleeps), so that the
+/// overhead metric can count everything else the request cost — auth, body parsing, logging included.
+pub struct UpstreamTime(pub std::time::Duration);
+
 fn acceptable(id: &str) -> bool {
     !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
 }
@@ -36,6 +40,7 @@ pub async fn request_context(
     }
     let route = res.request().match_pattern().unwrap_or_else(|| "(unmatched)".to_owned());
     let _guard = span.enter();
+    let upstream = res.response().extensions().get::<UpstreamTime>().map(|u| u.0);
     tracing::info!(
         method = %method,
         route = %route,
@@ -43,5 +48,10 @@ pub async fn request_context(
         latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
         "request"
     );
+    if let Some(upstream) = upstream
+        && let Some(state) = res.request().app_data::<actix_web::web::Data<super::AppState>>()
+    {
+        state.engine.metrics.overhead(started.elapsed().saturating_sub(upstream));
+    }
     Ok(res)
 }

@@ -25,6 +25,8 @@ pub enum FailureClass {
     CallerFault,
     /// The provider's content filter refused: return the upstream's answer unchanged.
     ContentFilter,
+    /// Not an upstream answer: the target's circuit breaker is open, so it was skipped without a call.
+    BreakerOpen,
 }
 
 impl FailureClass {
@@ -38,10 +40,11 @@ impl FailureClass {
             Self::Timeout => "timeout",
             Self::CallerFault => "caller_fault",
             Self::ContentFilter => "content_filter",
+            Self::BreakerOpen => "breaker_open",
         }
     }
 
-    pub const ALL: [FailureClass; 8] = [
+    pub const ALL: [FailureClass; 9] = [
         Self::Transient,
         Self::RateLimited,
         Self::Credential,
@@ -50,6 +53,7 @@ impl FailureClass {
         Self::Timeout,
         Self::CallerFault,
         Self::ContentFilter,
+        Self::BreakerOpen,
     ];
 
     /// Whether the caller must see the upstream's own answer (no retry, no fallback).

@@ -1,15 +1,20 @@
 //! What to do after a failed attempt: retry the same target, rotate to the next key, move on to the next target, or
-//! hand the upstream's own answer back to the caller.
+//! hand the upstream's own answer back to the caller. Also applies the failure's consequences for the target's health
+//! (breaker, invalid key, cooldown), whoever made the attempt (main loop, hedge or rescue).
 
 use std::time::{Duration, Instant};
 
 use rand::Rng;
+use tracing::Instrument;
 
+use super::breaker::Admission;
+use super::run::{Cx, Run};
+use super::select::Target;
 use super::upstream::AttemptFailure;
-use super::{Admission, Engine, FailureClass, Run, TargetKey};
-use crate::vault::{OpenKeySet, ProviderKey};
+use super::{Engine, FailureClass};
 
 /// What the engine does after a failed attempt.
+#[derive(Debug, PartialEq, Eq)]
 pub(super) enum Next {
     Retry(Duration),
     RotateKey,
@@ -18,39 +23,44 @@ pub(super) enum Next {
 }
 
 impl Engine {
-    #[allow(clippy::too_many_arguments)]
+    /// `retries`: retries already made on this target.
     pub(super) fn decide(
         &self,
-        set: &OpenKeySet,
-        key: &ProviderKey,
-        target: &TargetKey,
-        admission: Admission,
+        cx: &Cx<'_>,
+        run: &mut Run,
+        target: Target<'_>,
         failure: &AttemptFailure,
         retries: u32,
-        deadline: Instant,
-        run: &mut Run,
     ) -> Next {
+        let breaker = &target.candidate.breaker;
         let can_wait = |wait: Duration| {
-            retries < self.settings.max_retries && admission != Admission::Probe && Instant::now() + wait < deadline
+            retries < self.settings.max_retries
+                && target.admission != Admission::Probe
+                && Instant::now() + wait < cx.deadline
         };
         match failure.class {
             FailureClass::Credential => {
-                self.breakers.release_probe(target);
-                run.burned_keys.insert(key.id);
-                self.keys.mark_invalid(key.id);
-                let (vault, set_id, key_id) = (self.vault.clone(), set.key_set_id, key.id);
+                self.breakers.release_probe(breaker);
+                if !run.burned(target.key.id) {
+                    run.burned_keys.push(target.key.id);
+                }
+                self.keys.mark_invalid(target.key.id);
+                let (vault, set_id, key_id) = (self.vault.clone(), cx.set.key_set_id, target.key.id);
                 let reason = format!("{} ({})", failure.class.as_str(), failure.detail);
-                tokio::spawn(async move {
-                    if let Err(e) = vault.mark_key_invalid(set_id, key_id, &reason).await {
-                        tracing::warn!(error = %e, "could not mark a key invalid");
+                tokio::spawn(
+                    async move {
+                        if let Err(e) = vault.mark_key_invalid(set_id, key_id, &reason).await {
+                            tracing::warn!(error = %e, "could not mark a key invalid");
+                        }
+                        // Evict only after the write, so a reload sees the key as invalid.
+                        vault.evict_cached(set_id);
                     }
-                    // Evict only after the write, so a reload sees the key as invalid.
-                    vault.evict_cached(set_id);
-                });
+                    .in_current_span(),
+                );
                 Next::RotateKey
             }
             FailureClass::Transient => {
-                self.breakers.record_failure(target);
+                self.breakers.record_failure(breaker);
                 let wait = self.backoff(retries);
                 if can_wait(wait) { Next::Retry(wait) } else { Next::MoveOn }
             }
@@ -58,33 +68,38 @@ impl Engine {
                 Some(wait) if wait <= self.settings.retry_after_cap && can_wait(wait) => Next::Retry(wait),
                 other => {
                     let cool = other.unwrap_or(self.settings.rate_limit_cooldown);
-                    self.breakers.open_for(target, cool);
-                    let (vault, key_id) = (self.vault.clone(), key.id);
+                    self.breakers.open_for(breaker, cool);
+                    let (vault, key_id) = (self.vault.clone(), target.key.id);
                     let until = chrono::Utc::now() + chrono::Duration::from_std(cool).unwrap_or_default();
-                    tokio::spawn(async move {
-                        let _ = vault.set_cooldown(key_id, Some(until)).await;
-                    });
+                    tokio::spawn(
+                        async move {
+                            if let Err(e) = vault.set_cooldown(key_id, Some(until)).await {
+                                tracing::warn!(error = %e, "could not record a key's cooldown");
+                            }
+                        }
+                        .in_current_span(),
+                    );
                     Next::MoveOn
                 }
             },
             FailureClass::Timeout => {
-                self.breakers.record_failure(target);
+                self.breakers.record_failure(breaker);
                 Next::MoveOn
             }
             FailureClass::ContextTooLong => {
-                self.breakers.release_probe(target);
-                run.context_floor = Some(self.catalog.context_window(&target.model).unwrap_or(0));
+                self.breakers.release_probe(breaker);
+                run.context_floor = Some(self.catalog.context_window(&target.step.model).unwrap_or(0));
                 if run.context_error.is_none() {
                     run.context_error = Some((failure.status.unwrap_or(400), failure.body.clone().unwrap_or_default()));
                 }
                 Next::MoveOn
             }
-            FailureClass::ModelNotFound => {
-                self.breakers.release_probe(target);
+            FailureClass::ModelNotFound | FailureClass::BreakerOpen => {
+                self.breakers.release_probe(breaker);
                 Next::MoveOn
             }
             FailureClass::CallerFault | FailureClass::ContentFilter => {
-                self.breakers.release_probe(target);
+                self.breakers.release_probe(breaker);
                 Next::ReturnUpstream
             }
         }

@@ -1,236 +1,267 @@
-//! Attempt events (for the alerts worker) and the engine's Prometheus metrics. The request path never waits on either:
-//! events go through a bounded channel with `try_send`, overflow is counted; metrics are atomics.
+//! What the engine tells the rest of the service: one event per upstream attempt (hedges, rescues, mid-stream faults and
+//! breaker skips included) and one outcome event per request. The request path never waits on them: events go through a
+//! bounded channel with `try_send` (overflow is counted), and one background task hands them to a consumer (the alerts
+//! module implements [`EventConsumer`]).
 
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+use serde::Serialize;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::classify::FailureClass;
+use super::metrics::Metrics;
 use super::plan::{Endpoint, ProviderKind};
 
-/// One upstream attempt, as the alerts module will count it.
+/// Token counts as a provider reports them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Usage {
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    #[serde(default)]
+    pub completion_tokens: u64,
+}
+
+impl Usage {
+    pub fn add(&mut self, other: Usage) {
+        self.prompt_tokens += other.prompt_tokens;
+        self.completion_tokens += other.completion_tokens;
+    }
+}
+
+/// Why an attempt was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptRole {
+    /// The request loop (first try, retries, rotations, fallbacks).
+    Main,
+    /// Started in parallel because the main attempt was slow.
+    Hedge,
+    /// Continuing a stream that broke after bytes reached the client.
+    Rescue,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptResult {
+    Success,
+    Failed(FailureClass),
+    /// Abandoned by us: the loser of a hedge race.
+    Cancelled,
+}
+
+impl AttemptResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Failed(class) => class.as_str(),
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// One upstream attempt (or breaker skip).
 #[derive(Debug, Clone)]
 pub struct AttemptEvent {
+    pub at: DateTime<Utc>,
     pub key_set_id: Uuid,
-    pub instance: Option<String>,
+    pub instance: String,
     pub endpoint: Endpoint,
     pub model: String,
     pub provider: ProviderKind,
+    /// The provider key's id (never the key).
     pub key_id: Uuid,
-    /// `None` on success.
-    pub class: Option<FailureClass>,
+    pub role: AttemptRole,
+    pub result: AttemptResult,
     pub status: Option<u16>,
     pub latency: Duration,
+    /// What the upstream reported, when it did.
+    pub tokens: Option<Usage>,
+}
+
+/// Final outcome of a gateway request, from a closed set shared by metrics, logs and events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestOutcome {
+    /// The first target answered.
+    Success,
+    /// Another target answered after a failure or skip.
+    FallbackSuccess,
+    /// A stream broke after bytes reached the client and was finished on another target.
+    Rescued,
+    /// Answered from somewhere other than an upstream (the semantic cache).
+    Cached,
+    /// Every target failed and the policy's `graceful_string` answered.
+    Graceful,
+    /// Over the key set's `max_concurrency` for longer than its queue allows: 503.
+    Shed,
+    /// Every target failed: an error.
+    Failed,
+    /// A stream broke after bytes reached the client and could not be finished: it ended with an in-band error.
+    Partial,
+    /// The upstream refused the request itself (caller fault, content filter): its answer was returned unchanged.
+    CallerError,
+    /// The client went away before the answer was complete.
+    Cancelled,
+}
+
+impl RequestOutcome {
+    pub const ALL: [RequestOutcome; 10] = [
+        Self::Success,
+        Self::FallbackSuccess,
+        Self::Rescued,
+        Self::Cached,
+        Self::Graceful,
+        Self::Shed,
+        Self::Failed,
+        Self::Partial,
+        Self::CallerError,
+        Self::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::FallbackSuccess => "fallback_success",
+            Self::Rescued => "rescued",
+            Self::Cached => "cached",
+            Self::Graceful => "graceful",
+            Self::Shed => "shed",
+            Self::Failed => "failed",
+            Self::Partial => "partial",
+            Self::CallerError => "caller_error",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether the client received a complete answer from an upstream.
+    pub fn answered(self) -> bool {
+        matches!(self, Self::Success | Self::FallbackSuccess | Self::Rescued)
+    }
+}
+
+/// One per request, whatever happened to it.
+#[derive(Debug, Clone)]
+pub struct OutcomeEvent {
+    pub at: DateTime<Utc>,
+    pub key_set_id: Uuid,
+    pub instance: String,
+    pub endpoint: Endpoint,
+    pub requested_model: String,
+    /// The model and provider that answered, if an upstream did.
+    pub served_by: Option<(String, ProviderKind)>,
+    pub outcome: RequestOutcome,
+    pub fallback_reason: Option<FailureClass>,
+    /// Upstream calls made (hedges and rescues included).
+    pub attempts: u32,
+    pub latency: Duration,
+    /// What the client received (original prompt; completion across the whole answer), when known.
+    pub usage: Option<Usage>,
+    /// Tokens the upstreams reported across every attempt (what the providers bill).
+    pub billed: Usage,
+}
+
+#[derive(Debug, Clone)]
+pub enum Event {
+    Attempt(AttemptEvent),
+    Outcome(OutcomeEvent),
+}
+
+/// Receives every event, one at a time, on a background task. Must not block for long: the channel in front of it
+/// drops (and counts) events while it is busy.
+pub trait EventConsumer: Send + 'static {
+    fn consume(&mut self, event: Event);
+}
+
+/// Used until the alerts module consumes events: keeps the buffer drained.
+pub struct DiscardEvents;
+
+impl EventConsumer for DiscardEvents {
+    fn consume(&mut self, _event: Event) {}
 }
 
 pub const EVENT_BUFFER: usize = 10_000;
 
-/// The sending half, cloned into the engine.
+/// The sending half, held by the engine.
 #[derive(Clone)]
 pub struct EventSink {
-    tx: mpsc::Sender<AttemptEvent>,
+    tx: mpsc::Sender<Event>,
 }
 
 impl EventSink {
-    pub fn channel(capacity: usize) -> (Self, mpsc::Receiver<AttemptEvent>) {
+    pub fn channel(capacity: usize) -> (Self, mpsc::Receiver<Event>) {
         let (tx, rx) = mpsc::channel(capacity);
         (Self { tx }, rx)
     }
 
-    pub fn emit(&self, event: AttemptEvent, metrics: &Metrics) {
+    pub fn emit(&self, event: Event, metrics: &Metrics) {
         if self.tx.try_send(event).is_err() {
-            metrics.events_dropped.fetch_add(1, Relaxed);
+            metrics.event_dropped();
         }
     }
 }
 
-/// Final outcome of a gateway request (a metric label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RequestOutcome {
-    Success,
-    Fallback,
-    Passthrough,
-    Graceful,
-    Failed,
-}
-
-impl RequestOutcome {
-    const ALL: [RequestOutcome; 5] = [Self::Success, Self::Fallback, Self::Passthrough, Self::Graceful, Self::Failed];
-
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Success => "success",
-            Self::Fallback => "fallback_success",
-            Self::Passthrough => "upstream_caller_error",
-            Self::Graceful => "graceful",
-            Self::Failed => "failed",
+/// Hands every event from `rx` to `consumer` until the engine is gone.
+pub fn spawn_consumer(mut rx: mpsc::Receiver<Event>, mut consumer: impl EventConsumer) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(event) = rx.recv().await {
+            consumer.consume(event);
         }
-    }
-}
-
-/// Bucket bounds (µs) of the gateway-overhead histogram.
-const OVERHEAD_BUCKETS_US: [u64; 10] = [25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 50_000];
-
-#[derive(Default)]
-pub struct Metrics {
-    requests: [AtomicU64; 5],
-    attempts_ok: AtomicU64,
-    attempts_failed: [AtomicU64; 8],
-    pub fallbacks: AtomicU64,
-    pub hedges: AtomicU64,
-    pub stream_rescues: AtomicU64,
-    pub stream_malformed_chunks: AtomicU64,
-    pub events_dropped: AtomicU64,
-    overhead_buckets: [AtomicU64; 11],
-    overhead_sum_us: AtomicU64,
-    overhead_count: AtomicU64,
-}
-
-impl Metrics {
-    pub fn request(&self, outcome: RequestOutcome) {
-        let i = RequestOutcome::ALL.iter().position(|o| *o == outcome).unwrap_or(0);
-        self.requests[i].fetch_add(1, Relaxed);
-    }
-
-    pub fn attempt(&self, class: Option<FailureClass>) {
-        match class {
-            None => self.attempts_ok.fetch_add(1, Relaxed),
-            Some(c) => {
-                let i = FailureClass::ALL.iter().position(|x| *x == c).unwrap_or(0);
-                self.attempts_failed[i].fetch_add(1, Relaxed)
-            }
-        };
-    }
-
-    pub fn overhead(&self, spent: Duration) {
-        let us = u64::try_from(spent.as_micros()).unwrap_or(u64::MAX);
-        let i = OVERHEAD_BUCKETS_US.iter().position(|b| us <= *b).unwrap_or(OVERHEAD_BUCKETS_US.len());
-        self.overhead_buckets[i].fetch_add(1, Relaxed);
-        self.overhead_sum_us.fetch_add(us, Relaxed);
-        self.overhead_count.fetch_add(1, Relaxed);
-    }
-
-    /// Prometheus text exposition.
-    pub fn render(&self, breakers_open: usize, breakers_half_open: usize) -> String {
-        let mut out = String::with_capacity(4096);
-        let _ = writeln!(out, "# HELP reliablegpt_requests_total Gateway requests by final outcome.");
-        let _ = writeln!(out, "# TYPE reliablegpt_requests_total counter");
-        for (i, o) in RequestOutcome::ALL.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "reliablegpt_requests_total{{outcome=\"{}\"}} {}",
-                o.as_str(),
-                self.requests[i].load(Relaxed)
-            );
-        }
-        let _ = writeln!(out, "# HELP reliablegpt_upstream_attempts_total Upstream attempts by result class.");
-        let _ = writeln!(out, "# TYPE reliablegpt_upstream_attempts_total counter");
-        let _ = writeln!(
-            out,
-            "reliablegpt_upstream_attempts_total{{class=\"success\"}} {}",
-            self.attempts_ok.load(Relaxed)
-        );
-        for (i, c) in FailureClass::ALL.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "reliablegpt_upstream_attempts_total{{class=\"{}\"}} {}",
-                c.as_str(),
-                self.attempts_failed[i].load(Relaxed)
-            );
-        }
-        for (name, help, value) in [
-            ("reliablegpt_fallbacks_total", "Requests answered by a target other than the first.", &self.fallbacks),
-            ("reliablegpt_hedges_total", "Hedged attempts started because the first target was slow.", &self.hedges),
-            (
-                "reliablegpt_stream_rescues_total",
-                "Streams continued on a fallback after dying midway.",
-                &self.stream_rescues,
-            ),
-            (
-                "reliablegpt_stream_malformed_chunks_total",
-                "Malformed upstream stream chunks dropped.",
-                &self.stream_malformed_chunks,
-            ),
-            (
-                "reliablegpt_events_dropped_total",
-                "Attempt events dropped because the buffer was full.",
-                &self.events_dropped,
-            ),
-        ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", value.load(Relaxed));
-        }
-        let _ = writeln!(out, "# HELP reliablegpt_circuit_breakers Circuit breakers not closed, by state.");
-        let _ = writeln!(out, "# TYPE reliablegpt_circuit_breakers gauge");
-        let _ = writeln!(out, "reliablegpt_circuit_breakers{{state=\"open\"}} {breakers_open}");
-        let _ = writeln!(out, "reliablegpt_circuit_breakers{{state=\"half_open\"}} {breakers_half_open}");
-        let _ = writeln!(
-            out,
-            "# HELP reliablegpt_gateway_overhead_seconds Time spent in reliablegpt itself per request, excluding upstream time and deliberate waits."
-        );
-        let _ = writeln!(out, "# TYPE reliablegpt_gateway_overhead_seconds histogram");
-        let mut cumulative = 0;
-        for (i, bound) in OVERHEAD_BUCKETS_US.iter().enumerate() {
-            cumulative += self.overhead_buckets[i].load(Relaxed);
-            let _ = writeln!(
-                out,
-                "reliablegpt_gateway_overhead_seconds_bucket{{le=\"{}\"}} {cumulative}",
-                *bound as f64 / 1e6
-            );
-        }
-        cumulative += self.overhead_buckets[OVERHEAD_BUCKETS_US.len()].load(Relaxed);
-        let _ = writeln!(out, "reliablegpt_gateway_overhead_seconds_bucket{{le=\"+Inf\"}} {cumulative}");
-        let _ = writeln!(
-            out,
-            "reliablegpt_gateway_overhead_seconds_sum {}",
-            self.overhead_sum_us.load(Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(out, "reliablegpt_gateway_overhead_seconds_count {}", self.overhead_count.load(Relaxed));
-        out
-    }
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn render_counts_and_buckets() {
-        let m = Metrics::default();
-        m.request(RequestOutcome::Fallback);
-        m.attempt(Some(FailureClass::Transient));
-        m.attempt(None);
-        m.overhead(Duration::from_micros(80));
-        m.overhead(Duration::from_millis(200));
-        let text = m.render(1, 0);
-        assert!(text.contains("reliablegpt_requests_total{outcome=\"fallback_success\"} 1"));
-        assert!(text.contains("reliablegpt_upstream_attempts_total{class=\"transient\"} 1"));
-        assert!(text.contains("reliablegpt_upstream_attempts_total{class=\"success\"} 1"));
-        assert!(text.contains("reliablegpt_gateway_overhead_seconds_bucket{le=\"0.0001\"} 1"));
-        assert!(text.contains("reliablegpt_gateway_overhead_seconds_bucket{le=\"+Inf\"} 2"));
-        assert!(text.contains("reliablegpt_circuit_breakers{state=\"open\"} 1"));
+    fn event() -> Event {
+        Event::Attempt(AttemptEvent {
+            at: Utc::now(),
+            key_set_id: Uuid::nil(),
+            instance: "default".into(),
+            endpoint: Endpoint::Chat,
+            model: "m".into(),
+            provider: ProviderKind::Openai,
+            key_id: Uuid::nil(),
+            role: AttemptRole::Main,
+            result: AttemptResult::Success,
+            status: Some(200),
+            latency: Duration::ZERO,
+            tokens: None,
+        })
     }
 
     #[tokio::test]
     async fn a_full_event_buffer_counts_instead_of_blocking() {
         let (sink, mut rx) = EventSink::channel(1);
-        let m = Metrics::default();
-        let event = AttemptEvent {
-            key_set_id: Uuid::nil(),
-            instance: None,
-            endpoint: Endpoint::Chat,
-            model: "m".into(),
-            provider: ProviderKind::Openai,
-            key_id: Uuid::nil(),
-            class: None,
-            status: Some(200),
-            latency: Duration::ZERO,
-        };
-        sink.emit(event.clone(), &m);
-        sink.emit(event, &m);
-        assert_eq!(m.events_dropped.load(Relaxed), 1);
+        let m = Metrics::new(&[]);
+        sink.emit(event(), &m);
+        sink.emit(event(), &m);
+        assert!(m.render(0, 0).contains("reliablegpt_events_dropped_total 1"));
         assert!(rx.recv().await.is_some());
+    }
+
+    #[tokio::test]
+    async fn the_consumer_sees_every_event_in_order() {
+        struct Collect(std::sync::Arc<std::sync::Mutex<Vec<&'static str>>>);
+        impl EventConsumer for Collect {
+            fn consume(&mut self, event: Event) {
+                let what = match event {
+                    Event::Attempt(_) => "attempt",
+                    Event::Outcome(_) => "outcome",
+                };
+                self.0.lock().unwrap().push(what);
+            }
+        }
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (sink, rx) = EventSink::channel(8);
+        let task = spawn_consumer(rx, Collect(seen.clone()));
+        let m = Metrics::new(&[]);
+        sink.emit(event(), &m);
+        sink.emit(event(), &m);
+        drop(sink);
+        task.await.unwrap();
+        assert_eq!(*seen.lock().unwrap(), vec!["attempt", "attempt"]);
     }
 }

@@ -1,6 +1,19 @@
-//! The fallback engine: plans targets, makes attempts, classifies failures and decides what to do next, so that a
-//! request survives every failure a provider can produce.
+//! The fallback engine: one pipeline that every gateway request goes through.
+//!
+//! ```text
+//! admit ─► plan ─► select ─► attempt ─► decide ──┐  retry / rotate key / move on: back to select
+//!   │       (memoised per    (one rule set)       │
+//!   │        opened key set)                      ▼
+//!   ▼                                  after the last target: context upgrade → answer from elsewhere
+//! shed (503) or answer                 (cache) → graceful_string → error
+//! from elsewhere                                       │
+//!                                                      ▼
+//!        the "after" step (always): metrics, one outcome event, log line, write-through
+//! ```
+//! A stream's "after" step runs when it ends ([`stream`]); stream rescue selects its targets with the same rules.
 
+mod admit;
+mod attempt;
 mod breaker;
 pub mod catalog;
 pub mod classify;
@@ -8,85 +21,78 @@ mod decide;
 pub mod events;
 mod health;
 mod hedge;
+pub mod metrics;
+mod outcome;
 mod pacing;
 pub mod plan;
-mod reply;
+mod request;
+mod rescue;
+mod run;
+mod select;
 pub mod settings;
-use decide::Next;
 mod stream;
+pub mod substitute;
 pub mod upstream;
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::web::Bytes;
-use serde_json::{Value, json};
-use tokio::sync::mpsc;
-use uuid::Uuid;
+use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 
 use crate::config::EngineSettings;
 use crate::egress::EgressPolicy;
-use crate::vault::{OpenKeySet, ProviderKey, Vault};
+use crate::vault::{OpenKeySet, Vault};
+pub use admit::Gates;
 pub use breaker::{Admission, BreakerState, Breakers, TargetKey};
 use catalog::{Catalog, estimate_prompt_tokens};
 pub use classify::FailureClass;
-use events::{AttemptEvent, EventSink, Metrics, RequestOutcome};
+use decide::Next;
+use events::{AttemptRole, EventSink, RequestOutcome};
 use health::{KeyHealth, UsageRecorder};
+use metrics::Metrics;
+use outcome::Ending;
 pub use plan::{Endpoint, ProviderKind, Step};
-use upstream::{AttemptFailure, AttemptOk, Limits};
-
-/// One gateway request, parsed at the edge.
-#[derive(Debug)]
-pub struct GatewayRequest {
-    pub endpoint: Endpoint,
-    /// The client's body, forwarded as sent except for `model` (an object with a string `model`).
-    pub body: Value,
-    /// The same body as received: sent byte for byte while the model is the requested one.
-    pub raw: Bytes,
-    pub model: String,
-    pub stream: bool,
-    pub fallbacks: Option<Vec<String>>,
-    pub instance: Option<String>,
-    pub timeout: Option<Duration>,
-    /// Overrides the policy's `hedge_ms` (`x-reliablegpt-hedge-ms`).
-    pub hedge: Option<Duration>,
-}
+use plan::{Plan, PlanInput};
+pub use request::{Continuation, DEFAULT_INSTANCE, GatewayRequest, continuation_instruction, valid_instance};
+use run::{Cx, Run};
+use select::Target;
+pub use stream::StreamEnd;
+use substitute::{AnswerSource, AskReason, BUSY_LOAD, NoAnswers, SubstituteSource};
+use upstream::{AttemptFailure, AttemptOk};
 
 /// Who answered, for the response headers.
 #[derive(Debug, Clone)]
 pub struct Served {
     pub model: String,
-    pub provider: ProviderKind,
+    /// `None` when no upstream answered (a substitute or an error).
+    pub provider: Option<ProviderKind>,
     pub attempts: u32,
     pub fallback_reason: Option<FailureClass>,
+    /// Time spent waiting on upstreams and deliberate sleeps until the reply was ready (not the gateway's overhead).
+    pub upstream_time: Duration,
 }
 
 pub enum Reply {
     /// The upstream's answer: a success, or (for caller faults, content filters and unfittable prompts) its error
     /// status and body unchanged.
-    Upstream {
-        status: u16,
-        body: Bytes,
-        served: Served,
-    },
-    /// A stream: the first event, then the rest as it arrives.
-    Stream {
-        first: Bytes,
-        rest: mpsc::Receiver<Bytes>,
-        served: Served,
-    },
-    /// Every target failed and the policy asked for its `graceful_string` instead of an error.
-    Graceful {
-        body: Value,
-        attempts: u32,
-    },
-    Failed {
-        status: u16,
-        code: &'static str,
-        message: String,
-        attempts: u32,
-    },
+    Upstream { status: u16, body: Bytes, served: Served },
+    /// A stream: the first event, then the rest as it arrives; `done` reports how it ended.
+    Stream { first: Bytes, rest: mpsc::Receiver<Bytes>, served: Served, done: oneshot::Receiver<StreamEnd> },
+    /// An answer that did not come from an upstream (the cache, or the policy's `graceful_string`), already rendered
+    /// as the client's endpoint would answer (SSE when `stream`).
+    Substitute { body: Bytes, stream: bool, source: SubstituteSource, served: Served },
+    /// An error in the OpenAI shape.
+    Failed { status: u16, code: &'static str, message: String, retry_after: Option<Duration>, served: Served },
+}
+
+/// How the targets of a plan ended.
+enum Ended<'p> {
+    Answered(Target<'p>, AttemptOk),
+    /// The upstream refused the request itself: its answer goes back unchanged.
+    Refused(Target<'p>, AttemptFailure),
+    Exhausted,
 }
 
 pub struct Engine {
@@ -97,10 +103,13 @@ pub struct Engine {
     keys: KeyHealth,
     usage: UsageRecorder,
     pacer: pacing::Pacer,
+    gates: Arc<Gates>,
     events: EventSink,
     pub metrics: Arc<Metrics>,
     vault: Vault,
     egress: EgressPolicy,
+    answers: Arc<dyn AnswerSource>,
+    prefill: rescue::PrefillKnowledge,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,48 +118,6 @@ pub enum EngineError {
     Client(#[from] reqwest::Error),
     #[error("model catalog {path}: {reason}")]
     Catalog { path: String, reason: String },
-}
-
-/// What one request has learnt so far.
-#[derive(Default)]
-struct Run {
-    attempts: u32,
-    first_failure: Option<FailureClass>,
-    failures: Vec<(FailureClass, String)>,
-    burned_keys: HashSet<Uuid>,
-    /// After a context-length error: only models with a larger window than this are worth trying.
-    context_floor: Option<u32>,
-    context_error: Option<(u16, Bytes)>,
-    /// Time spent waiting on upstreams or sleeping on purpose (excluded from the overhead metric).
-    waited: Duration,
-    /// Pre-flight prompt token estimate.
-    estimate: u32,
-}
-
-impl Run {
-    /// Remembers a failed attempt for the total-failure message (model, provider, masked key, class) and logs it.
-    fn note(&mut self, step: &Step, key: &ProviderKey, failure: &AttemptFailure) {
-        self.first_failure.get_or_insert(failure.class);
-        let masked = crate::vault::input::mask(secrecy::ExposeSecret::expose_secret(&key.secret));
-        self.failures.push((
-            failure.class,
-            format!(
-                "{} via {} key {masked}: {} ({})",
-                step.model,
-                step.provider.as_str(),
-                failure.class.as_str(),
-                failure.detail
-            ),
-        ));
-        tracing::info!(
-            model = %step.model,
-            provider = step.provider.as_str(),
-            key_id = %key.id,
-            class = failure.class.as_str(),
-            status = failure.status,
-            "upstream attempt failed"
-        );
-    }
 }
 
 impl Engine {
@@ -171,12 +138,21 @@ impl Engine {
             keys: KeyHealth::new(settings.key_retry_after),
             usage: UsageRecorder::default(),
             pacer: pacing::Pacer::default(),
+            gates: Arc::new(Gates::default()),
+            metrics: Arc::new(Metrics::new(&catalog.names())),
             settings,
             catalog,
             events,
-            metrics: Arc::new(Metrics::default()),
             vault,
+            answers: Arc::new(NoAnswers),
+            prefill: rescue::PrefillKnowledge::default(),
         })
+    }
+
+    /// Where answers come from when no upstream can give one (the semantic cache).
+    pub fn with_answer_source(mut self, answers: Arc<dyn AnswerSource>) -> Self {
+        self.answers = answers;
+        self
     }
 
     pub fn catalog(&self) -> &Catalog {
@@ -208,205 +184,177 @@ impl Engine {
         })
     }
 
+    /// Serves one request, top to bottom: admit → plan → targets → outcome chain; every path ends in the "after" step.
     pub async fn serve(self: &Arc<Self>, set: Arc<OpenKeySet>, req: GatewayRequest) -> Reply {
         let started = Instant::now();
-        let deadline = started + req.timeout.unwrap_or(self.settings.request_timeout);
-        let steps = plan::plan(
-            &set,
-            &plan::PlanInput {
-                endpoint: req.endpoint,
-                model: &req.model,
-                fallbacks: req.fallbacks.as_deref(),
-                openai_base_url: &self.settings.openai_base_url,
-            },
-            &self.catalog,
-        );
-        let hedge = req.hedge.or(set.policy.hedge_ms.map(|ms| Duration::from_millis(u64::from(ms))));
-        let mut run = Run { estimate: estimate_prompt_tokens(&req.body), ..Run::default() };
-
-        for (index, step) in steps.iter().enumerate() {
-            if !self.fits(step, index, run.estimate, run.context_floor) || !self.egress_allows(step) {
-                continue;
-            }
-            'keys: for &key_index in &step.keys {
-                let Some(key) = set.keys.get(key_index) else { continue };
-                if run.burned_keys.contains(&key.id) || !self.keys.usable(key, set.loaded_at) {
-                    continue;
-                }
-                let target = TargetKey { endpoint: step.endpoint.clone(), model: step.model.clone(), key_id: key.id };
-                let admission = self.breakers.admit(&target);
-                if admission == Admission::Rejected {
-                    continue;
-                }
-                let mut retries = 0;
-                loop {
-                    if Instant::now() >= deadline {
-                        self.breakers.release_probe(&target);
-                        return self.total_failure(&set, &req, run, true);
-                    }
-                    if !self.pace(&set, step, deadline, &mut run).await {
-                        self.breakers.release_probe(&target);
-                        break 'keys;
-                    }
-                    let hedge = if retries == 0 { hedge } else { None };
-                    let t0 = Instant::now();
-                    let (result, answered) =
-                        self.attempt(&set, &req, &steps, (index, key_index), hedge, deadline, &mut run).await;
-                    run.waited += t0.elapsed();
-                    run.attempts += 1;
-                    let (a_step, a_key) = (&steps[answered.0], &set.keys[answered.1]);
-                    let class = result.as_ref().err().map(|f| f.class);
-                    self.emit(&set, &req, a_step, a_key, class, &result, t0.elapsed());
-                    let failure = match result {
-                        Ok(ok) => {
-                            if answered.0 != index {
-                                // A hedge won: the primary was cancelled.
-                                self.breakers.release_probe(&target);
-                                run.first_failure.get_or_insert(FailureClass::Timeout);
-                            }
-                            return self.succeed(&set, req, steps, answered, ok, run, started);
-                        }
-                        Err(failure) => failure,
-                    };
-                    run.note(step, key, &failure);
-                    match self.decide(&set, key, &target, admission, &failure, retries, deadline, &mut run) {
-                        Next::Retry(wait) => {
-                            tokio::time::sleep(wait).await;
-                            run.waited += wait;
-                            retries += 1;
-                        }
-                        Next::RotateKey => continue 'keys,
-                        Next::MoveOn => break 'keys,
-                        Next::ReturnUpstream => {
-                            self.metrics.request(RequestOutcome::Passthrough);
-                            let served = Served {
-                                model: step.model.clone(),
-                                provider: step.provider,
-                                attempts: run.attempts,
-                                fallback_reason: None,
-                            };
-                            let status = failure.status.unwrap_or(502);
-                            return Reply::Upstream { status, body: failure.body.unwrap_or_default(), served };
-                        }
-                    }
-                }
-            }
-        }
-        self.total_failure(&set, &req, run, Instant::now() >= deadline)
-    }
-
-    /// Waits for the model's policy budget (`model_limits`), if it has one. False: over budget for longer than the
-    /// queue allows, so move on.
-    async fn pace(&self, set: &OpenKeySet, step: &Step, deadline: Instant, run: &mut Run) -> bool {
-        let Some(limit) = set.policy.model_limits.get(&step.model) else { return true };
-        let max_queue = Duration::from_millis(u64::from(
-            set.policy.max_queue_ms.unwrap_or(crate::vault::input::DEFAULT_MAX_QUEUE_MS),
-        ))
-        .min(deadline.saturating_duration_since(Instant::now()));
-        match self.pacer.reserve(set.key_set_id, &step.model, *limit, run.estimate, max_queue) {
-            Some(wait) => {
-                tokio::time::sleep(wait).await;
-                run.waited += wait;
-                true
-            }
-            None => {
-                run.failures.push((
-                    FailureClass::RateLimited,
-                    format!("{}: over its policy budget (model_limits)", step.model),
-                ));
-                run.first_failure.get_or_insert(FailureClass::RateLimited);
-                false
-            }
-        }
-    }
-
-    /// One attempt at `at` = (step, key), raced against a hedge on the next target when `hedge` is set and the first
-    /// has sent nothing by then. Returns the result and which (step, key) it came from.
-    #[allow(clippy::too_many_arguments)]
-    async fn attempt(
-        &self,
-        set: &OpenKeySet,
-        req: &GatewayRequest,
-        steps: &[Step],
-        at: (usize, usize),
-        hedge: Option<Duration>,
-        deadline: Instant,
-        run: &mut Run,
-    ) -> (Result<AttemptOk, AttemptFailure>, (usize, usize)) {
-        let (step, key) = (&steps[at.0], &set.keys[at.1]);
-        let limits = self.limits(deadline);
-        let primary = upstream::attempt(&self.client, step, key, req.body_for(step), req.stream, &limits);
-        let Some((after, h_at)) = hedge.and_then(|h| self.hedge_target(set, steps, at.0, run).map(|t| (h, t))) else {
-            return (primary.await, at);
+        let req = Arc::new(req);
+        let cx = Cx {
+            set: &set,
+            req: &req,
+            started,
+            deadline: started + req.timeout.unwrap_or(self.settings.request_timeout),
+            hedge: req.hedge.or(set.policy.hedge_ms.map(|ms| Duration::from_millis(u64::from(ms)))),
+            caching: req.caching.unwrap_or(set.policy.caching),
         };
-        let h_step = steps[h_at.0].clone();
-        let h_key = set.keys[h_at.1].clone_for_attempt();
-        let h_body = req.body_for(&h_step);
-        let raced = hedge::race(primary, after, || {
-            let (client, limits, stream) = (self.client.clone(), self.limits(deadline), req.stream);
-            async move { upstream::attempt(&client, &h_step, &h_key, h_body, stream, &limits).await }
-        })
-        .await;
-        if raced.hedge_started {
-            run.attempts += 1;
-            self.metrics.hedges.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Admit.
+        let permit = match self
+            .gates
+            .admit(set.key_set_id, set.policy.max_concurrency, set.policy.max_queue(), &self.metrics)
+            .await
+        {
+            Ok(permit) => permit,
+            Err(shed) => return self.shed(&cx, shed).await,
+        };
+        if cx.caching
+            && permit.load() >= BUSY_LOAD
+            && let Some(answer) = self.ask_elsewhere(&cx, AskReason::Busy, permit.load()).await
+        {
+            return self.substitute(&cx, &Run::default(), answer);
         }
-        if let Some(f) = &raced.hedge_failure {
-            self.metrics.attempt(Some(f.class));
+        // Plan.
+        let input = PlanInput {
+            endpoint: req.endpoint,
+            model: &req.model,
+            fallbacks: req.fallbacks.as_deref(),
+            openai_base_url: &self.settings.openai_base_url,
+        };
+        let plan = self.plan_for(&set, &input);
+        let mut run = Run::new(estimate_prompt_tokens(&req.body));
+        // Select → attempt → decide, until a target answers or none is left.
+        match self.try_targets(&cx, &plan, &mut run, 0).await {
+            Ended::Answered(target, ok) => {
+                let pos = target.pos;
+                self.answered(&cx, &plan, pos, ok, run, permit)
+            }
+            Ended::Refused(target, failure) => self.refused(&cx, run, target, failure),
+            // The outcome chain.
+            Ended::Exhausted => self.after_last_target(&cx, &plan, run, permit).await,
         }
-        (raced.result, if raced.hedge_won { h_at } else { at })
     }
 
-    /// Records a success and turns it into the reply (for a stream: starts the pump that forwards and rescues it).
-    #[allow(clippy::too_many_arguments)]
-    fn succeed(
+    /// The plan for this request shape on this opened key set, built once.
+    fn plan_for(&self, set: &OpenKeySet, input: &PlanInput<'_>) -> Arc<Plan> {
+        set.plans.get_or_build(input, || plan::plan(set, input, &self.catalog, |step| self.egress_allows(step)))
+    }
+
+    /// The main loop over one plan's targets.
+    async fn try_targets<'p>(&self, cx: &Cx<'p>, plan: &'p Plan, run: &mut Run, from: usize) -> Ended<'p> {
+        let mut pos = from;
+        loop {
+            let pick = self.select(cx, plan, run, pos, AttemptRole::Main);
+            self.report_skips(cx, run, pick.skipped, AttemptRole::Main);
+            if pick.deadline_passed {
+                run.deadline_hit = true;
+            }
+            let Some(target) = pick.target else { return Ended::Exhausted };
+            let mut retries = 0;
+            loop {
+                let hedge = if retries == 0 { cx.hedge } else { None };
+                let attempted = self.attempt(cx, plan, run, target, hedge).await;
+                let failure = match attempted.result {
+                    Ok(ok) => return Ended::Answered(attempted.by, ok),
+                    Err(failure) => failure,
+                };
+                run.note(target.step, target.key, failure.class, &failure.detail);
+                tracing::info!(
+                    model = %target.step.model,
+                    provider = target.step.provider.as_str(),
+                    key_id = %target.key.id,
+                    class = failure.class.as_str(),
+                    status = failure.status,
+                    "upstream attempt failed"
+                );
+                match self.decide(cx, run, target, &failure, retries) {
+                    Next::Retry(wait) => {
+                        tokio::time::sleep(wait).await;
+                        run.waited += wait;
+                        retries += 1;
+                    }
+                    Next::RotateKey => {
+                        pos = target.pos + 1;
+                        break;
+                    }
+                    Next::MoveOn => {
+                        pos = plan.next_step(target.pos);
+                        break;
+                    }
+                    Next::ReturnUpstream => return Ended::Refused(target, failure),
+                }
+            }
+        }
+    }
+
+    /// A target answered: record its health and turn the answer into the reply (for a stream: start the pump, whose
+    /// end runs the "after" step).
+    fn answered(
         self: &Arc<Self>,
-        set: &Arc<OpenKeySet>,
-        req: GatewayRequest,
-        steps: Vec<Step>,
-        answered: (usize, usize),
+        cx: &Cx<'_>,
+        plan: &Arc<Plan>,
+        pos: usize,
         ok: AttemptOk,
         run: Run,
-        started: Instant,
+        permit: admit::Permit,
     ) -> Reply {
-        let (step, key) = (&steps[answered.0], &set.keys[answered.1]);
-        let target = TargetKey { endpoint: step.endpoint.clone(), model: step.model.clone(), key_id: key.id };
-        self.on_success(set, key, &target);
-        let served = Served {
-            model: step.model.clone(),
-            provider: step.provider,
-            attempts: run.attempts,
-            fallback_reason: run.first_failure,
+        let Some(candidate) = plan.candidates.get(pos) else {
+            return Reply::Failed {
+                status: 500,
+                code: "internal_error",
+                message: "Internal error.".to_owned(),
+                retry_after: None,
+                served: self.served(cx, &run, None),
+            };
         };
-        if run.first_failure.is_some() {
-            self.metrics.request(RequestOutcome::Fallback);
-            self.metrics.fallbacks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        } else {
-            self.metrics.request(RequestOutcome::Success);
-        }
-        self.metrics.overhead(started.elapsed().saturating_sub(run.waited));
+        let (step, key) = (&plan.steps[candidate.step], &cx.set.keys[candidate.key]);
+        self.on_success(cx.set, key, &candidate.breaker);
+        let served = self.served(cx, &run, Some((&step.model, step.provider)));
+        let outcome =
+            if run.first_failure.is_some() { RequestOutcome::FallbackSuccess } else { RequestOutcome::Success };
         match ok {
-            AttemptOk::Body { status, body } => Reply::Upstream { status, body, served },
+            AttemptOk::Body { status, body } => {
+                let ending = Ending {
+                    outcome,
+                    served_by: Some((step.model.clone(), step.provider)),
+                    usage: attempt::usage_in_body(&body),
+                    text: cx.caching.then(|| stream::answer_text(&body)).flatten(),
+                };
+                self.finish(cx, &run, ending);
+                drop(permit);
+                Reply::Upstream { status, body, served }
+            }
             AttemptOk::Stream { reader, first } => {
                 let (tx, rx) = mpsc::channel(64);
+                let (done_tx, done) = oneshot::channel();
+                let first_bytes = first.raw.clone();
                 let job = stream::StreamJob {
                     engine: self.clone(),
-                    set: set.clone(),
-                    endpoint: req.endpoint,
-                    body: req.body,
-                    steps,
-                    next_step: answered.0 + 1,
+                    set: cx.set.clone(),
+                    req: cx.req.clone(),
+                    plan: plan.clone(),
+                    started: cx.started,
+                    caching: cx.caching,
+                    pos,
+                    run,
+                    _permit: permit,
                     tx,
+                    done: done_tx,
                 };
-                let first_bytes = first.raw.clone();
-                tokio::spawn(job.pump(reader, first));
-                Reply::Stream { first: first_bytes, rest: rx, served }
+                tokio::spawn(job.pump(reader, first).in_current_span());
+                Reply::Stream { first: first_bytes, rest: rx, served, done }
             }
         }
     }
 
-    /// Azure endpoints and custom base URLs are customer data: check them against today's egress settings before a key
-    /// is sent there. (OpenAI's base URL is the operator's own setting.)
+    /// The upstream refused the request itself (caller fault, content filter): its answer, unchanged.
+    fn refused(&self, cx: &Cx<'_>, run: Run, target: Target<'_>, failure: AttemptFailure) -> Reply {
+        let served_by = Some((target.step.model.clone(), target.step.provider));
+        self.finish(cx, &run, Ending { outcome: RequestOutcome::CallerError, served_by, usage: None, text: None });
+        let mut served = self.served(cx, &run, Some((&target.step.model, target.step.provider)));
+        served.fallback_reason = None;
+        Reply::Upstream { status: failure.status.unwrap_or(502), body: failure.body.unwrap_or_default(), served }
+    }
+
+    /// Azure endpoints and custom base URLs are customer data: check them against the egress settings before a key is
+    /// sent there. (OpenAI's base URL is the operator's own setting.)
     fn egress_allows(&self, step: &Step) -> bool {
         if step.provider == ProviderKind::Openai {
             return true;
@@ -423,113 +371,25 @@ impl Engine {
         }
     }
 
-    /// Time limits of an attempt starting now.
-    fn limits(&self, deadline: Instant) -> Limits {
-        Limits {
-            first_byte_by: (Instant::now() + self.settings.first_byte_timeout).min(deadline),
-            deadline,
-            idle: self.settings.stream_idle_timeout,
-        }
-    }
-
-    /// The target a hedge would use: the next step that fits, with a usable key whose breaker is closed.
-    fn hedge_target(&self, set: &OpenKeySet, steps: &[Step], index: usize, run: &Run) -> Option<(usize, usize)> {
-        steps.iter().enumerate().skip(index + 1).find_map(|(i, step)| {
-            if !self.fits(step, i, run.estimate, run.context_floor) || !self.egress_allows(step) {
-                return None;
-            }
-            step.keys
-                .iter()
-                .copied()
-                .find(|&k| {
-                    let Some(key) = set.keys.get(k) else { return false };
-                    let target =
-                        TargetKey { endpoint: step.endpoint.clone(), model: step.model.clone(), key_id: key.id };
-                    !run.burned_keys.contains(&key.id)
-                        && key.invalid_since.is_none()
-                        && self.breakers.state(&target) == BreakerState::Closed
-                })
-                .map(|k| (i, k))
-        })
-    }
-
-    /// A fallback is skipped when the catalog says the prompt cannot fit, and after a context-length error only larger
-    /// windows are tried. Unknown models are always tried: the upstream has the last word.
-    fn fits(&self, step: &Step, index: usize, estimate: u32, floor: Option<u32>) -> bool {
-        let Some(window) = self.catalog.context_window(&step.model) else { return true };
-        if let Some(floor) = floor
-            && window <= floor
-        {
-            return false;
-        }
-        index == 0 || estimate <= window
-    }
-
-    fn on_success(&self, set: &OpenKeySet, key: &ProviderKey, target: &TargetKey) {
-        self.breakers.record_success(target);
+    fn on_success(&self, set: &OpenKeySet, key: &crate::vault::ProviderKey, breaker: &TargetKey) {
+        self.breakers.record_success(breaker);
         self.usage.touch(key.id);
         if self.keys.recovered(key) {
             let (vault, set_id, key_id) = (self.vault.clone(), set.key_set_id, key.id);
-            tokio::spawn(async move {
-                let _ = vault.mark_key_active(set_id, key_id).await;
-                vault.evict_cached(set_id);
-            });
+            tokio::spawn(
+                async move {
+                    if let Err(e) = vault.mark_key_active(set_id, key_id).await {
+                        tracing::warn!(error = %e, "could not mark a key active again");
+                    }
+                    vault.evict_cached(set_id);
+                }
+                .in_current_span(),
+            );
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn emit(
-        &self,
-        set: &OpenKeySet,
-        req: &GatewayRequest,
-        step: &Step,
-        key: &ProviderKey,
-        class: Option<FailureClass>,
-        result: &Result<AttemptOk, AttemptFailure>,
-        latency: Duration,
-    ) {
-        self.metrics.attempt(class);
-        let status = match result {
-            Ok(AttemptOk::Body { status, .. }) => Some(*status),
-            Ok(AttemptOk::Stream { .. }) => Some(200),
-            Err(f) => f.status,
-        };
-        self.events.emit(
-            AttemptEvent {
-                key_set_id: set.key_set_id,
-                instance: req.instance.clone(),
-                endpoint: req.endpoint,
-                model: step.model.clone(),
-                provider: step.provider,
-                key_id: key.id,
-                class,
-                status,
-                latency,
-            },
-            &self.metrics,
-        );
+    /// The metric label of a model: its catalog name, or `other`.
+    fn model_label(&self, model: &str) -> &'static str {
+        self.metrics.model_label(self.catalog.label(model))
     }
-}
-
-impl GatewayRequest {
-    /// The body for one step: the client's bytes untouched when the step asks for the requested model.
-    fn body_for(&self, step: &Step) -> Bytes {
-        if step.model == self.model { self.raw.clone() } else { body_for(&self.body, step, None) }
-    }
-}
-
-/// The body for one step: the client's body with `model` set, and optionally an assistant prefill to continue from.
-pub(crate) fn body_for(body: &Value, step: &Step, prefill: Option<&str>) -> Bytes {
-    let mut body = body.clone();
-    if let Some(map) = body.as_object_mut() {
-        map.insert("model".to_owned(), Value::String(step.model.clone()));
-        if let Some(text) = prefill {
-            if let Some(Value::Array(messages)) = map.get_mut("messages") {
-                messages.push(json!({"role": "assistant", "content": text}));
-            } else if let Some(Value::String(prompt)) = map.get_mut("prompt") {
-                prompt.push_str(text);
-            }
-        }
-    }
-    Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
 }

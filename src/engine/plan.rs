@@ -5,6 +5,9 @@
 //! "try it again". Keys of one endpoint are alternatives for the same step: the engine rotates through them only on
 //! credential errors.
 
+use std::sync::{Arc, Mutex};
+
+use super::breaker::TargetKey;
 use super::catalog::{Catalog, ModelKind};
 use crate::vault::{OpenKeySet, Provider};
 
@@ -72,6 +75,88 @@ pub struct Step {
     pub keys: Vec<usize>,
 }
 
+/// One (step, key) pair the engine may try, in plan order, with its breaker identity computed once.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub step: usize,
+    pub key: usize,
+    pub breaker: TargetKey,
+}
+
+/// The ordered targets of one kind of request on one opened key set. Built once and shared by every request that
+/// asks for the same thing while the key set stays open (see [`PlanMemo`]).
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub steps: Vec<Step>,
+    /// Every (step, key) in order: the main loop, hedging and stream rescue walk this one list.
+    pub candidates: Vec<Candidate>,
+}
+
+impl Plan {
+    fn new(steps: Vec<Step>, set: &OpenKeySet) -> Self {
+        let candidates = steps
+            .iter()
+            .enumerate()
+            .flat_map(|(i, step)| {
+                step.keys.iter().filter_map(move |&k| {
+                    let key = set.keys.get(k)?;
+                    let breaker =
+                        TargetKey { endpoint: step.endpoint.clone(), model: step.model.clone(), key_id: key.id };
+                    Some(Candidate { step: i, key: k, breaker })
+                })
+            })
+            .collect();
+        Self { steps, candidates }
+    }
+
+    /// The first candidate of the step after the one holding candidate `pos`.
+    pub fn next_step(&self, pos: usize) -> usize {
+        let Some(step) = self.candidates.get(pos).map(|c| c.step) else { return self.candidates.len() };
+        pos + self.candidates[pos..].iter().take_while(|c| c.step == step).count()
+    }
+}
+
+/// What a request asks for: a plan depends on nothing else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PlanKey {
+    endpoint: Endpoint,
+    model: String,
+    fallbacks: Option<Vec<String>>,
+}
+
+/// Plans already built for one opened key set. Small and bounded: clients asking for many distinct models get plans
+/// built per request beyond the first few.
+#[derive(Debug, Default)]
+pub struct PlanMemo(Mutex<Vec<(PlanKey, Arc<Plan>)>>);
+
+const MEMO_PLANS: usize = 32;
+
+impl PlanMemo {
+    pub fn get_or_build(&self, input: &PlanInput<'_>, build: impl FnOnce() -> Plan) -> Arc<Plan> {
+        let matches = |k: &PlanKey| {
+            k.endpoint == input.endpoint && k.model == input.model && k.fallbacks.as_deref() == input.fallbacks
+        };
+        if let Some((_, plan)) = self.lock().iter().find(|(k, _)| matches(k)) {
+            return plan.clone();
+        }
+        let plan = Arc::new(build());
+        let mut memo = self.lock();
+        if memo.len() < MEMO_PLANS && !memo.iter().any(|(k, _)| matches(k)) {
+            let key = PlanKey {
+                endpoint: input.endpoint,
+                model: input.model.to_owned(),
+                fallbacks: input.fallbacks.map(<[String]>::to_vec),
+            };
+            memo.push((key, plan.clone()));
+        }
+        plan
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(PlanKey, Arc<Plan>)>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 pub struct PlanInput<'a> {
     pub endpoint: Endpoint,
     pub model: &'a str,
@@ -80,7 +165,15 @@ pub struct PlanInput<'a> {
     pub openai_base_url: &'a str,
 }
 
-pub fn plan(set: &OpenKeySet, input: &PlanInput<'_>, catalog: &Catalog) -> Vec<Step> {
+/// Builds the plan. `allowed` filters steps whose URL the egress policy refuses (Azure endpoints and custom base URLs
+/// are customer data, checked against the operator's current settings before a key is ever sent there).
+pub fn plan(set: &OpenKeySet, input: &PlanInput<'_>, catalog: &Catalog, allowed: impl Fn(&Step) -> bool) -> Plan {
+    let mut steps = ordered_steps(set, input, catalog);
+    steps.retain(|s| allowed(s));
+    Plan::new(steps, set)
+}
+
+fn ordered_steps(set: &OpenKeySet, input: &PlanInput<'_>, catalog: &Catalog) -> Vec<Step> {
     let fallbacks = input.fallbacks.unwrap_or(&set.policy.fallback_strategy);
     let mut models: Vec<&str> = vec![input.model];
     models.extend(fallbacks.iter().map(String::as_str).filter(|m| compatible(catalog, input, m)));
@@ -201,7 +294,7 @@ mod tests {
     }
 
     fn set(keys: Vec<ProviderKey>, policy: Policy) -> OpenKeySet {
-        OpenKeySet { key_set_id: Uuid::nil(), policy, keys, loaded_at: std::time::Instant::now() }
+        OpenKeySet::new(Uuid::nil(), policy, keys)
     }
 
     fn input<'a>(model: &'a str) -> PlanInput<'a> {
@@ -217,7 +310,7 @@ mod tests {
         let policy = Policy { fallback_strategy: vec!["gpt-4o-mini".into(), "gpt-4o".into()], ..Default::default() };
         let s =
             set(vec![key(Provider::Openai, KeyTarget::default()), key(Provider::Openai, KeyTarget::default())], policy);
-        let steps = plan(&s, &input("gpt-4o"), &Catalog::shipped());
+        let steps = plan(&s, &input("gpt-4o"), &Catalog::shipped(), |_| true).steps;
         assert_eq!(
             summary(&steps),
             vec![
@@ -240,7 +333,7 @@ mod tests {
             ],
             policy,
         );
-        let steps = plan(&s, &input("gpt-4o"), &Catalog::shipped());
+        let steps = plan(&s, &input("gpt-4o"), &Catalog::shipped(), |_| true).steps;
         assert_eq!(
             summary(&steps),
             vec![
@@ -259,7 +352,7 @@ mod tests {
     fn azure_without_strategy_uses_the_deployment_of_each_model() {
         let policy = Policy { fallback_strategy: vec!["gpt-4o-mini".into()], ..Default::default() };
         let s = set(vec![azure("https://a.openai.azure.com", &[("gpt-4o-mini", "mini-dep")])], policy);
-        let steps = plan(&s, &input("gpt-4o"), &Catalog::shipped());
+        let steps = plan(&s, &input("gpt-4o"), &Catalog::shipped(), |_| true).steps;
         assert_eq!(summary(&steps), vec![("gpt-4o-mini".into(), "azure", vec![0])]);
     }
 
@@ -271,7 +364,7 @@ mod tests {
         let over = vec!["gpt-4o-mini".to_string()];
         let mut i = input("gpt-4o");
         i.fallbacks = Some(&over);
-        let steps = plan(&s, &i, &Catalog::shipped());
+        let steps = plan(&s, &i, &Catalog::shipped(), |_| true).steps;
         assert_eq!(
             summary(&steps),
             vec![
@@ -297,9 +390,47 @@ mod tests {
         let s = set(vec![key(Provider::Openai, KeyTarget::default())], policy);
         let mut i = input("text-embedding-3-small");
         i.endpoint = Endpoint::Embeddings;
-        let steps = plan(&s, &i, &Catalog::shipped());
+        let steps = plan(&s, &i, &Catalog::shipped(), |_| true).steps;
         let models: Vec<&str> = steps.iter().map(|s| s.model.as_str()).collect();
         assert_eq!(models, vec!["text-embedding-3-small", "text-embedding-ada-002"]);
         assert!(steps[0].url.ends_with("/embeddings"));
+    }
+
+    #[test]
+    fn candidates_walk_steps_and_keys_in_order_and_next_step_skips_the_rest_of_a_step() {
+        let policy = Policy { fallback_strategy: vec!["gpt-4o-mini".into()], ..Default::default() };
+        let s =
+            set(vec![key(Provider::Openai, KeyTarget::default()), key(Provider::Openai, KeyTarget::default())], policy);
+        let p = plan(&s, &input("gpt-4o"), &Catalog::shipped(), |_| true);
+        let order: Vec<(usize, usize)> = p.candidates.iter().map(|c| (c.step, c.key)).collect();
+        assert_eq!(order, vec![(0, 0), (0, 1), (1, 0), (1, 1)]);
+        assert_eq!(p.candidates[2].breaker.model, "gpt-4o-mini");
+        assert_eq!(p.candidates[2].breaker.key_id, s.keys[0].id);
+        assert_eq!((p.next_step(0), p.next_step(1), p.next_step(2), p.next_step(3), p.next_step(9)), (2, 2, 4, 4, 4));
+    }
+
+    #[test]
+    fn refused_steps_are_left_out_and_plans_are_memoised_per_request_shape() {
+        let custom = KeyTarget { base_url: Some("https://llm.example.com/v1".into()), ..Default::default() };
+        let s =
+            set(vec![key(Provider::Openai, custom), key(Provider::Openai, KeyTarget::default())], Policy::default());
+        let p = plan(&s, &input("gpt-4o"), &Catalog::shipped(), |step| step.provider != ProviderKind::Custom);
+        assert_eq!(summary(&p.steps), vec![("gpt-4o".into(), "openai", vec![1])]);
+
+        let mut builds = 0;
+        let memo = PlanMemo::default();
+        let mut build = || {
+            builds += 1;
+            plan(&s, &input("gpt-4o"), &Catalog::shipped(), |_| true)
+        };
+        let a = memo.get_or_build(&input("gpt-4o"), &mut build);
+        let b = memo.get_or_build(&input("gpt-4o"), &mut build);
+        let over = vec!["gpt-4o-mini".to_string()];
+        let mut other = input("gpt-4o");
+        other.fallbacks = Some(&over);
+        let c = memo.get_or_build(&other, &mut build);
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(!Arc::ptr_eq(&a, &c));
+        assert_eq!(builds, 2);
     }
 }

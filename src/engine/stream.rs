@@ -1,55 +1,86 @@
-//! Streaming: forward each event as it arrives. If the stream dies after the client has seen bytes (cut, stalled, or
-//! ended without a finish), continue on the next target with the partial answer as an assistant prefill and stream only
-//! the continuation. If nothing can continue it, end with an in-band error event and no `[DONE]`: a truncated answer
-//! must never look complete.
+//! Streaming: forward each event as it arrives. If the stream dies after the client has seen bytes (cut, stalled,
+//! ended without a finish, or an in-band error), continue it on the next target ([`super::rescue`]) and stream only the
+//! continuation. If nothing can continue it, end with an in-band error event and no `[DONE]`: a truncated answer must
+//! never look complete. However it ends, the pump runs the request's "after" step and reports how it ended.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
 
 use actix_web::web::Bytes;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
+use super::admit::Permit;
 use super::classify::FailureClass;
-use super::plan::{Endpoint, Step};
-use super::upstream::{self, AttemptOk, EventData, SseEvent, SseReader};
-use super::{Admission, Engine, TargetKey, body_for};
+use super::events::{AttemptResult, AttemptRole, RequestOutcome, Usage};
+use super::outcome::Ending;
+use super::plan::Plan;
+use super::request::GatewayRequest;
+use super::rescue::Overlap;
+use super::run::{Cx, Run};
+use super::upstream::{EventData, SseEvent, SseReader};
+use super::{Engine, attempt::Report};
 use crate::vault::OpenKeySet;
 
-pub struct StreamJob {
-    pub engine: Arc<Engine>,
-    pub set: Arc<OpenKeySet>,
-    pub endpoint: Endpoint,
-    pub body: Value,
-    pub steps: Vec<Step>,
-    pub next_step: usize,
-    pub tx: mpsc::Sender<Bytes>,
+/// How a stream ended, once it has (the completion handle of [`super::Reply::Stream`]).
+#[derive(Debug, Clone)]
+pub struct StreamEnd {
+    pub outcome: RequestOutcome,
+    /// The whole answer text the client received.
+    pub text: String,
+    /// Usage as the client saw it: the original prompt, and completion tokens across the whole answer (estimated from
+    /// the continuation's own token rate after a rescue). `None` when no upstream reported usage.
+    pub usage: Option<Usage>,
+    /// Why it ended early, for `partial`.
+    pub error: Option<String>,
 }
 
-/// What the client has received so far.
+pub(super) struct StreamJob {
+    pub engine: Arc<Engine>,
+    pub set: Arc<OpenKeySet>,
+    pub req: Arc<GatewayRequest>,
+    pub plan: Arc<Plan>,
+    pub started: Instant,
+    pub caching: bool,
+    /// The candidate streaming now.
+    pub pos: usize,
+    pub run: Run,
+    /// Held for its `Drop`: the key set's concurrency slot stays taken until the stream ends.
+    pub _permit: Permit,
+    pub tx: mpsc::Sender<Bytes>,
+    pub done: oneshot::Sender<StreamEnd>,
+}
+
+/// What the client has received so far, and what the current upstream segment has sent.
 #[derive(Default)]
-struct Progress {
-    text: String,
-    finished: bool,
+pub(super) struct Progress {
+    /// Text forwarded to the client.
+    pub text: String,
+    pub finished: bool,
     id: Option<String>,
-    /// After a rescue, continuation events are rewritten to carry the first stream's id.
-    rewrite_id: bool,
+    /// Continuations are rewritten to carry the first stream's id.
+    rescued: bool,
+    /// Characters the current segment's upstream sent (before overlap removal), for its token rate.
+    segment_chars: usize,
+    /// The usage the client gets to see.
+    client_usage: Option<Usage>,
+    /// Characters of the partial answer that the current continuation was given.
+    given_chars: usize,
 }
 
 impl Progress {
-    fn track(&mut self, event: &Value) {
+    /// Notes an upstream event; returns the content piece it carries.
+    fn track<'v>(&mut self, event: &'v Value) -> Option<&'v str> {
         if self.id.is_none() {
             self.id = event.get("id").and_then(Value::as_str).map(str::to_owned);
         }
-        if let Some(choice) = event.get("choices").and_then(|c| c.get(0)) {
-            let piece = choice.pointer("/delta/content").or_else(|| choice.get("text")).and_then(Value::as_str);
-            if let Some(piece) = piece {
-                self.text.push_str(piece);
-            }
-            if choice.get("finish_reason").is_some_and(|f| !f.is_null()) {
-                self.finished = true;
-            }
+        let choice = event.get("choices").and_then(|c| c.get(0))?;
+        if choice.get("finish_reason").is_some_and(|f| !f.is_null()) {
+            self.finished = true;
         }
+        let piece = choice.pointer("/delta/content").or_else(|| choice.get("text")).and_then(Value::as_str)?;
+        self.segment_chars += piece.chars().count();
+        Some(piece)
     }
 }
 
@@ -69,133 +100,243 @@ impl Fault {
             Self::InBandError => "the upstream sent an error mid-stream",
         }
     }
+
+    fn class(&self) -> FailureClass {
+        match self {
+            Self::Stalled => FailureClass::Timeout,
+            _ => FailureClass::Transient,
+        }
+    }
+}
+
+/// What the pump does with one upstream event.
+enum Step {
+    Forward(Bytes),
+    Skip,
+    Done,
+    Fault(Fault),
 }
 
 impl StreamJob {
+    fn cx(&self, deadline: Instant) -> Cx<'_> {
+        Cx { set: &self.set, req: &self.req, started: self.started, deadline, hedge: None, caching: self.caching }
+    }
+
     pub async fn pump(mut self, mut reader: SseReader, first: SseEvent) {
         let mut progress = Progress::default();
-        if let EventData::Json(v) = first.json() {
-            progress.track(&v);
+        let mut overlap: Option<Overlap> = None;
+        let wants_usage = self.req.body.pointer("/stream_options/include_usage").and_then(Value::as_bool) == Some(true);
+        if let EventData::Json(v) = first.json()
+            && let Some(piece) = progress.track(&v)
+        {
+            progress.text.push_str(piece);
         }
-        let idle = self.engine.settings().stream_idle_timeout;
-        loop {
-            let fault = match tokio::time::timeout(idle, reader.next_event()).await {
-                Err(_) => Fault::Stalled,
-                Ok(Err(_)) => Fault::Cut,
-                Ok(Ok(None)) if progress.finished => {
-                    // Finished but no [DONE]: finalise promptly.
-                    let _ = self.tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
-                    return;
+        let idle = self.engine.settings.stream_idle_timeout;
+        let ended = loop {
+            let next = tokio::time::timeout(idle, reader.next_event()).await;
+            let step = self.step(next, &mut progress, &mut overlap, wants_usage);
+            let fault = match step {
+                Step::Forward(bytes) => {
+                    if self.tx.send(bytes).await.is_err() {
+                        break self.end(&progress, RequestOutcome::Cancelled, None);
+                    }
+                    continue;
                 }
-                Ok(Ok(None)) => Fault::EndedEarly,
-                Ok(Ok(Some(event))) => match event.json() {
-                    EventData::Done => {
-                        let _ = self.tx.send(event.raw).await;
-                        return;
-                    }
-                    EventData::Malformed => {
-                        self.engine.metrics.stream_malformed_chunks.fetch_add(1, Relaxed);
-                        tracing::warn!(bytes = event.raw.len(), "dropped a malformed upstream stream chunk");
-                        continue;
-                    }
-                    EventData::Empty => continue,
-                    EventData::Json(v) if v.get("error").is_some() => Fault::InBandError,
-                    EventData::Json(v) => {
-                        progress.track(&v);
-                        let out = if progress.rewrite_id { rewrite_id(v, progress.id.as_deref()) } else { event.raw };
-                        if self.tx.send(out).await.is_err() {
-                            return; // The client left; dropping the reader cancels the upstream request.
-                        }
-                        continue;
-                    }
-                },
+                Step::Skip => continue,
+                Step::Done => {
+                    let _ = self.tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
+                    break self.end(&progress, self.answered_outcome(&progress), None);
+                }
+                Step::Fault(fault) => fault,
             };
             if progress.finished {
+                // Everything arrived; only the ending was odd.
                 let _ = self.tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
-                return;
+                break self.end(&progress, self.answered_outcome(&progress), None);
             }
-            tracing::warn!(reason = fault.describe(), chars = progress.text.len(), "stream died midway; rescuing");
-            match self.rescue(&progress).await {
-                Ok((next_reader, first)) => {
-                    self.engine.metrics.stream_rescues.fetch_add(1, Relaxed);
-                    progress.rewrite_id = true;
-                    reader = next_reader;
-                    if let EventData::Json(v) = first.json() {
-                        let is_role_only =
-                            v.pointer("/choices/0/delta/content").and_then(Value::as_str).is_some_and(str::is_empty)
-                                && v.pointer("/choices/0/delta/role").is_some();
-                        progress.track(&v);
-                        if !is_role_only && self.tx.send(rewrite_id(v, progress.id.as_deref())).await.is_err() {
-                            return;
-                        }
+            self.midstream_fault(&fault, &progress);
+            match self.rescue(&progress.text).await {
+                Ok(rescue) => {
+                    self.engine.metrics.stream_rescued();
+                    self.pos = rescue.pos;
+                    reader = rescue.reader;
+                    progress.rescued = true;
+                    progress.segment_chars = 0;
+                    progress.given_chars = progress.text.chars().count();
+                    overlap = rescue.instruction.then(|| Overlap::new(&progress.text));
+                    let step = self.step(Ok(Ok(Some(rescue.first))), &mut progress, &mut overlap, wants_usage);
+                    if let Step::Forward(bytes) = step
+                        && self.tx.send(bytes).await.is_err()
+                    {
+                        break self.end(&progress, RequestOutcome::Cancelled, None);
                     }
+                    // A first event that ends or breaks the continuation is handled by the next read: the reader
+                    // reports the end again.
                 }
-                Err(prefill_rejected) => {
+                Err(why) => {
                     let message = format!(
-                        "The answer was cut short: {} after {} characters, and {}. The partial answer above is incomplete.",
+                        "The answer was cut short: {} after {} characters, and {why}. The partial answer above is incomplete.",
                         fault.describe(),
                         progress.text.chars().count(),
-                        if prefill_rejected {
-                            "the fallback model refused to continue it (assistant prefill not supported)"
-                        } else {
-                            "no fallback target could continue it"
-                        }
+                    );
+                    tracing::warn!(
+                        reason = fault.describe(),
+                        rescue = %why,
+                        chars = progress.text.len(),
+                        "stream ended incomplete: no target could continue it"
                     );
                     let error = json!({"error": {"message": message, "type": "server_error", "code": "stream_interrupted", "param": null}});
                     let _ = self.tx.send(SseEvent::from_data(&error.to_string()).raw).await;
-                    return;
+                    break self.end(&progress, RequestOutcome::Partial, Some(message));
                 }
             }
+        };
+        let _ = self.done.send(ended);
+    }
+
+    /// Turns one read into what to do with it.
+    fn step(
+        &mut self,
+        next: Result<Result<Option<SseEvent>, String>, tokio::time::error::Elapsed>,
+        progress: &mut Progress,
+        overlap: &mut Option<Overlap>,
+        wants_usage: bool,
+    ) -> Step {
+        let event = match next {
+            Err(_) => return Step::Fault(Fault::Stalled),
+            Ok(Err(_)) => return Step::Fault(Fault::Cut),
+            Ok(Ok(None)) => return Step::Fault(Fault::EndedEarly),
+            Ok(Ok(Some(event))) => event,
+        };
+        let mut v = match event.json() {
+            EventData::Done => return Step::Done,
+            EventData::Empty => return Step::Skip,
+            EventData::Malformed => {
+                self.engine.metrics.malformed_chunk();
+                tracing::warn!(bytes = event.raw.len(), "dropped a malformed upstream stream chunk");
+                return Step::Skip;
+            }
+            EventData::Json(v) if v.get("error").is_some() => return Step::Fault(Fault::InBandError),
+            EventData::Json(v) => v,
+        };
+        if let Some(usage) = v.get("usage").filter(|u| !u.is_null()) {
+            let reported: Usage = serde_json::from_value(usage.clone()).unwrap_or_default();
+            self.run.billed.add(reported);
+            let client = if progress.rescued { self.whole_answer_usage(progress, reported) } else { reported };
+            progress.client_usage = Some(client);
+            if progress.rescued {
+                if !wants_usage {
+                    return Step::Skip;
+                }
+                v["usage"] = json!({
+                    "prompt_tokens": client.prompt_tokens,
+                    "completion_tokens": client.completion_tokens,
+                    "total_tokens": client.prompt_tokens + client.completion_tokens,
+                });
+            }
+        }
+        let is_role_only = v.pointer("/choices/0/delta/content").and_then(Value::as_str).is_some_and(str::is_empty)
+            && v.pointer("/choices/0/delta/role").is_some();
+        let piece = progress.track(&v).map(str::to_owned);
+        if let Some(pending) = overlap.as_mut() {
+            // Hold the continuation's first pieces back until the repeated part can be recognised.
+            if let Some(piece) = &piece {
+                pending.push(piece);
+            }
+            if !progress.finished && !pending.ready() {
+                return Step::Skip;
+            }
+            let fresh = pending.take_fresh();
+            *overlap = None;
+            progress.text.push_str(&fresh);
+            set_piece(&mut v, &fresh);
+            return Step::Forward(rewrite_id(v, progress.id.as_deref()));
+        }
+        if let Some(piece) = &piece {
+            progress.text.push_str(piece);
+        }
+        if !progress.rescued {
+            return Step::Forward(event.raw);
+        }
+        if is_role_only {
+            return Step::Skip;
+        }
+        Step::Forward(rewrite_id(v, progress.id.as_deref()))
+    }
+
+    /// The whole answer's usage after a rescue: the original prompt (the continuation's prompt less what was added to
+    /// it) and the completion across the whole answer, at the continuation's own token rate.
+    fn whole_answer_usage(&self, progress: &Progress, continuation: Usage) -> Usage {
+        let rate = continuation.completion_tokens as f64 / progress.segment_chars.max(1) as f64;
+        let whole = progress.text.chars().count() as f64;
+        let added = (rate * progress.given_chars as f64).round() as u64;
+        Usage {
+            prompt_tokens: continuation.prompt_tokens.saturating_sub(added).max(1),
+            completion_tokens: (rate * whole).round() as u64,
         }
     }
 
-    /// Tries the remaining targets with the partial answer as prefill. `Err(true)` when a target refused the prefill.
-    async fn rescue(&mut self, progress: &Progress) -> Result<(SseReader, SseEvent), bool> {
-        if !matches!(self.endpoint, Endpoint::Chat | Endpoint::Completions) {
-            return Err(false);
+    fn answered_outcome(&self, progress: &Progress) -> RequestOutcome {
+        if progress.rescued {
+            RequestOutcome::Rescued
+        } else if self.run.first_failure.is_some() {
+            RequestOutcome::FallbackSuccess
+        } else {
+            RequestOutcome::Success
         }
-        let engine = self.engine.clone();
-        let settings = engine.settings();
-        let mut refused = false;
-        while self.next_step < self.steps.len() {
-            let step = self.steps[self.next_step].clone();
-            self.next_step += 1;
-            if !engine.egress_allows(&step) {
-                continue;
-            }
-            for &key_index in &step.keys {
-                let Some(key) = self.set.keys.get(key_index) else { continue };
-                if !engine.keys.usable(key, self.set.loaded_at) {
-                    continue;
-                }
-                let target = TargetKey { endpoint: step.endpoint.clone(), model: step.model.clone(), key_id: key.id };
-                if engine.breakers.admit(&target) == Admission::Rejected {
-                    continue;
-                }
-                let limits = engine.limits(std::time::Instant::now() + settings.request_timeout);
-                let body = body_for(&self.body, &step, Some(&progress.text));
-                match upstream::attempt(&engine.client, &step, key, body, true, &limits).await {
-                    Ok(AttemptOk::Stream { reader, first }) => {
-                        engine.breakers.record_success(&target);
-                        return Ok((reader, first));
-                    }
-                    Ok(AttemptOk::Body { .. }) => engine.breakers.release_probe(&target),
-                    Err(f) => {
-                        engine.metrics.attempt(Some(f.class));
-                        match f.class {
-                            FailureClass::CallerFault => {
-                                engine.breakers.release_probe(&target);
-                                refused = true;
-                            }
-                            FailureClass::Transient | FailureClass::Timeout => engine.breakers.record_failure(&target),
-                            _ => engine.breakers.release_probe(&target),
-                        }
-                    }
-                }
-                break; // One key per step: rotation on credential errors is the main loop's job.
-            }
+    }
+
+    /// Accounts a mid-stream fault of the current target like a failed attempt.
+    fn midstream_fault(&mut self, fault: &Fault, progress: &Progress) {
+        let Some(candidate) = self.plan.candidates.get(self.pos) else { return };
+        let (step, key) = (&self.plan.steps[candidate.step], &self.set.keys[candidate.key]);
+        self.engine.breakers.record_failure(&candidate.breaker);
+        self.run.note(step, key, fault.class(), fault.describe());
+        let report = Report {
+            step,
+            key,
+            role: AttemptRole::Main,
+            result: AttemptResult::Failed(fault.class()),
+            status: None,
+            latency: Duration::ZERO,
+            tokens: None,
+        };
+        self.engine.report(&self.cx(Instant::now()), report);
+        tracing::warn!(
+            reason = fault.describe(),
+            model = %step.model,
+            chars = progress.text.len(),
+            "stream died midway; rescuing"
+        );
+    }
+
+    /// The "after" step of a stream.
+    fn end(&mut self, progress: &Progress, outcome: RequestOutcome, error: Option<String>) -> StreamEnd {
+        let served_by = self
+            .plan
+            .candidates
+            .get(self.pos)
+            .map(|c| &self.plan.steps[c.step])
+            .map(|step| (step.model.clone(), step.provider));
+        let ending = Ending {
+            outcome,
+            served_by,
+            usage: progress.client_usage,
+            text: (self.caching && outcome.answered()).then(|| progress.text.clone()),
+        };
+        self.engine.finish(&self.cx(Instant::now()), &self.run, ending);
+        StreamEnd { outcome, text: progress.text.clone(), usage: progress.client_usage, error }
+    }
+}
+
+/// Replaces the content piece of a chunk.
+fn set_piece(event: &mut Value, piece: &str) {
+    if let Some(choice) = event.pointer_mut("/choices/0") {
+        if let Some(delta) = choice.get_mut("delta").and_then(Value::as_object_mut) {
+            delta.insert("content".to_owned(), Value::String(piece.to_owned()));
+        } else if let Some(map) = choice.as_object_mut() {
+            map.insert("text".to_owned(), Value::String(piece.to_owned()));
         }
-        Err(refused)
     }
 }
 
@@ -204,4 +345,35 @@ fn rewrite_id(mut event: Value, id: Option<&str>) -> Bytes {
         map.insert("id".to_owned(), Value::String(id.to_owned()));
     }
     SseEvent::from_data(&event.to_string()).raw
+}
+
+/// The answer text of a JSON chat or completion body (for write-through).
+pub(super) fn answer_text(body: &[u8]) -> Option<String> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    let choice = v.pointer("/choices/0")?;
+    choice.pointer("/message/content").or_else(|| choice.get("text")).and_then(Value::as_str).map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answer_text_of_chat_and_completion_bodies() {
+        let chat = br#"{"choices":[{"message":{"role":"assistant","content":"hi there"}}]}"#;
+        assert_eq!(answer_text(chat).as_deref(), Some("hi there"));
+        assert_eq!(answer_text(br#"{"choices":[{"text":"go on"}]}"#).as_deref(), Some("go on"));
+        assert_eq!(answer_text(br#"{"data":[]}"#), None);
+        assert_eq!(answer_text(b"not json"), None);
+    }
+
+    #[test]
+    fn pieces_are_replaced_in_chat_and_legacy_chunks() {
+        let mut chat = json!({"choices": [{"index": 0, "delta": {"content": "delta echo"}}]});
+        set_piece(&mut chat, " echo");
+        assert_eq!(chat["choices"][0]["delta"]["content"], " echo");
+        let mut legacy = json!({"choices": [{"index": 0, "text": "delta echo"}]});
+        set_piece(&mut legacy, " echo");
+        assert_eq!(legacy["choices"][0]["text"], " echo");
+    }
 }

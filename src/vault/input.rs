@@ -112,10 +112,12 @@ pub struct Policy {
     /// requested model).
     #[serde(default)]
     pub azure_fallback_strategy: Vec<String>,
-    /// Answer from the semantic cache when every upstream fails. Default: `false`.
+    /// Answer from the semantic cache when every upstream fails or the key set is overloaded (the cache itself is not
+    /// built yet: today this has no effect). Default: `false`.
     #[serde(default)]
     pub caching: bool,
-    /// Most requests in flight for this key set; beyond it the cache answers. Default: `null` (no limit).
+    /// Most requests in flight for this key set, across the process; beyond it requests wait up to `max_queue_ms`,
+    /// then get 503 `overloaded` with `Retry-After`. Default: `null` (no limit).
     #[serde(default)]
     pub max_concurrency: Option<u32>,
     /// Returned as a normal completion when everything failed, instead of an error. Default: `null` (return the error).
@@ -130,7 +132,8 @@ pub struct Policy {
     /// queue instead of collecting 429s; past `max_queue_ms` the next model is tried. Default: `{}` (no pacing).
     #[serde(default)]
     pub model_limits: BTreeMap<String, ModelLimit>,
-    /// Longest wait for a model's budget. Default: `null` (30000 ms).
+    /// Longest a request waits in a queue: for a slot under `max_concurrency`, or for a model's budget (then the next
+    /// model is tried). Default: `null` (2000 ms).
     #[serde(default)]
     pub max_queue_ms: Option<u32>,
 }
@@ -143,7 +146,14 @@ pub struct ModelLimit {
     pub tpm: Option<u32>,
 }
 
-pub const DEFAULT_MAX_QUEUE_MS: u32 = 30_000;
+pub const DEFAULT_MAX_QUEUE_MS: u32 = 2_000;
+
+impl Policy {
+    /// `max_queue_ms` or its default.
+    pub fn max_queue(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(u64::from(self.max_queue_ms.unwrap_or(DEFAULT_MAX_QUEUE_MS)))
+    }
+}
 
 impl fmt::Debug for CreateKeySetRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

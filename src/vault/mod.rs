@@ -134,6 +134,14 @@ pub struct OpenKeySet {
     pub keys: Vec<ProviderKey>,
     /// When this was read from the database.
     pub loaded_at: std::time::Instant,
+    /// The engine's plans for this key set, built once while it stays open (a change reopens it).
+    pub plans: crate::engine::plan::PlanMemo,
+}
+
+impl OpenKeySet {
+    pub fn new(key_set_id: Uuid, policy: Policy, keys: Vec<ProviderKey>) -> Self {
+        Self { key_set_id, policy, keys, loaded_at: std::time::Instant::now(), plans: Default::default() }
+    }
 }
 
 #[derive(Clone)]
@@ -352,6 +360,7 @@ impl Vault {
     /// Decrypts every provider key of the set (for the engine, while it serves a request carrying the token).
     pub async fn open_key_set(&self, session: &KeySetSession) -> Result<OpenKeySet, VaultError> {
         let id = session.key_set_id;
+        // Taken before the reads: a key mark made after this instant is newer than what we read.
         let loaded_at = std::time::Instant::now();
         let policy = queries::key_set(&self.pool, id, false).await?.ok_or(VaultError::Unauthenticated)?.policy.0;
         let rows = queries::ciphertexts(&self.pool, id).await?;
@@ -367,7 +376,9 @@ impl Vault {
                 invalid_since: row.invalid_since,
             });
         }
-        Ok(OpenKeySet { key_set_id: id, policy, keys, loaded_at })
+        let mut opened = OpenKeySet::new(id, policy, keys);
+        opened.loaded_at = loaded_at;
+        Ok(opened)
     }
 
     /// Takes a key out of rotation after a genuine credential error; `reason` is shown to the owner.

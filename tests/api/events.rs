@@ -1,78 +1,195 @@
-//! Every upstream attempt becomes an event for the alerts worker, without the request ever waiting on it.
+//! The engine's events: one per upstream attempt (breaker skips, hedge losers, rescues and mid-stream faults included)
+//! and one outcome per request, each with wall-clock time, key set, instance, model, provider and key id — without the
+//! request ever waiting on them.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use chrono::Utc;
 use reliablegpt::config::{EngineSettings, MasterKeyring, Secret32};
 use reliablegpt::egress::{EgressPolicy, HostPattern};
-use reliablegpt::engine::events::EventSink;
+use reliablegpt::engine::events::{
+    AttemptEvent, AttemptResult, AttemptRole, Event, EventSink, OutcomeEvent, RequestOutcome,
+};
 use reliablegpt::engine::{Endpoint, Engine, FailureClass, GatewayRequest, ProviderKind, Reply};
 use reliablegpt::mock_upstream::{Behavior, MockUpstream};
 use reliablegpt::vault::{KeyTarget, OpenKeySet, Policy, Provider, ProviderKey, Vault};
 use secrecy::SecretString;
 use serde_json::json;
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::helpers::{TestDatabase, random_secret};
 
-#[tokio::test]
-async fn each_attempt_emits_one_event_with_its_class_key_model_and_instance() {
+struct Harness {
+    engine: Arc<Engine>,
+    events: mpsc::Receiver<Event>,
+    mock: MockUpstream,
+    _db: Arc<TestDatabase>,
+}
+
+async fn harness(tweak: impl FnOnce(&mut EngineSettings)) -> Harness {
     let mock = MockUpstream::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    mock.script("gpt-4o", vec![Behavior::server_error(), Behavior::ok()]);
     let db = TestDatabase::create().await;
     let vault = Vault::new(
         db.pool().await,
         Arc::new(MasterKeyring::parse(&random_secret()).unwrap()),
         Arc::new(Secret32::random()),
     );
-    let settings = EngineSettings {
+    let mut settings = EngineSettings {
         openai_base_url: mock.base_url(),
         retry_base: Duration::from_millis(5),
+        first_byte_timeout: Duration::from_millis(600),
+        stream_idle_timeout: Duration::from_millis(600),
         ..EngineSettings::default()
     };
+    tweak(&mut settings);
     let egress = EgressPolicy::new(vec![HostPattern::parse("127.0.0.1").unwrap()], true);
-    let (sink, mut events) = EventSink::channel(16);
+    let (sink, events) = EventSink::channel(64);
     let engine = Arc::new(Engine::new(settings, egress, vault, sink).unwrap());
+    Harness { engine, events, mock, _db: db }
+}
 
-    let key_id = Uuid::new_v4();
-    let set = Arc::new(OpenKeySet {
-        key_set_id: Uuid::new_v4(),
-        policy: Policy::default(),
-        keys: vec![ProviderKey {
-            id: key_id,
-            provider: Provider::Openai,
-            secret: SecretString::from("sk-events-0000000000000000000000000000"),
-            target: KeyTarget::default(),
-            invalid_since: None,
-        }],
-        loaded_at: Instant::now(),
-    });
-    let body = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]});
-    let request = GatewayRequest {
-        endpoint: Endpoint::Chat,
-        raw: serde_json::to_vec(&body).unwrap().into(),
-        body,
-        model: "gpt-4o".into(),
-        stream: false,
-        fallbacks: None,
-        instance: Some("shop-42".into()),
-        timeout: None,
-        hedge: None,
+fn key_set(fallbacks: &[&str]) -> Arc<OpenKeySet> {
+    let key = ProviderKey {
+        id: Uuid::new_v4(),
+        provider: Provider::Openai,
+        secret: SecretString::from("sk-events-0000000000000000000000000000"),
+        target: KeyTarget::default(),
+        invalid_since: None,
     };
-    let reply = engine.serve(set.clone(), request).await;
+    let policy = Policy { fallback_strategy: fallbacks.iter().map(|m| m.to_string()).collect(), ..Policy::default() };
+    Arc::new(OpenKeySet::new(Uuid::new_v4(), policy, vec![key]))
+}
+
+fn request(model: &str, stream: bool) -> GatewayRequest {
+    let body = json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "hi"}]});
+    let mut req = GatewayRequest::new(Endpoint::Chat, body);
+    req.instance = "shop-42".into();
+    req
+}
+
+impl Harness {
+    /// Every event emitted so far, split into attempts and outcomes.
+    async fn drain(&mut self) -> (Vec<AttemptEvent>, Vec<OutcomeEvent>) {
+        // The outcome is emitted last; give spawned stream pumps a moment.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (mut attempts, mut outcomes) = (Vec::new(), Vec::new());
+        while let Ok(event) = self.events.try_recv() {
+            match event {
+                Event::Attempt(a) => attempts.push(a),
+                Event::Outcome(o) => outcomes.push(o),
+            }
+        }
+        (attempts, outcomes)
+    }
+}
+
+#[tokio::test]
+async fn each_attempt_emits_one_event_and_each_request_one_outcome() {
+    let mut h = harness(|_| {}).await;
+    h.mock.script("gpt-4o", vec![Behavior::server_error(), Behavior::ok()]);
+    let set = key_set(&[]);
+    let before = Utc::now();
+    let reply = h.engine.serve(set.clone(), request("gpt-4o", false)).await;
     assert!(matches!(reply, Reply::Upstream { status: 200, .. }));
 
-    let first = events.recv().await.unwrap();
-    let second = events.recv().await.unwrap();
-    assert!(events.try_recv().is_err(), "exactly one event per attempt");
-    for e in [&first, &second] {
+    let (attempts, outcomes) = h.drain().await;
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    for e in &attempts {
         assert_eq!(e.key_set_id, set.key_set_id);
-        assert_eq!(e.key_id, key_id);
-        assert_eq!(e.model, "gpt-4o");
-        assert_eq!(e.provider, ProviderKind::Openai);
-        assert_eq!(e.instance.as_deref(), Some("shop-42"));
+        assert_eq!(e.key_id, set.keys[0].id);
+        assert_eq!((e.model.as_str(), e.provider, e.role), ("gpt-4o", ProviderKind::Openai, AttemptRole::Main));
+        assert_eq!(e.instance, "shop-42");
         assert!(e.latency > Duration::ZERO);
+        assert!(e.at >= before && e.at <= Utc::now(), "wall-clock time");
     }
-    assert_eq!((first.class, first.status), (Some(FailureClass::Transient), Some(500)));
-    assert_eq!((second.class, second.status), (None, Some(200)));
+    assert_eq!((attempts[0].result, attempts[0].status), (AttemptResult::Failed(FailureClass::Transient), Some(500)));
+    assert_eq!((attempts[1].result, attempts[1].status), (AttemptResult::Success, Some(200)));
+    let words = reliablegpt::mock_upstream::full_answer().split(' ').count() as u64;
+    assert_eq!(attempts[1].tokens.map(|t| t.completion_tokens), Some(words), "reported usage travels with the event");
+
+    assert_eq!(outcomes.len(), 1);
+    let o = &outcomes[0];
+    assert_eq!(o.outcome, RequestOutcome::FallbackSuccess, "a retry after a failure is not a clean success");
+    assert_eq!((o.attempts, o.fallback_reason), (2, Some(FailureClass::Transient)));
+    assert_eq!(o.served_by, Some(("gpt-4o".to_owned(), ProviderKind::Openai)));
+    assert_eq!((o.instance.as_str(), o.requested_model.as_str()), ("shop-42", "gpt-4o"));
+    assert_eq!(o.billed.completion_tokens, words);
+}
+
+#[tokio::test]
+async fn a_breaker_skip_is_an_event_and_a_fallback_with_reason_breaker_open() {
+    let mut h = harness(|s| {
+        s.max_retries = 0;
+        s.breaker_failures = 1;
+        s.breaker_open = Duration::from_secs(30);
+    })
+    .await;
+    h.mock.script("gpt-4o", vec![Behavior::server_error()]);
+    let set = key_set(&["gpt-4o-mini"]);
+    assert!(matches!(h.engine.serve(set.clone(), request("gpt-4o", false)).await, Reply::Upstream { status: 200, .. }));
+    let _ = h.drain().await;
+
+    let Reply::Upstream { served, .. } = h.engine.serve(set.clone(), request("gpt-4o", false)).await else {
+        panic!("the fallback answers");
+    };
+    assert_eq!((served.model.as_str(), served.attempts), ("gpt-4o-mini", 1));
+    assert_eq!(served.fallback_reason, Some(FailureClass::BreakerOpen));
+    let (attempts, outcomes) = h.drain().await;
+    let results: Vec<(&str, AttemptResult)> = attempts.iter().map(|a| (a.model.as_str(), a.result)).collect();
+    assert_eq!(
+        results,
+        vec![("gpt-4o", AttemptResult::Failed(FailureClass::BreakerOpen)), ("gpt-4o-mini", AttemptResult::Success)]
+    );
+    assert_eq!(attempts[0].status, None);
+    assert_eq!(outcomes[0].outcome, RequestOutcome::FallbackSuccess);
+    assert_eq!(outcomes[0].fallback_reason, Some(FailureClass::BreakerOpen));
+}
+
+#[tokio::test]
+async fn a_hedge_loser_is_reported_as_cancelled() {
+    let mut h = harness(|_| {}).await;
+    h.mock.script("gpt-4o", vec![Behavior::ok_after(2_000)]);
+    let set = key_set(&["gpt-4o-mini"]);
+    let mut req = request("gpt-4o", false);
+    req.hedge = Some(Duration::from_millis(50));
+    let Reply::Upstream { served, .. } = h.engine.serve(set, req).await else { panic!("answered") };
+    assert_eq!((served.model.as_str(), served.attempts), ("gpt-4o-mini", 2));
+    let (attempts, outcomes) = h.drain().await;
+    let mut seen: Vec<(&str, AttemptRole, AttemptResult)> =
+        attempts.iter().map(|a| (a.model.as_str(), a.role, a.result)).collect();
+    seen.sort_by_key(|(m, ..)| *m);
+    assert_eq!(
+        seen,
+        vec![
+            ("gpt-4o", AttemptRole::Main, AttemptResult::Cancelled),
+            ("gpt-4o-mini", AttemptRole::Hedge, AttemptResult::Success)
+        ]
+    );
+    assert_eq!(outcomes[0].outcome, RequestOutcome::FallbackSuccess);
+}
+
+#[tokio::test]
+async fn an_unrescued_broken_stream_is_partial_with_its_fault_as_an_event() {
+    let mut h = harness(|_| {}).await;
+    h.mock.script("gpt-4o", vec![Behavior::StreamCut { after_tokens: 3 }]);
+    let Reply::Stream { mut rest, done, .. } = h.engine.serve(key_set(&[]), request("gpt-4o", true)).await else {
+        panic!("a stream");
+    };
+    let mut last = Vec::new();
+    while let Some(bytes) = rest.recv().await {
+        last = bytes.to_vec();
+    }
+    assert!(String::from_utf8_lossy(&last).contains("stream_interrupted"));
+    let end = done.await.unwrap();
+    assert_eq!(end.outcome, RequestOutcome::Partial);
+    assert_eq!(end.text, "alpha bravo charlie");
+    assert!(end.error.unwrap().contains("broke"));
+
+    let (attempts, outcomes) = h.drain().await;
+    let results: Vec<AttemptResult> = attempts.iter().map(|a| a.result).collect();
+    assert_eq!(results, vec![AttemptResult::Success, AttemptResult::Failed(FailureClass::Transient)]);
+    assert_eq!(outcomes.len(), 1);
+    assert_eq!(outcomes[0].outcome, RequestOutcome::Partial);
 }

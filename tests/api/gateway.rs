@@ -145,16 +145,36 @@ async fn context_errors_jump_to_a_model_that_fits_and_skip_ones_that_cannot() {
     assert_eq!(a.status, 200, "{}", a.text);
     assert_eq!(gw.models_seen(), vec!["local-llm", "gpt-4o"]);
 
-    // Nothing fits: the caller gets the original error unchanged.
+    // No planned model fits: the catalog's larger-context upgrade of the requested model is tried (gpt-4o → gpt-4.1).
     gw.mock.clear();
     gw.mock.script("gpt-4o", vec![Behavior::ContextLimit { max_tokens: 10, with_code: true }]);
     let token3 = gw.key_set(&[K1], &["gpt-3.5-turbo"]).await;
-    let mut tiny = body;
+    let mut tiny = body.clone();
     tiny["model"] = json!("gpt-4o");
+    let a = gw.post("/v1/chat/completions", &token3, tiny.clone(), &[]).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(gw.models_seen(), vec!["gpt-4o", "gpt-4.1"], "gpt-3.5-turbo cannot fit; the upgrade can");
+    assert_eq!(a.header("x-reliablegpt-model"), Some("gpt-4.1"));
+    assert_eq!(a.header("x-reliablegpt-fallback-reason"), Some("context_too_long"));
+
+    // The upgrade does not fit either: the caller gets the original error unchanged.
+    gw.mock.clear();
+    gw.mock.script("gpt-4o", vec![Behavior::ContextLimit { max_tokens: 10, with_code: true }]);
+    gw.mock.script("gpt-4.1", vec![Behavior::ContextLimit { max_tokens: 10, with_code: false }]);
     let a = gw.post("/v1/chat/completions", &token3, tiny, &[]).await;
     assert_eq!(a.status, 400, "{}", a.text);
     assert_eq!(a.body["error"]["code"], "context_length_exceeded");
-    assert_eq!(gw.models_seen(), vec!["gpt-4o"]);
+    assert_eq!(gw.models_seen(), vec!["gpt-4o", "gpt-4.1"]);
+
+    // A model with no upgrade in the catalog and nothing that fits: the original error.
+    gw.mock.clear();
+    gw.mock.script("local-llm", vec![Behavior::ContextLimit { max_tokens: 10, with_code: true }]);
+    let mut local = body;
+    local["model"] = json!("local-llm");
+    let a = gw.post("/v1/chat/completions", &token3, local, &[]).await;
+    assert_eq!(a.status, 400, "{}", a.text);
+    assert_eq!(a.body["error"]["code"], "context_length_exceeded");
+    assert_eq!(gw.models_seen(), vec!["local-llm"]);
 }
 
 #[tokio::test]
@@ -281,16 +301,31 @@ async fn breakers_open_on_a_dead_primary_and_traffic_returns_when_it_recovers() 
     .await;
     let token = gw.key_set(&[K1], &["gpt-4o-mini"]).await;
     gw.mock.script("gpt-4o", vec![Behavior::server_error()]);
+    let mut answers = Vec::new();
     for _ in 0..3 {
-        assert_eq!(gw.chat(&token, "gpt-4o").await.status, 200);
+        answers.push(gw.chat(&token, "gpt-4o").await);
     }
+    assert!(answers.iter().all(|a| a.status == 200));
     assert_eq!(
         gw.models_seen(),
         vec!["gpt-4o", "gpt-4o-mini", "gpt-4o", "gpt-4o-mini", "gpt-4o-mini"],
         "after two failures the open breaker skips the primary"
     );
+    // A skipped primary is still a fallback, and says why.
+    let skipped = &answers[2];
+    assert_eq!(skipped.header("x-reliablegpt-attempts"), Some("1"), "a skip is not an upstream call");
+    assert_eq!(skipped.header("x-reliablegpt-fallback-reason"), Some("breaker_open"));
     let metrics = gw.app.client.get(gw.app.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("reliablegpt_circuit_breakers{state=\"open\"} 1"), "{metrics}");
+    for line in [
+        r#"reliablegpt_circuit_breakers{state="open"} 1"#,
+        r#"reliablegpt_requests_total{outcome="fallback_success",model="gpt-4o-mini",provider="openai"} 3"#,
+        r#"reliablegpt_fallbacks_total{reason="breaker_open",model="gpt-4o-mini",provider="openai"} 1"#,
+        r#"reliablegpt_fallbacks_total{reason="transient",model="gpt-4o-mini",provider="openai"} 2"#,
+        r#"reliablegpt_upstream_attempts_total{class="breaker_open",model="gpt-4o",provider="openai"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "missing {line} in {metrics}");
+    }
+    assert!(!metrics.contains("outcome=\"success\""), "{metrics}");
 
     gw.mock.clear();
     gw.mock.script("gpt-4o", vec![Behavior::ok()]);
@@ -421,9 +456,15 @@ async fn models_metrics_and_request_validation() {
 
     assert_eq!(gw.chat(&token, "gpt-4o").await.status, 200);
     let metrics = gw.app.client.get(gw.app.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("reliablegpt_requests_total{outcome=\"success\"} 1"), "{metrics}");
-    assert!(metrics.contains("reliablegpt_upstream_attempts_total{class=\"success\"} 1"), "{metrics}");
-    assert!(metrics.contains("reliablegpt_gateway_overhead_seconds_count 1"), "{metrics}");
+    for line in [
+        r#"reliablegpt_requests_total{outcome="success",model="gpt-4o",provider="openai"} 1"#,
+        r#"reliablegpt_upstream_attempts_total{class="success",model="gpt-4o",provider="openai"} 1"#,
+        // Only the answered gateway request: rejected ones never reached the engine.
+        "reliablegpt_gateway_overhead_seconds_count 1",
+        "reliablegpt_requests_in_flight 0",
+    ] {
+        assert!(metrics.contains(line), "missing {line} in {metrics}");
+    }
 }
 
 #[tokio::test]

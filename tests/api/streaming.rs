@@ -78,20 +78,93 @@ async fn a_stalled_stream_is_continued_on_the_fallback() {
     assert_rescued(Behavior::StreamStall { after_tokens: 3 }, 3).await;
 }
 
+/// The user turns of a request's messages.
+fn last_message(r: &reliablegpt::mock_upstream::SeenRequest) -> Value {
+    r.body["messages"].as_array().unwrap().last().unwrap().clone()
+}
+
 #[tokio::test]
-async fn a_refused_prefill_ends_with_an_in_band_error_and_no_done() {
+async fn a_fallback_that_refuses_prefill_finishes_the_answer_from_an_instruction() {
     let gw = spawn_gateway().await;
     gw.mock.script("gpt-4o", vec![Behavior::StreamCut { after_tokens: 4 }]);
-    gw.mock.script("gpt-4o-mini", vec![Behavior::RejectPrefill]);
-    let a = stream(&gw, &["gpt-4o-mini"], "gpt-4o").await;
-    assert_eq!(a.status, 200);
-    assert_eq!(streamed_text(&a.text), words(4));
+    gw.mock.set_rejects_prefill("gpt-4o-mini");
+    let token = gw.key_set(&[K1], &["gpt-4o-mini"]).await;
+    let mut body = stream_body("gpt-4o");
+    body["stream_options"] = json!({"include_usage": true});
+    let a = gw.post("/v1/chat/completions", &token, body, &[]).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(streamed_text(&a.text), full_answer(), "the whole answer, with the repeated word removed");
+    assert_eq!(sse_data(&a.text).last().map(String::as_str), Some("[DONE]"));
+
+    let rescues: Vec<_> =
+        gw.mock.requests().into_iter().filter(|r| r.model.as_deref() == Some("gpt-4o-mini")).collect();
+    assert_eq!(rescues.len(), 2, "one refused prefill, then the instruction");
+    assert_eq!(last_message(&rescues[0]), json!({"role": "assistant", "content": words(4)}));
+    let instruction = last_message(&rescues[1]);
+    assert_eq!(instruction["role"], "user");
+    assert!(instruction["content"].as_str().unwrap().contains(&format!("<partial_answer>\n{}\n", words(4))));
+
+    // Usage describes the whole answer the client got, not only the continuation.
     let data = sse_data(&a.text);
-    assert!(!data.contains(&"[DONE]".to_owned()), "a truncated answer must not end cleanly");
-    let last: Value = serde_json::from_str(data.last().unwrap()).unwrap();
-    assert_eq!(last["error"]["code"], "stream_interrupted");
-    let message = last["error"]["message"].as_str().unwrap();
-    assert!(message.contains("broke") && message.contains("prefill"), "the original failure stays visible: {message}");
+    let usage: Value = serde_json::from_str(&data[data.len() - 2]).unwrap();
+    let completion = usage["usage"]["completion_tokens"].as_u64().unwrap();
+    let words_total = full_answer().split(' ').count() as u64;
+    assert!(completion.abs_diff(words_total) <= 3, "{completion} tokens for a {words_total}-word answer");
+
+    // The model is now known to refuse prefill: the next rescue goes straight to the instruction.
+    gw.mock.clear();
+    gw.mock.script("gpt-4o", vec![Behavior::StreamCut { after_tokens: 2 }]);
+    let a = gw.post("/v1/chat/completions", &token, stream_body("gpt-4o"), &[]).await;
+    assert_eq!(streamed_text(&a.text), full_answer());
+    let rescues: Vec<_> =
+        gw.mock.requests().into_iter().filter(|r| r.model.as_deref() == Some("gpt-4o-mini")).collect();
+    assert_eq!(rescues.len(), 1);
+    assert_eq!(last_message(&rescues[0])["role"], "user");
+}
+
+#[tokio::test]
+async fn a_model_the_catalog_knows_refuses_prefill_is_asked_with_an_instruction_at_once() {
+    let gw = spawn_gateway().await;
+    gw.mock.script("gpt-4o", vec![Behavior::StreamCut { after_tokens: 6 }]);
+    gw.mock.set_rejects_prefill("o4-mini");
+    let a = stream(&gw, &["o4-mini"], "gpt-4o").await;
+    assert_eq!(streamed_text(&a.text), full_answer());
+    let rescues: Vec<_> = gw.mock.requests().into_iter().filter(|r| r.model.as_deref() == Some("o4-mini")).collect();
+    assert_eq!(rescues.len(), 1, "no prefill attempt for a model the catalog marks assistant_prefill = false");
+    assert_eq!(last_message(&rescues[0])["role"], "user");
+}
+
+#[tokio::test]
+async fn rescued_and_partial_streams_are_counted_as_such() {
+    let gw = spawn_gateway().await;
+    let token = gw.key_set(&[K1], &["gpt-4o-mini"]).await;
+    gw.mock.script("gpt-4o", vec![Behavior::StreamCut { after_tokens: 5 }]);
+    let a = gw.post("/v1/chat/completions", &token, stream_body("gpt-4o"), &[]).await;
+    assert_eq!(streamed_text(&a.text), full_answer());
+    gw.mock.script("gpt-4o", vec![Behavior::StreamCut { after_tokens: 5 }]);
+    gw.mock.script("gpt-4o-mini", vec![Behavior::server_error(), Behavior::server_error(), Behavior::server_error()]);
+    let a = gw.post("/v1/chat/completions", &token, stream_body("gpt-4o"), &[]).await;
+    assert!(a.text.contains("stream_interrupted"), "{}", a.text);
+
+    // The pump reports after the client has its last byte.
+    let mut metrics = String::new();
+    for _ in 0..50 {
+        metrics = gw.app.client.get(gw.app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        if metrics.contains("outcome=\"partial\"") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    for line in [
+        r#"reliablegpt_requests_total{outcome="rescued",model="gpt-4o-mini",provider="openai"} 1"#,
+        r#"reliablegpt_requests_total{outcome="partial",model="gpt-4o",provider="openai"} 1"#,
+        "reliablegpt_stream_rescues_total 1",
+        r#"reliablegpt_upstream_attempts_total{class="transient",model="gpt-4o",provider="openai"} 2"#,
+        r#"reliablegpt_upstream_attempts_total{class="transient",model="gpt-4o-mini",provider="openai"} 3"#,
+    ] {
+        assert!(metrics.contains(line), "missing {line} in {metrics}");
+    }
+    assert!(!metrics.contains("outcome=\"success\""), "a broken stream is never a success: {metrics}");
 }
 
 #[tokio::test]

@@ -1,0 +1,141 @@
+//! One gateway request as the engine sees it (parsed at the edge), and the bodies sent upstream for it.
+
+use std::time::Duration;
+
+use actix_web::web::Bytes;
+use serde_json::{Value, json};
+
+use super::plan::Endpoint;
+
+/// The customer instance of requests that name none.
+pub const DEFAULT_INSTANCE: &str = "default";
+
+/// Instance ids: 1–128 characters of `[A-Za-z0-9._:-]`.
+pub fn valid_instance(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+}
+
+/// One gateway request, parsed at the edge.
+#[derive(Debug)]
+pub struct GatewayRequest {
+    pub endpoint: Endpoint,
+    /// The client's body, forwarded as sent except for `model` (an object with a string `model`).
+    pub body: Value,
+    /// The same body as received: sent byte for byte while the model is the requested one.
+    pub raw: Bytes,
+    pub model: String,
+    pub stream: bool,
+    pub fallbacks: Option<Vec<String>>,
+    /// Customer instance (`x-reliablegpt-instance`), [`DEFAULT_INSTANCE`] when absent.
+    pub instance: String,
+    pub timeout: Option<Duration>,
+    /// Overrides the policy's `hedge_ms` (`x-reliablegpt-hedge-ms`).
+    pub hedge: Option<Duration>,
+    /// Overrides the policy's `caching` (`x-reliablegpt-caching`).
+    pub caching: Option<bool>,
+}
+
+impl GatewayRequest {
+    /// A request with no optional headers.
+    pub fn new(endpoint: Endpoint, body: Value) -> Self {
+        let model = body.get("model").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
+        Self {
+            endpoint,
+            raw: Bytes::from(serde_json::to_vec(&body).unwrap_or_default()),
+            body,
+            model,
+            stream,
+            fallbacks: None,
+            instance: DEFAULT_INSTANCE.to_owned(),
+            timeout: None,
+            hedge: None,
+            caching: None,
+        }
+    }
+
+    /// The body for `model`: the client's bytes untouched when it is the requested model.
+    pub(super) fn body_for(&self, model: &str) -> Bytes {
+        if model == self.model { self.raw.clone() } else { body_with(&self.body, model, None) }
+    }
+}
+
+/// How a stream that broke midway is continued on another target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Continuation<'a> {
+    /// The partial answer as a final assistant message (or, for legacy completions, appended to the prompt).
+    Prefill(&'a str),
+    /// For models that refuse a prefill: a user turn quoting the partial answer and asking to go on exactly there.
+    Instruction(&'a str),
+}
+
+/// The user turn of [`Continuation::Instruction`].
+pub fn continuation_instruction(partial: &str) -> String {
+    format!(
+        "Your previous answer was cut off. This is exactly what you had written so far:\n\n<partial_answer>\n{partial}\n\
+         </partial_answer>\n\nContinue from exactly where it stops. Do not repeat any of it and add no preamble: reply \
+         with only the missing rest."
+    )
+}
+
+/// The client's body with `model` set and, for a continuation, the partial answer added and usage requested (the
+/// engine needs the continuation's token counts to report honest usage for the whole answer).
+pub(super) fn body_with(body: &Value, model: &str, continuation: Option<Continuation<'_>>) -> Bytes {
+    let mut body = body.clone();
+    if let Some(map) = body.as_object_mut() {
+        map.insert("model".to_owned(), Value::String(model.to_owned()));
+        if let Some(continuation) = continuation {
+            if map.contains_key("stream_options") || map.get("stream") == Some(&Value::Bool(true)) {
+                map.insert("stream_options".to_owned(), json!({"include_usage": true}));
+            }
+            let partial = match continuation {
+                Continuation::Prefill(text) | Continuation::Instruction(text) => text,
+            };
+            if let Some(Value::Array(messages)) = map.get_mut("messages") {
+                match continuation {
+                    Continuation::Prefill(_) => messages.push(json!({"role": "assistant", "content": partial})),
+                    Continuation::Instruction(_) => {
+                        messages.push(json!({"role": "user", "content": continuation_instruction(partial)}));
+                    }
+                }
+            } else if let Some(Value::String(prompt)) = map.get_mut("prompt") {
+                prompt.push_str(partial);
+            }
+        }
+    }
+    Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instance_ids() {
+        assert!(valid_instance("shop-42:eu.1_a"));
+        assert!(valid_instance(&"a".repeat(128)));
+        for bad in ["", "has space", "é", &"a".repeat(129), "a/b"] {
+            assert!(!valid_instance(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn continuation_bodies() {
+        let chat = json!({"model": "a", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+        let body: Value = serde_json::from_slice(&body_with(&chat, "b", Some(Continuation::Prefill("par")))).unwrap();
+        assert_eq!(body["model"], "b");
+        assert_eq!(body["messages"][1], json!({"role": "assistant", "content": "par"}));
+        assert_eq!(body["stream_options"], json!({"include_usage": true}));
+        let body: Value =
+            serde_json::from_slice(&body_with(&chat, "b", Some(Continuation::Instruction("par")))).unwrap();
+        assert_eq!(body["messages"][1]["role"], "user");
+        assert!(body["messages"][1]["content"].as_str().unwrap().contains("<partial_answer>\npar\n</partial_answer>"));
+        let legacy = json!({"model": "a", "prompt": "Say: "});
+        let body: Value =
+            serde_json::from_slice(&body_with(&legacy, "b", Some(Continuation::Instruction("x y")))).unwrap();
+        assert_eq!(body["prompt"], "Say: x y");
+        assert!(body.get("stream_options").is_none(), "non-streaming bodies are not given stream options");
+        let plain: Value = serde_json::from_slice(&body_with(&chat, "b", None)).unwrap();
+        assert!(plain.get("stream_options").is_none(), "only continuations ask for usage");
+    }
+}
