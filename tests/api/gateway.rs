@@ -625,3 +625,54 @@ async fn an_invalid_key_is_tried_once_more_after_its_cooldown_and_recovers_when_
     assert_eq!(gw.chat(&token, "gpt-4o").await.status, 200);
     assert_eq!(gw.keys_seen(), vec![K1], "a recovered key is first in line again");
 }
+
+#[tokio::test]
+async fn six_parallel_requests_at_max_concurrency_two_get_two_answers_and_four_clean_503s() {
+    // Answers slow enough that all six arrive while the first two are in flight, even on a busy machine.
+    let gw = spawn_gateway_with(|e| {
+        e.insert(env::FIRST_BYTE_TIMEOUT_MS.into(), "10000".into());
+    })
+    .await;
+    let token = gw.key_set_with(json!([K1]), json!({"max_concurrency": 2, "max_queue_ms": 100})).await;
+    gw.mock.script("gpt-4o", vec![Behavior::ok_after(2_500), Behavior::ok_after(2_500), Behavior::ok()]);
+    let answers = futures_util::future::join_all((0..6).map(|_| gw.chat(&token, "gpt-4o"))).await;
+    let ok: Vec<_> = answers.iter().filter(|a| a.status == 200).collect();
+    let shed: Vec<_> = answers.iter().filter(|a| a.status == 503).collect();
+    assert_eq!((ok.len(), shed.len()), (2, 4), "{:?}", answers.iter().map(|a| a.status).collect::<Vec<_>>());
+    for a in &shed {
+        assert_eq!(a.body["error"]["code"], "overloaded", "{}", a.text);
+        assert!(a.body["error"]["message"].as_str().unwrap().contains("max_concurrency"), "{}", a.text);
+        assert!(a.header("retry-after").and_then(|v| v.parse::<u64>().ok()).is_some_and(|s| s >= 1));
+    }
+    assert_eq!(gw.mock.requests().len(), 2, "shed requests never reach an upstream");
+    let metrics = gw.app.client.get(gw.app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    for line in [
+        "reliablegpt_requests_shed_total 4",
+        r#"reliablegpt_requests_total{outcome="shed",model="gpt-4o",provider="none"} 4"#,
+        "reliablegpt_requests_in_flight 0",
+        "reliablegpt_requests_queued 0",
+    ] {
+        assert!(metrics.contains(line), "missing {line} in {metrics}");
+    }
+    // The slots are free again.
+    assert_eq!(gw.chat(&token, "gpt-4o").await.status, 200);
+}
+
+#[tokio::test]
+async fn a_stream_holds_its_slot_until_it_ends() {
+    let gw = spawn_gateway().await;
+    let token = gw.key_set_with(json!([K1]), json!({"max_concurrency": 1, "max_queue_ms": 100})).await;
+    gw.mock.script("gpt-4o", vec![Behavior::StreamStall { after_tokens: 2 }, Behavior::ok()]);
+    let body = json!({"model": "gpt-4o", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+    let streaming = gw.post("/v1/chat/completions", &token, body, &[]);
+    let second = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        gw.chat(&token, "gpt-4o").await
+    };
+    let (stalled, second) = tokio::join!(streaming, second);
+    assert!(stalled.text.contains("stream_interrupted"), "{}", stalled.text);
+    assert_eq!(second.status, 503, "the stalled stream still held the only slot: {}", second.text);
+    let third = gw.chat(&token, "gpt-4o").await;
+    assert_eq!(third.status, 200, "the slot was freed when the stream ended: {}", third.text);
+}
+
