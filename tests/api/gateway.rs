@@ -675,4 +675,3 @@ async fn a_stream_holds_its_slot_until_it_ends() {
     let third = gw.chat(&token, "gpt-4o").await;
     assert_eq!(third.status, 200, "the slot was freed when the stream ended: {}", third.text);
 }
-

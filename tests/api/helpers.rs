@@ -317,3 +317,58 @@ pub fn streamed_text(text: &str) -> String {
         .filter_map(|v| v.pointer("/choices/0/delta/content").and_then(|c| c.as_str()).map(str::to_owned))
         .collect()
 }
+
+/// The real binary (`reliablegpt serve`) in its own process, with everything it prints captured.
+pub struct RunningService {
+    pub base: String,
+    child: std::process::Child,
+    reader: std::thread::JoinHandle<String>,
+}
+
+impl RunningService {
+    /// Starts it with exactly `vars` and `RUST_LOG=rust_log`, and waits until it listens.
+    pub fn start(vars: &HashMap<String, String>, rust_log: &str) -> Self {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_reliablegpt"))
+            .arg("serve")
+            .env_clear()
+            .envs(vars)
+            .env("RUST_LOG", rust_log)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start reliablegpt");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let reader = std::thread::spawn(move || {
+            let mut all = String::new();
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line.clone());
+                all.push_str(&line);
+                all.push('\n');
+            }
+            all
+        });
+        let addr = loop {
+            let line = rx.recv_timeout(std::time::Duration::from_secs(30)).expect("the service logs its address");
+            let Ok(event) = serde_json::from_str::<Value>(&line) else { continue };
+            if event["fields"]["message"] == "listening" {
+                break event["fields"]["addr"].as_str().expect("addr").to_owned();
+            }
+        };
+        Self { base: format!("http://{addr}"), child, reader }
+    }
+
+    /// Stops it and returns everything it printed (stdout, then stderr).
+    pub fn stop(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let mut logs = self.reader.join().expect("log reader");
+        let mut stderr = String::new();
+        if let Some(mut err) = self.child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut err, &mut stderr);
+        }
+        logs.push_str(&stderr);
+        logs
+    }
+}

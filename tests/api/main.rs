@@ -7,6 +7,7 @@ mod gateway;
 mod helpers;
 mod http_basics;
 mod keys;
+mod logs;
 mod models;
 mod openapi;
 mod secrets;

@@ -1,9 +1,7 @@
 //! What an attacker with a database dump, the master key, or the logs can and cannot learn.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
-use std::time::Duration;
 
 use reliablegpt::config::{MasterKeyring, Secret32, env};
 use reliablegpt::vault::Vault;
@@ -12,7 +10,9 @@ use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use sqlx::Row;
 
-use crate::helpers::{TestDatabase, assert_absent, base_env, canary_key, error_of, random_secret, spawn_app, token_of};
+use crate::helpers::{
+    RunningService, TestDatabase, assert_absent, base_env, canary_key, error_of, random_secret, spawn_app, token_of,
+};
 
 /// Every column of every table, as text (bytea renders as hex).
 async fn whole_database_as_text(pool: &sqlx::PgPool) -> String {
@@ -223,36 +223,8 @@ async fn trace_logs_hold_no_key_and_no_token() {
     vars.insert(env::OPENAI_BASE_URL.into(), mock.base_url());
     vars.insert(env::ALLOW_PRIVATE_UPSTREAMS.into(), "true".into());
     vars.insert(env::ALLOWED_UPSTREAM_HOSTS.into(), "127.0.0.1".into());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_reliablegpt"))
-        .arg("serve")
-        .env_clear()
-        .envs(&vars)
-        .env("RUST_LOG", "trace")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start reliablegpt");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let reader = std::thread::spawn(move || {
-        let mut all = String::new();
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line.clone());
-            all.push_str(&line);
-            all.push('\n');
-        }
-        all
-    });
-    let addr = loop {
-        let line = rx.recv_timeout(Duration::from_secs(30)).expect("the service logs its address");
-        let Ok(event) = serde_json::from_str::<Value>(&line) else {
-            continue;
-        };
-        if event["fields"]["message"] == "listening" {
-            break event["fields"]["addr"].as_str().unwrap().to_owned();
-        }
-    };
-    let base = format!("http://{addr}");
+    let service = RunningService::start(&vars, "trace");
+    let base = service.base.clone();
     let client = reqwest::Client::new();
     let (k1, k2) = (canary_key(), canary_key());
     let created: Value = client
@@ -297,12 +269,7 @@ async fn trace_logs_hold_no_key_and_no_token() {
     assert_eq!(client.delete(&url).bearer_auth(&token).send().await.unwrap().status(), 204);
     assert_eq!(client.get(&url).bearer_auth(&token).send().await.unwrap().status(), 401);
 
-    let _ = child.kill();
-    let _ = child.wait();
-    let mut logs = reader.join().unwrap();
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    logs.push_str(&stderr);
+    let logs = service.stop();
 
     assert!(logs.contains("key set created") && logs.contains("key set revoked"), "flows were not logged");
     assert!(logs.contains("upstream attempt failed"), "the rotation was not logged");
