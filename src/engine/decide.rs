@@ -113,3 +113,60 @@ impl Engine {
         Duration::from_millis(rand::thread_rng().gen_range(0..=ms))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::EngineSettings;
+    use crate::engine::events::AttemptRole;
+    use crate::engine::testing::{cx, engine, key_set, plan, request};
+    use crate::vault::Policy;
+
+    fn failure(class: FailureClass, retry_after: Option<Duration>) -> AttemptFailure {
+        AttemptFailure { class, status: Some(500), body: None, retry_after, detail: "test".into() }
+    }
+
+    #[tokio::test]
+    async fn each_class_gets_its_decision_and_its_health_consequence() {
+        let e = engine(EngineSettings { max_retries: 2, breaker_failures: 3, ..EngineSettings::default() });
+        let (set, req) = (key_set(2, Policy::default()), request("gpt-4o"));
+        let p = plan(&e, &set, &req);
+        let cx = cx(&set, &req);
+        let mut run = Run::default();
+        let target = e.select(&cx, &p, &run, 0, AttemptRole::Main).target.unwrap();
+
+        let transient = failure(FailureClass::Transient, None);
+        assert!(matches!(e.decide(&cx, &mut run, target, &transient, 0), Next::Retry(_)));
+        assert!(matches!(e.decide(&cx, &mut run, target, &transient, 1), Next::Retry(_)));
+        assert_eq!(e.decide(&cx, &mut run, target, &transient, 2), Next::MoveOn, "retries are bounded");
+        assert_eq!(e.breakers.admit(&target.candidate.breaker), Admission::Rejected, "three failures opened it");
+
+        let limited = failure(FailureClass::RateLimited, Some(Duration::from_millis(50)));
+        assert_eq!(e.decide(&cx, &mut run, target, &limited, 0), Next::Retry(Duration::from_millis(50)));
+        let long = failure(FailureClass::RateLimited, Some(Duration::from_secs(3_600)));
+        assert_eq!(e.decide(&cx, &mut run, target, &long, 0), Next::MoveOn);
+
+        let context = failure(FailureClass::ContextTooLong, None);
+        assert_eq!(e.decide(&cx, &mut run, target, &context, 0), Next::MoveOn);
+        assert_eq!(run.context_floor, Some(128_000));
+        for class in [FailureClass::CallerFault, FailureClass::ContentFilter] {
+            assert_eq!(e.decide(&cx, &mut run, target, &failure(class, None), 0), Next::ReturnUpstream);
+        }
+        assert_eq!(e.decide(&cx, &mut run, target, &failure(FailureClass::Credential, None), 0), Next::RotateKey);
+        assert!(run.burned(target.key.id));
+    }
+
+    #[tokio::test]
+    async fn a_half_open_probe_is_never_retried() {
+        let e =
+            engine(EngineSettings { breaker_failures: 1, breaker_open: Duration::ZERO, ..EngineSettings::default() });
+        let (set, req) = (key_set(1, Policy::default()), request("gpt-4o"));
+        let p = plan(&e, &set, &req);
+        let cx = cx(&set, &req);
+        let mut run = Run::default();
+        e.breakers.record_failure(&p.candidates[0].breaker);
+        let probe = e.select(&cx, &p, &run, 0, AttemptRole::Main).target.unwrap();
+        assert_eq!(probe.admission, Admission::Probe);
+        assert_eq!(e.decide(&cx, &mut run, probe, &failure(FailureClass::Transient, None), 0), Next::MoveOn);
+    }
+}

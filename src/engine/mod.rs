@@ -393,3 +393,53 @@ impl Engine {
         self.metrics.model_label(self.catalog.label(model))
     }
 }
+
+/// Building blocks for the engine's unit tests: an engine whose database is never reached, a key set, a request.
+#[cfg(test)]
+mod testing {
+    use super::*;
+    use crate::vault::{KeyTarget, Policy, Provider, ProviderKey};
+    use secrecy::SecretString;
+    use uuid::Uuid;
+
+    pub(super) fn engine(settings: EngineSettings) -> Arc<Engine> {
+        let pool = sqlx::PgPool::connect_lazy("postgres://nobody@127.0.0.1:1/none").unwrap();
+        let keyring = crate::config::MasterKeyring::from_keys(vec![(1, crate::config::Secret32::random())]).unwrap();
+        let vault = Vault::new(pool, Arc::new(keyring), Arc::new(crate::config::Secret32::random()));
+        let (events, _) = EventSink::channel(16);
+        Arc::new(Engine::new(settings, EgressPolicy::new(Vec::new(), true), vault, events).unwrap())
+    }
+
+    pub(super) fn key_set(keys: usize, policy: Policy) -> Arc<OpenKeySet> {
+        let keys = (0..keys)
+            .map(|i| ProviderKey {
+                id: Uuid::new_v4(),
+                provider: Provider::Openai,
+                secret: SecretString::from(format!("sk-unit-{i:032}")),
+                target: KeyTarget::default(),
+                invalid_since: None,
+            })
+            .collect();
+        Arc::new(OpenKeySet::new(Uuid::new_v4(), policy, keys))
+    }
+
+    pub(super) fn request(model: &str) -> Arc<GatewayRequest> {
+        let body = serde_json::json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
+        Arc::new(GatewayRequest::new(Endpoint::Chat, body))
+    }
+
+    pub(super) fn cx<'a>(set: &'a Arc<OpenKeySet>, req: &'a Arc<GatewayRequest>) -> Cx<'a> {
+        let started = Instant::now();
+        Cx { set, req, started, deadline: started + Duration::from_secs(60), hedge: None, caching: false }
+    }
+
+    pub(super) fn plan(engine: &Engine, set: &OpenKeySet, req: &GatewayRequest) -> Arc<Plan> {
+        let input = PlanInput {
+            endpoint: req.endpoint,
+            model: &req.model,
+            fallbacks: req.fallbacks.as_deref(),
+            openai_base_url: "https://api.openai.com/v1",
+        };
+        engine.plan_for(set, &input)
+    }
+}

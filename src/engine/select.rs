@@ -78,7 +78,7 @@ impl Engine {
                 pick.skipped.push(Skipped { step, key, class: FailureClass::BreakerOpen, detail: "skipped" });
                 continue;
             }
-            let Some(pace) = self.reserve_budget(cx, step, run) else {
+            let Some(pace) = self.reserve_budget(cx, step, run, role) else {
                 self.breakers.release_probe(&candidate.breaker);
                 pick.skipped.push(Skipped {
                     step,
@@ -89,11 +89,6 @@ impl Engine {
                 pos = plan.next_step(here);
                 continue;
             };
-            // Hedges are only worth it when they can start at once.
-            if role == AttemptRole::Hedge && pace > Duration::ZERO {
-                self.breakers.release_probe(&candidate.breaker);
-                continue;
-            }
             pick.target = Some(Target { pos: here, step, key, candidate, admission, pace });
             return pick;
         }
@@ -114,10 +109,110 @@ impl Engine {
     }
 
     /// Reserves room in the model's policy budget (`model_limits`), if it has one: `Some(wait)` before sending, `None`
-    /// when the wait would exceed the queue limit (or the deadline).
-    fn reserve_budget(&self, cx: &Cx<'_>, step: &Step, run: &Run) -> Option<Duration> {
+    /// (nothing reserved) when the wait would exceed the queue limit or the deadline. Hedges are only worth it when
+    /// they can start at once.
+    fn reserve_budget(&self, cx: &Cx<'_>, step: &Step, run: &Run, role: AttemptRole) -> Option<Duration> {
         let Some(limit) = cx.set.policy.model_limits.get(&step.model) else { return Some(Duration::ZERO) };
-        let max_queue = cx.set.policy.max_queue().min(cx.deadline.saturating_duration_since(Instant::now()));
+        let max_queue = if role == AttemptRole::Hedge { Duration::ZERO } else { cx.set.policy.max_queue() };
+        let max_queue = max_queue.min(cx.deadline.saturating_duration_since(Instant::now()));
         self.pacer.reserve(cx.set.key_set_id, &step.model, *limit, run.estimate, max_queue)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::config::EngineSettings;
+    use crate::engine::testing::{cx, engine, key_set, plan, request};
+    use crate::vault::Policy;
+    use crate::vault::input::ModelLimit;
+
+    fn policy(fallbacks: &[&str]) -> Policy {
+        Policy { fallback_strategy: fallbacks.iter().map(|m| m.to_string()).collect(), ..Policy::default() }
+    }
+
+    fn picked(pick: &Pick<'_>) -> Option<(usize, String)> {
+        pick.target.map(|t| (t.pos, t.step.model.clone()))
+    }
+
+    #[tokio::test]
+    async fn burned_keys_and_open_breakers_are_passed_over_and_only_the_breaker_is_reported() {
+        let e = engine(EngineSettings { breaker_failures: 1, ..EngineSettings::default() });
+        let (set, req) = (key_set(2, policy(&["gpt-4o-mini"])), request("gpt-4o"));
+        let p = plan(&e, &set, &req);
+        let cx = cx(&set, &req);
+        let mut run = Run::default();
+        assert_eq!(picked(&e.select(&cx, &p, &run, 0, AttemptRole::Main)), Some((0, "gpt-4o".into())));
+        run.burned_keys.push(set.keys[0].id);
+        let pick = e.select(&cx, &p, &run, 0, AttemptRole::Main);
+        assert_eq!((picked(&pick), pick.skipped.len()), (Some((1, "gpt-4o".into())), 0));
+
+        e.breakers.record_failure(&p.candidates[1].breaker);
+        let pick = e.select(&cx, &p, &run, 0, AttemptRole::Main);
+        assert_eq!(
+            picked(&pick),
+            Some((3, "gpt-4o-mini".into())),
+            "key 0 is burned everywhere, key 1's gpt-4o is open"
+        );
+        let skipped: Vec<(&str, FailureClass)> =
+            pick.skipped.iter().map(|s| (s.step.model.as_str(), s.class)).collect();
+        assert_eq!(skipped, vec![("gpt-4o", FailureClass::BreakerOpen)]);
+    }
+
+    #[tokio::test]
+    async fn prompts_that_cannot_fit_skip_fallbacks_but_never_the_requested_model() {
+        let e = engine(EngineSettings::default());
+        let (set, req) = (key_set(1, policy(&["gpt-4", "gpt-4o"])), request("gpt-3.5-turbo"));
+        let p = plan(&e, &set, &req);
+        let cx = cx(&set, &req);
+        let mut run = Run::new(20_000);
+        assert_eq!(picked(&e.select(&cx, &p, &run, 0, AttemptRole::Main)), Some((0, "gpt-3.5-turbo".into())));
+        assert_eq!(picked(&e.select(&cx, &p, &run, 1, AttemptRole::Main)), Some((2, "gpt-4o".into())), "gpt-4 is 8k");
+        run.context_floor = Some(128_000);
+        let pick = e.select(&cx, &p, &run, 1, AttemptRole::Main);
+        assert!(pick.target.is_none() && pick.skipped.is_empty(), "after a context error only larger windows");
+    }
+
+    #[tokio::test]
+    async fn an_exhausted_model_budget_skips_its_step_and_a_hedge_never_waits_for_one() {
+        let e = engine(EngineSettings::default());
+        let mut p = policy(&["gpt-4o-mini"]);
+        p.model_limits = BTreeMap::from([("gpt-4o".to_owned(), ModelLimit { rpm: Some(1), tpm: None })]);
+        p.max_queue_ms = Some(0);
+        let (set, req) = (key_set(2, p), request("gpt-4o"));
+        let plan = plan(&e, &set, &req);
+        let cx = cx(&set, &req);
+        let run = Run::default();
+        assert_eq!(picked(&e.select(&cx, &plan, &run, 0, AttemptRole::Main)), Some((0, "gpt-4o".into())));
+        let pick = e.select(&cx, &plan, &run, 0, AttemptRole::Main);
+        assert_eq!(picked(&pick), Some((2, "gpt-4o-mini".into())), "the rest of the over-budget step is skipped");
+        let skipped: Vec<FailureClass> = pick.skipped.iter().map(|s| s.class).collect();
+        assert_eq!(skipped, vec![FailureClass::RateLimited]);
+
+        // A budget of 1000 a minute: its burst goes at once, then each request waits 60 ms for its slot.
+        let mut queued = policy(&["gpt-4o-mini"]);
+        queued.model_limits = BTreeMap::from([("gpt-4o-mini".to_owned(), ModelLimit { rpm: Some(1_000), tpm: None })]);
+        let (set, req) = (key_set(1, queued), request("gpt-4o"));
+        let plan = crate::engine::testing::plan(&e, &set, &req);
+        let cx = crate::engine::testing::cx(&set, &req);
+        for _ in 0..1_000 {
+            assert!(e.select(&cx, &plan, &run, 1, AttemptRole::Main).target.is_some_and(|t| t.pace.is_zero()));
+        }
+        assert!(e.select(&cx, &plan, &run, 1, AttemptRole::Hedge).target.is_none(), "a hedge would have to wait");
+        let waiting = e.select(&cx, &plan, &run, 1, AttemptRole::Main).target.unwrap();
+        assert!(waiting.pace > Duration::ZERO && waiting.pace <= Duration::from_millis(60), "{:?}", waiting.pace);
+    }
+
+    #[tokio::test]
+    async fn nothing_is_selected_after_the_deadline() {
+        let e = engine(EngineSettings::default());
+        let (set, req) = (key_set(1, policy(&[])), request("gpt-4o"));
+        let p = plan(&e, &set, &req);
+        let mut cx = cx(&set, &req);
+        cx.deadline = Instant::now();
+        let pick = e.select(&cx, &p, &Run::default(), 0, AttemptRole::Main);
+        assert!(pick.deadline_passed && pick.target.is_none());
     }
 }
