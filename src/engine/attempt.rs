@@ -131,8 +131,8 @@ impl Engine {
         latency: Duration,
     ) {
         let report = match result {
-            Ok(AttemptOk::Body { status, body }) => {
-                let tokens = usage_in_body(body);
+            Ok(AttemptOk::Body { status, usage, .. }) => {
+                let tokens = *usage;
                 if let Some(t) = tokens {
                     run.billed.add(t);
                 }
@@ -227,35 +227,5 @@ fn cancelled(target: Target<'_>, role: AttemptRole, latency: Duration) -> Report
         status: None,
         latency,
         tokens: None,
-    }
-}
-
-/// The `usage` object of an OpenAI JSON answer, found without parsing the whole body (it comes last).
-pub(super) fn usage_in_body(body: &[u8]) -> Option<Usage> {
-    const NEEDLE: &[u8] = b"\"usage\"";
-    let at = body.windows(NEEDLE.len()).rposition(|w| w == NEEDLE)? + NEEDLE.len();
-    let open = at + body[at..].iter().position(|b| *b == b'{')?;
-    if body[at..open].iter().any(|b| !(b.is_ascii_whitespace() || *b == b':')) {
-        return None;
-    }
-    let mut de = serde_json::Deserializer::from_slice(&body[open..]);
-    serde::Deserialize::deserialize(&mut de).ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn usage_is_found_at_the_end_of_a_body() {
-        let body = br#"{"id":"x","choices":[{"message":{"content":"the \"usage\" word"}}],"usage": {"prompt_tokens":3,"completion_tokens":24,"total_tokens":27,"prompt_tokens_details":{"cached_tokens":0}}}"#;
-        assert_eq!(usage_in_body(body), Some(Usage { prompt_tokens: 3, completion_tokens: 24 }));
-        assert_eq!(usage_in_body(br#"{"usage":null}"#), None);
-        assert_eq!(usage_in_body(br#"{"choices":[]}"#), None);
-        assert_eq!(usage_in_body(br#"{"usage": {"prompt_tokens": 1"#), None);
-        assert_eq!(
-            usage_in_body(br#"{"usage":{"prompt_tokens":5}}"#),
-            Some(Usage { prompt_tokens: 5, completion_tokens: 0 })
-        );
     }
 }

@@ -310,11 +310,11 @@ impl Engine {
         let outcome =
             if run.first_failure.is_some() { RequestOutcome::FallbackSuccess } else { RequestOutcome::Success };
         match ok {
-            AttemptOk::Body { status, body } => {
+            AttemptOk::Body { status, body, usage } => {
                 let ending = Ending {
                     outcome,
                     served_by: Some((step.model.clone(), step.provider)),
-                    usage: attempt::usage_in_body(&body),
+                    usage,
                     text: cx.caching.then(|| stream::answer_text(&body)).flatten(),
                 };
                 self.finish(cx, &run, ending);

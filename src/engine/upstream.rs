@@ -10,6 +10,7 @@ use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use secrecy::ExposeSecret;
 
 use super::classify::{FailureClass, classify_response, retry_after};
+use super::events::Usage;
 use super::plan::{ProviderKind, Step};
 use crate::config::EngineSettings;
 use crate::egress::EgressPolicy;
@@ -61,8 +62,16 @@ impl AttemptFailure {
 }
 
 pub enum AttemptOk {
-    Body { status: u16, body: Bytes },
-    Stream { reader: SseReader, first: SseEvent },
+    /// `usage`: the body's `usage` object, when it has one.
+    Body {
+        status: u16,
+        body: Bytes,
+        usage: Option<Usage>,
+    },
+    Stream {
+        reader: SseReader,
+        first: SseEvent,
+    },
 }
 
 pub struct Limits {
@@ -151,8 +160,20 @@ pub async fn attempt(
             Err(AttemptFailure::transport(FailureClass::Timeout, "response body not complete before the deadline"))
         }
         Ok(Err(e)) => Err(transport_error(&e)),
-        Ok(Ok(body)) => Ok(AttemptOk::Body { status, body }),
+        Ok(Ok(body)) => Ok(AttemptOk::Body { status, usage: usage_in_body(&body), body }),
     }
+}
+
+/// The `usage` object of an OpenAI JSON answer, found without parsing the whole body (it comes last).
+fn usage_in_body(body: &[u8]) -> Option<Usage> {
+    const NEEDLE: &[u8] = b"\"usage\"";
+    let at = body.windows(NEEDLE.len()).rposition(|w| w == NEEDLE)? + NEEDLE.len();
+    let open = at + body[at..].iter().position(|b| *b == b'{')?;
+    if body[at..open].iter().any(|b| !(b.is_ascii_whitespace() || *b == b':')) {
+        return None;
+    }
+    let mut de = serde_json::Deserializer::from_slice(&body[open..]);
+    serde::Deserialize::deserialize(&mut de).ok()
 }
 
 fn transport_error(e: &reqwest::Error) -> AttemptFailure {
@@ -260,6 +281,19 @@ fn parse_event(raw: &[u8]) -> SseEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn usage_is_found_at_the_end_of_a_body() {
+        let body = br#"{"id":"x","choices":[{"message":{"content":"the \"usage\" word"}}],"usage": {"prompt_tokens":3,"completion_tokens":24,"total_tokens":27,"prompt_tokens_details":{"cached_tokens":0}}}"#;
+        assert_eq!(usage_in_body(body), Some(Usage { prompt_tokens: 3, completion_tokens: 24 }));
+        assert_eq!(usage_in_body(br#"{"usage":null}"#), None);
+        assert_eq!(usage_in_body(br#"{"choices":[]}"#), None);
+        assert_eq!(usage_in_body(br#"{"usage": {"prompt_tokens": 1"#), None);
+        assert_eq!(
+            usage_in_body(br#"{"usage":{"prompt_tokens":5}}"#),
+            Some(Usage { prompt_tokens: 5, completion_tokens: 0 })
+        );
+    }
 
     fn reader(chunks: Vec<&'static str>) -> SseReader {
         SseReader::new(futures_util::stream::iter(chunks.into_iter().map(|c| Ok(Bytes::from(c)))))
