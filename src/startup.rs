@@ -87,6 +87,14 @@ impl Application {
                 .configure(api::routes)
                 .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", ApiDoc::openapi()))
                 .default_service(web::to(api::not_found))
+        })
+        // Small SSE writes must leave at once, not wait for the client's delayed ACK (Nagle).
+        .on_connect(|conn, _| {
+            if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>()
+                && let Err(e) = tcp.set_nodelay(true)
+            {
+                tracing::debug!(error = %e, "could not set TCP_NODELAY");
+            }
         });
         if let Some(n) = workers {
             server = server.workers(n as usize);
