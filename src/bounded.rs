@@ -8,6 +8,9 @@
 //! full of live entries, inserting forgets the eighth that expire soonest (they carry the least), so the O(n) pass runs
 //! once per `capacity / 8` inserts and the amortised cost per insert stays O(1).
 //!
+//! Capacities are 7/8 of a power of two: hashbrown's largest load for that many buckets, so a full map does not double
+//! its table for the last few entries.
+//!
 //! Why not `moka` (0.12): its `sync::Cache` returns clones and updates through `entry().and_compute_with`, so the
 //! breaker's "one half-open probe" and the pacer's check-then-reserve would each become a compute closure with an
 //! `Expiry` implementation recomputing state-dependent lifetimes; it also records every read for its TinyLFU policy,

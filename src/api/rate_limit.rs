@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use crate::bounded::{BoundedMap, SWEEP_EVERY};
 
-/// Most clients tracked at once (an entry is about 48 bytes).
-pub const CAPACITY: usize = 65_536;
+/// Most clients tracked at once (an entry is about 50 bytes).
+pub const CAPACITY: usize = 57_344;
 
 pub struct ClientLimiter {
     emission: Duration,

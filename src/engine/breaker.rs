@@ -13,9 +13,9 @@ use uuid::Uuid;
 
 use crate::bounded::{BoundedMap, Expires, SWEEP_EVERY};
 
-/// Most targets tracked at once; beyond it the breakers closest to expiry are forgotten. Entries are about 200 bytes
-/// (more with long model names), so a full map stays in the low megabytes.
-pub const CAPACITY: usize = 16_384;
+/// Most targets tracked at once; beyond it the breakers closest to expiry are forgotten. An entry is about 220 bytes
+/// with its strings (more with long model names), so a full map is about 3 MiB.
+pub const CAPACITY: usize = 14_336;
 /// A closed breaker's failure count, or an open one past its open time that nobody probed, is kept this long after its
 /// last change.
 pub const FORGET_AFTER: Duration = Duration::from_secs(60);

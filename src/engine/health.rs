@@ -16,8 +16,8 @@ use uuid::Uuid;
 use crate::bounded::{BoundedMap, Expires, SWEEP_EVERY};
 use crate::vault::ProviderKey;
 
-/// Most keys marked at once (a mark is about 64 bytes).
-pub const CAPACITY: usize = 65_536;
+/// Most keys marked at once (a mark is about 50 bytes).
+pub const CAPACITY: usize = 57_344;
 
 pub struct KeyHealth {
     retry_after: Duration,
@@ -125,6 +125,30 @@ impl UsageRecorder {
     }
 }
 
+/// Rate-limit cooldowns to store (`cooling_down_until`), coalesced per key with the latest time winning, so a burst of
+/// 429s costs one write per key per flush instead of a task and a write each (tens of thousands of pending writes
+/// under a burst otherwise hold megabytes). Bounded by the keys that exist; flushed by the background tick.
+#[derive(Default)]
+pub struct CooldownRecorder {
+    pending: Mutex<HashMap<Uuid, DateTime<Utc>>>,
+}
+
+impl CooldownRecorder {
+    #[allow(dead_code, reason = "until the engine records cooldowns here")]
+    pub fn record(&self, key_id: Uuid, until: DateTime<Utc>) {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let at = pending.entry(key_id).or_insert(until);
+        *at = (*at).max(until);
+    }
+
+    #[allow(dead_code, reason = "until the engine's background tick flushes cooldowns")]
+    pub fn drain(&self) -> Vec<(Uuid, DateTime<Utc>)> {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        // Hand the table back too: a burst over many keys should not keep its size.
+        std::mem::take(&mut *pending).into_iter().collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,5 +233,21 @@ mod tests {
         u.touch(id);
         assert_eq!(u.drain().len(), 1);
         assert!(u.drain().is_empty());
+    }
+
+    #[test]
+    fn cooldowns_are_coalesced_per_key_latest_wins() {
+        let c = CooldownRecorder::default();
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let now = Utc::now();
+        c.record(a, now + chrono::Duration::seconds(30));
+        c.record(a, now + chrono::Duration::seconds(10));
+        c.record(b, now);
+        let mut drained = c.drain();
+        drained.sort();
+        let mut expected = vec![(a, now + chrono::Duration::seconds(30)), (b, now)];
+        expected.sort();
+        assert_eq!(drained, expected);
+        assert!(c.drain().is_empty());
     }
 }

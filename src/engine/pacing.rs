@@ -14,8 +14,8 @@ use uuid::Uuid;
 use crate::bounded::{BoundedMap, Expires, SWEEP_EVERY};
 use crate::vault::input::ModelLimit;
 
-/// Most (key set, model) budgets tracked at once (a bucket is about 120 bytes).
-pub const CAPACITY: usize = 65_536;
+/// Most (key set, model) budgets tracked at once (a bucket is about 150 bytes with its model name).
+pub const CAPACITY: usize = 57_344;
 
 struct Buckets {
     /// Theoretical arrival times (GCRA) of the request and token budgets.

@@ -15,7 +15,7 @@ use super::OpenKeySet;
 use crate::bounded::{BoundedMap, Expires, SWEEP_EVERY};
 
 /// Most key sets held at once; an opened set with a few keys and a policy is a few kilobytes.
-pub const CAPACITY: usize = 16_384;
+pub const CAPACITY: usize = 14_336;
 
 struct Entry {
     opened: Arc<OpenKeySet>,
