@@ -126,26 +126,43 @@ impl UsageRecorder {
 }
 
 /// Rate-limit cooldowns to store (`cooling_down_until`), coalesced per key with the latest time winning, so a burst of
-/// 429s costs one write per key per flush instead of a task and a write each (tens of thousands of pending writes
-/// under a burst otherwise hold megabytes). Bounded by the keys that exist; flushed by the background tick.
+/// 429s costs one writer and about one write per key in flight instead of a task and a write each (tens of thousands
+/// of pending writes under a burst otherwise hold tens of megabytes). Bounded by the keys that exist.
 #[derive(Default)]
 pub struct CooldownRecorder {
     pending: Mutex<HashMap<Uuid, DateTime<Utc>>>,
+    ready: tokio::sync::Notify,
 }
 
 impl CooldownRecorder {
     #[allow(dead_code, reason = "until the engine records cooldowns here")]
     pub fn record(&self, key_id: Uuid, until: DateTime<Utc>) {
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        let at = pending.entry(key_id).or_insert(until);
-        *at = (*at).max(until);
+        {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            let at = pending.entry(key_id).or_insert(until);
+            *at = (*at).max(until);
+        }
+        // Stores a wake-up if the writer is busy, so nothing recorded meanwhile waits for a later one.
+        self.ready.notify_one();
     }
 
-    #[allow(dead_code, reason = "until the engine's background tick flushes cooldowns")]
+    /// Everything recorded since the last call (possibly nothing).
     pub fn drain(&self) -> Vec<(Uuid, DateTime<Utc>)> {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         // Hand the table back too: a burst over many keys should not keep its size.
         std::mem::take(&mut *pending).into_iter().collect()
+    }
+
+    /// Waits until something is recorded, then drains: for one writer task that loops on it.
+    #[allow(dead_code, reason = "until the engine's cooldown writer calls it")]
+    pub async fn next_batch(&self) -> Vec<(Uuid, DateTime<Utc>)> {
+        loop {
+            let batch = self.drain();
+            if !batch.is_empty() {
+                return batch;
+            }
+            self.ready.notified().await;
+        }
     }
 }
 
@@ -249,5 +266,21 @@ mod tests {
         expected.sort();
         assert_eq!(drained, expected);
         assert!(c.drain().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_writer_wakes_when_a_cooldown_is_recorded() {
+        let c = std::sync::Arc::new(CooldownRecorder::default());
+        c.record(Uuid::new_v4(), Utc::now());
+        assert_eq!(c.next_batch().await.len(), 1);
+        let writer = {
+            let c = c.clone();
+            tokio::spawn(async move { c.next_batch().await.len() })
+        };
+        // The writer is now waiting on an empty recorder.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        c.record(Uuid::new_v4(), Utc::now());
+        c.record(Uuid::new_v4(), Utc::now());
+        assert_eq!(tokio::time::timeout(Duration::from_secs(10), writer).await.unwrap().unwrap(), 2);
     }
 }
