@@ -6,64 +6,21 @@
 //!     DATABASE_URL=... cargo bench --bench gateway -- [--mock-port N] [--litellm-url URL --litellm-key KEY]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, clippy::panic)]
 
+mod harness;
 mod loadgen;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use base64::Engine as _;
+use harness::{BIN, Guard, ScratchDb, arg, free_port, local, rss_kib, wait_ready};
 use loadgen::Stats;
-use serde_json::{Value, json};
-use sqlx::{Connection, PgConnection};
+use serde_json::json;
 
-const BIN: &str = env!("CARGO_BIN_EXE_reliablegpt");
 const RATES: [u32; 3] = [1_000, 2_500, 5_000];
 const RUN: Duration = Duration::from_secs(5);
 const WARMUP: Duration = Duration::from_secs(1);
 const CONNECTIONS: usize = 64;
 const CHAT: &str = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"Say the alphabet."}]}"#;
-
-struct Guard(Vec<Child>);
-impl Drop for Guard {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-async fn wait_ready(url: &str) {
-    let client = reqwest::Client::new();
-    for _ in 0..300 {
-        if let Ok(r) = client.get(url).send().await
-            && r.status().is_success()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{url} never became ready");
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
 
 fn ms(d: Duration) -> String {
     format!("{:.3}", d.as_secs_f64() * 1e3)
@@ -77,55 +34,21 @@ fn main() {
 }
 
 async fn run() {
-    let admin = std::env::var("DATABASE_URL").expect("DATABASE_URL (scripts/bench provides one)");
-    let name = format!("bench_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = PgConnection::connect(&admin).await.unwrap();
-    sqlx::query(&format!(r#"CREATE DATABASE "{name}""#)).execute(&mut conn).await.unwrap();
-    let mut db_url = url::Url::parse(&admin).unwrap();
-    db_url.set_path(&name);
-
+    let db = ScratchDb::create().await;
     let mock_port: u16 = arg("--mock-port").map(|p| p.parse().unwrap()).unwrap_or_else(free_port);
-    let gw_port = free_port();
-    let mock_addr: SocketAddr = format!("127.0.0.1:{mock_port}").parse().unwrap();
-    let gw_addr: SocketAddr = format!("127.0.0.1:{gw_port}").parse().unwrap();
-    let secret = || base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>());
-    let mock = Command::new(BIN)
-        .args(["mock-upstream", "--listen", &mock_addr.to_string()])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let gateway = Command::new(BIN)
-        .args(["serve", "--migrate"])
-        .env("DATABASE_URL", db_url.as_str())
-        .env("RELIABLEGPT_LISTEN", gw_addr.to_string())
-        .env("RELIABLEGPT_MASTER_KEY", secret())
-        .env("RELIABLEGPT_TOKEN_PEPPER", secret())
-        .env("RELIABLEGPT_OPENAI_BASE_URL", format!("http://{mock_addr}/v1"))
-        .env("RELIABLEGPT_ALLOW_PRIVATE_UPSTREAMS", "true")
-        .env("RELIABLEGPT_ALLOWED_UPSTREAM_HOSTS", "127.0.0.1")
-        .env("RELIABLEGPT_KEY_SETS_PER_MINUTE", "100000")
-        .env("RUST_LOG", "warn")
-        .envs(std::env::var("RELIABLEGPT_WORKERS").ok().map(|w| ("RELIABLEGPT_WORKERS", w)))
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let (mock_addr, gw_addr) = (local(mock_port), local(free_port()));
+    let mock = harness::spawn_mock(BIN, mock_addr);
+    let gateway = harness::spawn_gateway(BIN, &db, gw_addr, &format!("http://{mock_addr}/v1"));
     let gateway_pid = gateway.id();
     let _guard = Guard(vec![gateway, mock]);
     wait_ready(&format!("http://{mock_addr}/_mock/health")).await;
     wait_ready(&format!("http://{gw_addr}/readyz")).await;
-    let client = reqwest::Client::new();
-    let created: Value = client
-        .post(format!("http://{gw_addr}/v1/keys"))
-        .json(&json!({"user_email": "bench@example.com", "keys": ["sk-bench-000000000000000000000000000000"],
-                      "policy": {"fallback_strategy": ["gpt-4o-mini"]}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = created["token"].as_str().unwrap().to_owned();
+    let token = harness::create_token(
+        gw_addr,
+        &json!({"user_email": "bench@example.com", "keys": ["sk-bench-000000000000000000000000000000"],
+                "policy": {"fallback_strategy": ["gpt-4o-mini"]}}),
+    )
+    .await;
     // Warm up (connection pools, key-set cache), then measure idle memory.
     let warm = loadgen::request("/v1/chat/completions", gw_addr, Some(&token), &[], CHAT);
     loadgen::sequential(gw_addr, warm, 200).await;
@@ -152,8 +75,7 @@ async fn run() {
             g.percentile(0.99).saturating_sub(d.percentile(0.99)),
         ));
     }
-    let metrics =
-        reqwest::Client::new().get(format!("http://{gw_addr}/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = harness::metrics(gw_addr).await;
     println!("\nThe gateway's own overhead histogram over these runs (time in reliablegpt, upstream time excluded):\n");
     println!("```");
     for line in metrics.lines().filter(|l| l.starts_with("reliablegpt_gateway_overhead_seconds")) {
@@ -230,7 +152,7 @@ async fn run() {
             ms(l.percentile(0.5))
         );
     }
-    sqlx::query(&format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#)).execute(&mut conn).await.ok();
+    db.drop().await;
 }
 
 /// One second at the rate first (connection pools grow), then the measured run.

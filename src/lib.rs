@@ -1,6 +1,7 @@
 //! reliablegpt: a reliability gateway for LLM apps. See `docs/ARCHITECTURE.md` for how the modules fit.
 
 pub mod api;
+mod bounded;
 pub mod config;
 pub mod db;
 pub mod egress;

@@ -1,8 +1,12 @@
 //! A small HTTP/1.1 load generator for the benchmarks: keep-alive connections, open-loop constant rate with latency
 //! measured from each request's scheduled time (no coordinated omission), or closed-loop for maximum throughput.
+// Each bench uses a different subset.
+#![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -219,4 +223,66 @@ pub async fn sequential(addr: SocketAddr, req: Arc<Vec<u8>>, count: usize) -> St
     }
     stats.elapsed = start.elapsed();
     stats
+}
+
+/// Answers by status, from [`each`].
+pub struct Tally {
+    pub statuses: BTreeMap<u16, usize>,
+    /// Requests whose connection broke before an answer.
+    pub broken: usize,
+    pub elapsed: Duration,
+}
+
+impl Tally {
+    pub fn per_second(&self) -> f64 {
+        self.statuses.values().sum::<usize>() as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// Closed loop over `count` different requests (`make(i)` builds request i), `connections` in flight at a time.
+pub async fn each(
+    addr: SocketAddr,
+    count: usize,
+    connections: usize,
+    make: impl Fn(usize) -> Arc<Vec<u8>> + Send + Sync + 'static,
+) -> Tally {
+    let start = Instant::now();
+    let (make, next) = (Arc::new(make), Arc::new(AtomicUsize::new(0)));
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let (make, next) = (make.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut tally = Tally { statuses: BTreeMap::new(), broken: 0, elapsed: Duration::ZERO };
+            let Ok(mut stream) = connect(addr).await else { return tally };
+            let mut buf = Vec::with_capacity(8192);
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= count {
+                    break;
+                }
+                match exchange(&mut stream, &make(i), &mut buf).await {
+                    Ok(status) => *tally.statuses.entry(status).or_default() += 1,
+                    Err(_) => {
+                        tally.broken += 1;
+                        match connect(addr).await {
+                            Ok(s) => stream = s,
+                            Err(_) => break,
+                        }
+                    }
+                }
+            }
+            tally
+        }));
+    }
+    let mut all = Tally { statuses: BTreeMap::new(), broken: 0, elapsed: Duration::ZERO };
+    for t in tasks {
+        if let Ok(part) = t.await {
+            for (status, n) in part.statuses {
+                *all.statuses.entry(status).or_default() += n;
+            }
+            all.broken += part.broken;
+        }
+    }
+    all.elapsed = start.elapsed();
+    all
 }

@@ -1,10 +1,14 @@
 //! Per-client-IP rate limits (GCRA): a steady rate with a burst of the same size, O(1) memory per active client.
+//!
+//! State lives in a [`BoundedMap`] (see `crate::bounded`): at most [`CAPACITY`] clients, and a client whose theoretical
+//! arrival time has passed is dropped, being the same as a new one. When more clients than that are over their budget
+//! at once, the ones closest to it are forgotten first (they get a fresh burst); the heaviest stay limited.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::bounded::{BoundedMap, SWEEP_EVERY};
 use crate::config::{parse, settings};
 
 settings! {
@@ -22,48 +26,68 @@ settings! {
     }
 }
 
+/// Most clients tracked at once (an entry is about 50 bytes).
+pub const CAPACITY: usize = 57_344;
+
 pub struct ClientLimiter {
     emission: Duration,
     tolerance: Duration,
-    state: Mutex<HashMap<IpAddr, Instant>>,
+    /// Each client's theoretical arrival time; it is also when the entry expires.
+    state: Mutex<BoundedMap<IpAddr, Instant>>,
 }
-
-const PRUNE_ABOVE: usize = 10_000;
 
 impl ClientLimiter {
     /// `per_minute` events per client per minute, up to `per_minute` at once.
     pub fn per_minute(per_minute: u32) -> Self {
         let per_minute = per_minute.max(1);
         let emission = Duration::from_secs(60) / per_minute;
-        Self { emission, tolerance: emission * (per_minute - 1), state: Mutex::new(HashMap::new()) }
+        Self {
+            emission,
+            tolerance: emission * (per_minute - 1),
+            state: Mutex::new(BoundedMap::new(CAPACITY, SWEEP_EVERY)),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BoundedMap<IpAddr, Instant>> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Counts one event; `Err(wait)` if the client is over its budget (the event is then not counted).
     pub fn check(&self, ip: IpAddr) -> Result<(), Duration> {
-        self.decide(ip, true)
+        self.decide(ip, true, Instant::now())
     }
 
     /// Whether one more event would be allowed, without counting it.
     pub fn peek(&self, ip: IpAddr) -> Result<(), Duration> {
-        self.decide(ip, false)
+        self.decide(ip, false, Instant::now())
     }
 
-    fn decide(&self, ip: IpAddr, count: bool) -> Result<(), Duration> {
+    fn decide(&self, ip: IpAddr, count: bool, now: Instant) -> Result<(), Duration> {
         let key = client_key(ip);
-        let now = Instant::now();
-        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let tat = state.get(&key).copied().unwrap_or(now).max(now);
+        let mut state = self.lock();
+        let tat = state.get_mut(&key, now).map_or(now, |t| *t).max(now);
         let ahead = tat - now;
         if ahead > self.tolerance {
             return Err(ahead - self.tolerance);
         }
         if count {
-            if state.len() >= PRUNE_ABOVE {
-                state.retain(|_, t| *t > now);
-            }
-            state.insert(key, tat + self.emission);
+            state.insert(key, tat + self.emission, now);
         }
         Ok(())
+    }
+
+    /// Clients tracked (expired ones not yet swept included).
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Drops clients whose arrival time has passed; returns how many. Accesses do this every few seconds anyway.
+    pub fn sweep(&self) -> usize {
+        self.lock().sweep(Instant::now())
     }
 }
 
@@ -121,5 +145,32 @@ mod tests {
         assert!(limiter.check("2001:db8:1:2::1".parse().unwrap()).is_ok());
         assert!(limiter.check("2001:db8:1:2::ffff".parse().unwrap()).is_err());
         assert!(limiter.check("2001:db8:1:3::1".parse().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn clients_are_bounded_and_the_heaviest_stay_limited() {
+        let limiter = ClientLimiter::per_minute(2);
+        let now = Instant::now();
+        let heavy: IpAddr = "198.51.100.1".parse().unwrap();
+        assert!(limiter.decide(heavy, true, now).is_ok());
+        assert!(limiter.decide(heavy, true, now).is_ok());
+        for i in 0..(CAPACITY as u32 + 10_000) {
+            let ip = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            assert!(limiter.decide(ip, true, now).is_ok());
+        }
+        assert!(limiter.len() <= CAPACITY, "{}", limiter.len());
+        assert!(limiter.decide(heavy, true, now).is_err(), "the client furthest over its budget was kept");
+    }
+
+    #[test]
+    fn a_client_whose_arrival_time_passed_is_dropped() {
+        let limiter = ClientLimiter::per_minute(60);
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let now = Instant::now();
+        assert!(limiter.decide(ip, true, now).is_ok());
+        assert!(limiter.decide(ip, false, now).is_ok(), "peek");
+        assert_eq!(limiter.lock().sweep(now + Duration::from_millis(500)), 0);
+        assert_eq!(limiter.lock().sweep(now + Duration::from_secs(1)), 1);
+        assert!(limiter.is_empty());
     }
 }

@@ -69,16 +69,9 @@ impl Engine {
                 other => {
                     let cool = other.unwrap_or(self.settings.rate_limit_cooldown);
                     self.breakers.open_for(breaker, cool);
-                    let (vault, key_id) = (self.vault.clone(), target.key.id);
+                    // Stored by one background writer, coalesced per key: a storm of 429s is not a storm of tasks.
                     let until = chrono::Utc::now() + chrono::Duration::from_std(cool).unwrap_or_default();
-                    tokio::spawn(
-                        async move {
-                            if let Err(e) = vault.set_cooldown(key_id, Some(until)).await {
-                                tracing::warn!(error = %e, "could not record a key's cooldown");
-                            }
-                        }
-                        .in_current_span(),
-                    );
+                    self.cooldowns.record(target.key.id, until);
                     Next::MoveOn
                 }
             },

@@ -1,19 +1,27 @@
 //! In-memory key health: keys that failed with a credential error are skipped until a cooldown passes, then exactly one
 //! request may try each again. Keys can only be decrypted while serving a request that carries the token, so there is
 //! no background probing.
+//!
+//! Marks live in a [`BoundedMap`] (see `crate::bounded`): at most [`CAPACITY`] keys, and a mark past its skip time is
+//! dropped (the key is then judged by its stored status again). Evicting a live mark under pressure only means one more
+//! request tries that key.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use crate::bounded::{BoundedMap, Expires, SWEEP_EVERY};
 use crate::vault::ProviderKey;
+
+/// Most keys marked at once (a mark is about 50 bytes).
+pub const CAPACITY: usize = 57_344;
 
 pub struct KeyHealth {
     retry_after: Duration,
-    marks: Mutex<HashMap<Uuid, Mark>>,
+    marks: Mutex<BoundedMap<Uuid, Mark>>,
 }
 
 #[derive(Clone, Copy)]
@@ -22,12 +30,18 @@ struct Mark {
     skip_until: Instant,
 }
 
+impl Expires for Mark {
+    fn expires_at(&self) -> Instant {
+        self.skip_until
+    }
+}
+
 impl KeyHealth {
     pub fn new(retry_after: Duration) -> Self {
-        Self { retry_after, marks: Mutex::new(HashMap::new()) }
+        Self { retry_after, marks: Mutex::new(BoundedMap::new(CAPACITY, SWEEP_EVERY)) }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Mark>> {
+    fn lock(&self) -> MutexGuard<'_, BoundedMap<Uuid, Mark>> {
         self.marks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -35,9 +49,12 @@ impl KeyHealth {
     /// cooldown is claimed for one try: concurrent requests skip it until that try reports back. A key the database
     /// calls active although we marked it before the set was read has been revived by its owner: use it at once.
     pub fn usable(&self, key: &ProviderKey, loaded_at: Instant) -> bool {
-        let now = Instant::now();
+        self.usable_at(key, loaded_at, Instant::now())
+    }
+
+    fn usable_at(&self, key: &ProviderKey, loaded_at: Instant, now: Instant) -> bool {
         let mut map = self.lock();
-        let until = match map.get(&key.id) {
+        let until = match map.get_mut(&key.id, now).copied() {
             Some(mark) if key.invalid_since.is_none() && mark.at < loaded_at => {
                 map.remove(&key.id);
                 return true;
@@ -52,23 +69,43 @@ impl KeyHealth {
             },
         };
         if now < until {
-            map.entry(key.id).or_insert(Mark { at: now, skip_until: until });
+            map.get_or_insert_with(key.id, now, || Mark { at: now, skip_until: until });
             false
         } else {
-            map.insert(key.id, Mark { at: now, skip_until: now + self.retry_after });
+            map.insert(key.id, Mark { at: now, skip_until: now + self.retry_after }, now);
             true
         }
     }
 
     pub fn mark_invalid(&self, key_id: Uuid) {
-        let now = Instant::now();
-        self.lock().insert(key_id, Mark { at: now, skip_until: now + self.retry_after });
+        self.mark_invalid_at(key_id, Instant::now());
+    }
+
+    fn mark_invalid_at(&self, key_id: Uuid, now: Instant) {
+        self.lock().insert(key_id, Mark { at: now, skip_until: now + self.retry_after }, now);
     }
 
     /// Called on success; true if the key had been marked invalid (so the stored status must be cleared).
     pub fn recovered(&self, key: &ProviderKey) -> bool {
         let was_marked = self.lock().remove(&key.id).is_some();
         was_marked || key.invalid_since.is_some()
+    }
+
+    /// Keys marked (expired marks not yet swept included).
+    #[allow(dead_code, reason = "for tests and diagnostics")]
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    #[allow(dead_code, reason = "for tests and diagnostics")]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Drops marks past their skip time; returns how many. Accesses do this every few seconds anyway.
+    #[allow(dead_code, reason = "until the engine's background tick calls it")]
+    pub fn sweep(&self) -> usize {
+        self.lock().sweep(Instant::now())
     }
 }
 
@@ -85,6 +122,47 @@ impl UsageRecorder {
 
     pub fn drain(&self) -> Vec<(Uuid, DateTime<Utc>)> {
         self.used.lock().unwrap_or_else(|p| p.into_inner()).drain().collect()
+    }
+}
+
+/// Rate-limit cooldowns to store (`cooling_down_until`), coalesced per key with the latest time winning, so a burst of
+/// 429s costs one writer and about one write per key in flight instead of a task and a write each (tens of thousands
+/// of pending writes under a burst otherwise hold tens of megabytes). Bounded by the keys that exist.
+#[derive(Default)]
+pub struct CooldownRecorder {
+    pending: Mutex<HashMap<Uuid, DateTime<Utc>>>,
+    ready: tokio::sync::Notify,
+}
+
+impl CooldownRecorder {
+    #[allow(dead_code, reason = "until the engine records cooldowns here")]
+    pub fn record(&self, key_id: Uuid, until: DateTime<Utc>) {
+        {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            let at = pending.entry(key_id).or_insert(until);
+            *at = (*at).max(until);
+        }
+        // Stores a wake-up if the writer is busy, so nothing recorded meanwhile waits for a later one.
+        self.ready.notify_one();
+    }
+
+    /// Everything recorded since the last call (possibly nothing).
+    pub fn drain(&self) -> Vec<(Uuid, DateTime<Utc>)> {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        // Hand the table back too: a burst over many keys should not keep its size.
+        std::mem::take(&mut *pending).into_iter().collect()
+    }
+
+    /// Waits until something is recorded, then drains: for one writer task that loops on it.
+    #[allow(dead_code, reason = "until the engine's cooldown writer calls it")]
+    pub async fn next_batch(&self) -> Vec<(Uuid, DateTime<Utc>)> {
+        loop {
+            let batch = self.drain();
+            if !batch.is_empty() {
+                return batch;
+            }
+            self.ready.notified().await;
+        }
     }
 }
 
@@ -139,6 +217,32 @@ mod tests {
     }
 
     #[test]
+    fn marks_are_bounded() {
+        let health = KeyHealth::new(Duration::from_secs(600));
+        let now = Instant::now();
+        for _ in 0..(CAPACITY + 10_000) {
+            health.mark_invalid_at(Uuid::new_v4(), now);
+        }
+        assert!(health.len() <= CAPACITY, "{}", health.len());
+    }
+
+    #[test]
+    fn a_mark_past_its_skip_time_is_dropped() {
+        let health = KeyHealth::new(Duration::from_secs(600));
+        let (k, now) = (key(None), Instant::now());
+        health.mark_invalid_at(k.id, now);
+        // The stored status as it will read then (the database clock is wall time, not this test's clock).
+        let stored = ProviderKey { id: k.id, ..key(Some(Utc::now() - chrono::Duration::seconds(601))) };
+        assert!(!health.usable_at(&stored, now, now + Duration::from_secs(599)));
+        let later = now + Duration::from_secs(601);
+        assert_eq!(health.lock().sweep(later), 1);
+        assert!(health.is_empty());
+        // Past the skip time the key gets its one try, as before.
+        assert!(health.usable_at(&stored, now, later));
+        assert!(!health.usable_at(&stored, now, later));
+    }
+
+    #[test]
     fn usage_is_batched() {
         let u = UsageRecorder::default();
         let id = Uuid::new_v4();
@@ -146,5 +250,37 @@ mod tests {
         u.touch(id);
         assert_eq!(u.drain().len(), 1);
         assert!(u.drain().is_empty());
+    }
+
+    #[test]
+    fn cooldowns_are_coalesced_per_key_latest_wins() {
+        let c = CooldownRecorder::default();
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let now = Utc::now();
+        c.record(a, now + chrono::Duration::seconds(30));
+        c.record(a, now + chrono::Duration::seconds(10));
+        c.record(b, now);
+        let mut drained = c.drain();
+        drained.sort();
+        let mut expected = vec![(a, now + chrono::Duration::seconds(30)), (b, now)];
+        expected.sort();
+        assert_eq!(drained, expected);
+        assert!(c.drain().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_writer_wakes_when_a_cooldown_is_recorded() {
+        let c = std::sync::Arc::new(CooldownRecorder::default());
+        c.record(Uuid::new_v4(), Utc::now());
+        assert_eq!(c.next_batch().await.len(), 1);
+        let writer = {
+            let c = c.clone();
+            tokio::spawn(async move { c.next_batch().await.len() })
+        };
+        // The writer is now waiting on an empty recorder.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        c.record(Uuid::new_v4(), Utc::now());
+        c.record(Uuid::new_v4(), Utc::now());
+        assert_eq!(tokio::time::timeout(Duration::from_secs(10), writer).await.unwrap().unwrap(), 2);
     }
 }

@@ -50,7 +50,7 @@ use catalog::{Catalog, estimate_prompt_tokens};
 pub use classify::FailureClass;
 use decide::Next;
 use events::{AttemptRole, EventSink, RequestOutcome};
-use health::{KeyHealth, UsageRecorder};
+use health::{CooldownRecorder, KeyHealth, UsageRecorder};
 use metrics::Metrics;
 use outcome::Ending;
 pub use plan::{Endpoint, ProviderKind, Step};
@@ -102,6 +102,7 @@ pub struct Engine {
     breakers: Breakers,
     keys: KeyHealth,
     usage: UsageRecorder,
+    cooldowns: CooldownRecorder,
     pacer: pacing::Pacer,
     gates: Arc<Gates>,
     events: EventSink,
@@ -137,6 +138,7 @@ impl Engine {
             breakers: Breakers::new(settings.breaker_failures, settings.breaker_open),
             keys: KeyHealth::new(settings.key_retry_after),
             usage: UsageRecorder::default(),
+            cooldowns: CooldownRecorder::default(),
             pacer: pacing::Pacer::default(),
             gates: Arc::new(Gates::default()),
             metrics: Arc::new(Metrics::new(&catalog.names())),
@@ -167,20 +169,42 @@ impl Engine {
         &self.breakers
     }
 
-    /// Background work: flushing `last_used_at` of keys every few seconds.
+    /// Background work: flushing `last_used_at` of keys every few seconds, dropping expired per-target state and cached
+    /// key sets, and storing rate-limit cooldowns as they come (one writer, coalesced per key).
     pub fn spawn_background(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
-        let engine = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
-            loop {
-                tick.tick().await;
-                let used = engine.usage.drain();
-                if !used.is_empty()
-                    && let Err(e) = engine.vault.touch_keys(&used).await
-                {
-                    tracing::warn!(error = %e, "could not record key usage");
+        let ticker = {
+            let engine = self.clone();
+            async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    tick.tick().await;
+                    let used = engine.usage.drain();
+                    if !used.is_empty()
+                        && let Err(e) = engine.vault.touch_keys(&used).await
+                    {
+                        tracing::warn!(error = %e, "could not record key usage");
+                    }
+                    engine.breakers.sweep();
+                    engine.keys.sweep();
+                    engine.pacer.sweep();
+                    engine.vault.sweep_cache();
                 }
             }
+        };
+        let cooldowns = {
+            let engine = self.clone();
+            async move {
+                loop {
+                    for (key_id, until) in engine.cooldowns.next_batch().await {
+                        if let Err(e) = engine.vault.set_cooldown(key_id, Some(until)).await {
+                            tracing::warn!(error = %e, "could not record a key's cooldown");
+                        }
+                    }
+                }
+            }
+        };
+        tokio::spawn(async move {
+            tokio::join!(ticker, cooldowns);
         })
     }
 

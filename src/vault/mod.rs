@@ -186,6 +186,11 @@ impl Vault {
         Ok(opened)
     }
 
+    /// Drops cached key sets past their TTL, so decrypted keys leave memory even when nobody asks for them again.
+    pub fn sweep_cache(&self) {
+        self.cache.sweep();
+    }
+
     /// Evicts key sets from this replica's cache when any replica changes or revokes them. Returns once listening (so
     /// no change is missed after start); the task runs until the process ends and, after a lost connection, clears the
     /// whole cache (notifications may have been missed) and reconnects.
