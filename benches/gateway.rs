@@ -4,6 +4,7 @@
 //!
 //!     scripts/bench            # provisions everything, including LiteLLM, and runs this
 //!     DATABASE_URL=... cargo bench --bench gateway -- [--mock-port N] [--litellm-url URL --litellm-key KEY]
+//!         [--baseline-bin PATH]   # also measure another build (e.g. the previous commit's) in the same run
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, clippy::panic)]
 
 mod harness;
@@ -33,30 +34,56 @@ fn main() {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(run());
 }
 
-async fn run() {
+/// A gateway under test: the build Cargo made for this bench, or another build given with `--baseline-bin` (e.g. the
+/// previous commit's release binary) so that both are measured in one run on the same machine and mock.
+struct Gateway {
+    label: String,
+    addr: SocketAddr,
+    pid: u32,
+    token: String,
+    db: ScratchDb,
+}
+
+async fn start_gateway(bin: &str, label: String, mock_addr: SocketAddr, guard: &mut Guard) -> Gateway {
     let db = ScratchDb::create().await;
-    let mock_port: u16 = arg("--mock-port").map(|p| p.parse().unwrap()).unwrap_or_else(free_port);
-    let (mock_addr, gw_addr) = (local(mock_port), local(free_port()));
-    let mock = harness::spawn_mock(BIN, mock_addr);
-    let gateway = harness::spawn_gateway(BIN, &db, gw_addr, &format!("http://{mock_addr}/v1"));
-    let gateway_pid = gateway.id();
-    let _guard = Guard(vec![gateway, mock]);
-    wait_ready(&format!("http://{mock_addr}/_mock/health")).await;
-    wait_ready(&format!("http://{gw_addr}/readyz")).await;
+    let addr = local(free_port());
+    let child = harness::spawn_gateway(bin, &db, addr, &format!("http://{mock_addr}/v1"));
+    let pid = child.id();
+    guard.0.push(child);
+    wait_ready(&format!("http://{addr}/readyz")).await;
     let token = harness::create_token(
-        gw_addr,
+        addr,
         &json!({"user_email": "bench@example.com", "keys": ["sk-bench-000000000000000000000000000000"],
                 "policy": {"fallback_strategy": ["gpt-4o-mini"]}}),
     )
     .await;
-    // Warm up (connection pools, key-set cache), then measure idle memory.
-    let warm = loadgen::request("/v1/chat/completions", gw_addr, Some(&token), &[], CHAT);
-    loadgen::sequential(gw_addr, warm, 200).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let idle_rss = rss_kib(gateway_pid);
+    Gateway { label, addr, pid, token, db }
+}
+
+async fn run() {
+    let mock_port: u16 = arg("--mock-port").map(|p| p.parse().unwrap()).unwrap_or_else(free_port);
+    let mock_addr = local(mock_port);
+    let mut guard = Guard(vec![harness::spawn_mock(BIN, mock_addr)]);
+    wait_ready(&format!("http://{mock_addr}/_mock/health")).await;
+    let mut gateways = vec![start_gateway(BIN, "via reliablegpt".to_owned(), mock_addr, &mut guard).await];
+    if let Some(bin) = arg("--baseline-bin") {
+        gateways.push(start_gateway(&bin, "via baseline build".to_owned(), mock_addr, &mut guard).await);
+        println!("
+baseline build: {bin}");
+    }
+    let mut idle_rss = Vec::new();
+    for gw in &gateways {
+        // Warm up (connection pools, key-set cache), then measure idle memory.
+        let warm = loadgen::request("/v1/chat/completions", gw.addr, Some(&gw.token), &[], CHAT);
+        loadgen::sequential(gw.addr, warm, 200).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        idle_rss.push(rss_kib(gw.pid));
+    }
+    let (gw_addr, token) = (gateways[0].addr, gateways[0].token.clone());
 
     let direct = loadgen::request("/v1/chat/completions", mock_addr, Some("sk-bench-direct"), &[], CHAT);
-    let through = loadgen::request("/v1/chat/completions", gw_addr, Some(&token), &[], CHAT);
+    let through: Vec<_> =
+        gateways.iter().map(|gw| loadgen::request("/v1/chat/completions", gw.addr, Some(&gw.token), &[], CHAT)).collect();
 
     println!(
         "\n## reliablegpt gateway benchmark (mock upstream, zero latency; load generator, gateway and mock share this machine)\n"
@@ -66,14 +93,17 @@ async fn run() {
     let mut overhead_rows = Vec::new();
     for rate in RATES {
         let d = at_rate(mock_addr, &direct, rate).await;
-        let g = at_rate(gw_addr, &through, rate).await;
         print_rate("mock direct", rate, &d);
-        print_rate("via reliablegpt", rate, &g);
-        overhead_rows.push((
-            rate,
-            g.percentile(0.50).saturating_sub(d.percentile(0.50)),
-            g.percentile(0.99).saturating_sub(d.percentile(0.99)),
-        ));
+        for (i, gw) in gateways.iter().enumerate() {
+            let g = at_rate(gw.addr, &through[i], rate).await;
+            print_rate(&gw.label, rate, &g);
+            overhead_rows.push((
+                gw.label.clone(),
+                rate,
+                g.percentile(0.50).saturating_sub(d.percentile(0.50)),
+                g.percentile(0.99).saturating_sub(d.percentile(0.99)),
+            ));
+        }
     }
     let metrics = harness::metrics(gw_addr).await;
     println!("\nThe gateway's own overhead histogram over these runs (time in reliablegpt, upstream time excluded):\n");
@@ -82,17 +112,23 @@ async fn run() {
         println!("{line}");
     }
     println!("```");
-    println!("\n| rate (req/s) | overhead p50 (ms) | overhead p99 (ms) |");
-    println!("|---|---|---|");
-    for (rate, p50, p99) in &overhead_rows {
-        println!("| {rate} | {} | {} |", ms(*p50), ms(*p99));
+    println!("\n| gateway | rate (req/s) | overhead p50 (ms) | overhead p99 (ms) |");
+    println!("|---|---|---|---|");
+    for (label, rate, p50, p99) in &overhead_rows {
+        println!("| {label} | {rate} | {} | {} |", ms(*p50), ms(*p99));
     }
 
     let d = loadgen::max_throughput(mock_addr, direct.clone(), RUN, CONNECTIONS).await;
-    let g = loadgen::max_throughput(gw_addr, through.clone(), RUN, CONNECTIONS).await;
     print_max_header();
     print_max("mock direct", &d);
-    print_max("via reliablegpt", &g);
+    let mut max_rows = Vec::new();
+    for (i, gw) in gateways.iter().enumerate() {
+        let g = loadgen::max_throughput(gw.addr, through[i].clone(), RUN, CONNECTIONS).await;
+        print_max(&gw.label, &g);
+        max_rows.push(g);
+    }
+    let g = &max_rows[0];
+    let through = through[0].clone();
 
     // Fallback cost: a model the upstream does not have (404, no retry) then the fallback, vs the two calls direct.
     let missing_body = r#"{"model":"bench-missing","messages":[{"role":"user","content":"Say the alphabet."}]}"#;
@@ -130,7 +166,9 @@ async fn run() {
         println!("| {label} | {} | {} |", ms(s.percentile(0.5)), ms(s.percentile(0.99)));
     }
     println!("\nfallback cost beyond the failed attempt (p50): {} ms", ms(cost));
-    println!("gateway RSS after warm-up, idle: {:.1} MiB", idle_rss as f64 / 1024.0);
+    for (gw, rss) in gateways.iter().zip(&idle_rss) {
+        println!("{} RSS after warm-up, idle: {:.1} MiB", gw.label, *rss as f64 / 1024.0);
+    }
 
     if let (Some(url), Some(key)) = (arg("--litellm-url"), arg("--litellm-key")) {
         let addr: SocketAddr = url.trim_start_matches("http://").parse().unwrap();
@@ -152,7 +190,10 @@ async fn run() {
             ms(l.percentile(0.5))
         );
     }
-    db.drop().await;
+    drop(guard);
+    for gw in gateways {
+        gw.db.drop().await;
+    }
 }
 
 /// One second at the rate first (connection pools grow), then the measured run.
