@@ -103,7 +103,6 @@ impl KeyHealth {
     }
 
     /// Drops marks past their skip time; returns how many. Accesses do this every few seconds anyway.
-    #[allow(dead_code, reason = "until the engine's background tick calls it")]
     pub fn sweep(&self) -> usize {
         self.lock().sweep(Instant::now())
     }

@@ -107,7 +107,6 @@ impl Pacer {
     }
 
     /// Drops buckets whose arrival times have passed; returns how many. Accesses do this every few seconds anyway.
-    #[allow(dead_code, reason = "until the engine's background tick calls it")]
     pub fn sweep(&self) -> usize {
         self.lock().sweep(Instant::now())
     }

@@ -84,7 +84,6 @@ impl KeySetCache {
 
     /// Drops the sets at their TTL (their keys leave memory once no request holds them); returns how many. Accesses
     /// do this every few seconds; a background tick does it while the gateway is idle.
-    #[allow(dead_code, reason = "until a background tick calls it")]
     pub fn sweep(&self) -> usize {
         self.lock().sweep(Instant::now())
     }
