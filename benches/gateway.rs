@@ -68,8 +68,7 @@ async fn run() {
     let mut gateways = vec![start_gateway(BIN, "via reliablegpt".to_owned(), mock_addr, &mut guard).await];
     if let Some(bin) = arg("--baseline-bin") {
         gateways.push(start_gateway(&bin, "via baseline build".to_owned(), mock_addr, &mut guard).await);
-        println!("
-baseline build: {bin}");
+        println!("\nbaseline build: {bin}");
     }
     let mut idle_rss = Vec::new();
     for gw in &gateways {
@@ -82,8 +81,10 @@ baseline build: {bin}");
     let (gw_addr, token) = (gateways[0].addr, gateways[0].token.clone());
 
     let direct = loadgen::request("/v1/chat/completions", mock_addr, Some("sk-bench-direct"), &[], CHAT);
-    let through: Vec<_> =
-        gateways.iter().map(|gw| loadgen::request("/v1/chat/completions", gw.addr, Some(&gw.token), &[], CHAT)).collect();
+    let through: Vec<_> = gateways
+        .iter()
+        .map(|gw| loadgen::request("/v1/chat/completions", gw.addr, Some(&gw.token), &[], CHAT))
+        .collect();
 
     println!(
         "\n## reliablegpt gateway benchmark (mock upstream, zero latency; load generator, gateway and mock share this machine)\n"

@@ -25,9 +25,9 @@ const MAX_TIMEOUT_MS: u64 = 600_000;
     request_body(content = Object, description = "OpenAI chat completion request, forwarded as sent (only `model` changes on fallback)."),
     params(
         ("x-reliablegpt-fallback" = Option<String>, Header, description = "Comma list of models overriding the policy's fallback_strategy"),
-        ("x-reliablegpt-instance" = Option<String>, Header, description = "Customer instance id (cache and alerts scope)"),
-        ("x-reliablegpt-caching" = Option<bool>, Header, description = "Override the policy's caching for this request"),
-        ("x-reliablegpt-timeout-ms" = Option<u64>, Header, description = "Overall deadline for this request"),
+        ("x-reliablegpt-instance" = Option<String>, Header, description = "Customer instance id (1-128 of A-Z a-z 0-9 . _ : -; default `default`), carried on every engine event"),
+        ("x-reliablegpt-caching" = Option<bool>, Header, description = "Override the policy's caching for this request (reserved: the semantic cache is not built yet, so it has no effect today)"),
+        ("x-reliablegpt-timeout-ms" = Option<u64>, Header, description = "Deadline in ms (1-600000): of the whole answer for a plain request; of the first event for a stream (then the idle timeout bounds the gap between events)"),
         ("x-reliablegpt-hedge-ms" = Option<u64>, Header, description = "Start the next target in parallel if the first has sent nothing after this long"),
     ),
     responses(

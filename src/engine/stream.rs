@@ -132,8 +132,13 @@ impl StreamJob {
             progress.text.push_str(piece);
         }
         let idle = self.engine.settings.stream_idle_timeout;
+        // A rescue's first event, handled like any other.
+        let mut pending: Option<SseEvent> = None;
         let ended = loop {
-            let next = tokio::time::timeout(idle, reader.next_event()).await;
+            let next = match pending.take() {
+                Some(event) => Ok(Ok(Some(event))),
+                None => tokio::time::timeout(idle, reader.next_event()).await,
+            };
             let step = self.step(next, &mut progress, &mut overlap, wants_usage);
             let fault = match step {
                 Step::Forward(bytes) => {
@@ -164,14 +169,7 @@ impl StreamJob {
                     progress.segment_chars = 0;
                     progress.given_chars = progress.text.chars().count();
                     overlap = rescue.instruction.then(|| Overlap::new(&progress.text));
-                    let step = self.step(Ok(Ok(Some(rescue.first))), &mut progress, &mut overlap, wants_usage);
-                    if let Step::Forward(bytes) = step
-                        && self.tx.send(bytes).await.is_err()
-                    {
-                        break self.end(&progress, RequestOutcome::Cancelled, None);
-                    }
-                    // A first event that ends or breaks the continuation is handled by the next read: the reader
-                    // reports the end again.
+                    pending = Some(rescue.first);
                 }
                 Err(why) => {
                     let message = format!(
