@@ -78,7 +78,7 @@ async fn run() {
         tokio::time::sleep(Duration::from_millis(500)).await;
         idle_rss.push(rss_kib(gw.pid));
     }
-    let (gw_addr, token) = (gateways[0].addr, gateways[0].token.clone());
+    let gw_addr = gateways[0].addr;
 
     let direct = loadgen::request("/v1/chat/completions", mock_addr, Some("sk-bench-direct"), &[], CHAT);
     let through: Vec<_> = gateways
@@ -129,7 +129,6 @@ async fn run() {
         max_rows.push(g);
     }
     let g = &max_rows[0];
-    let through = through[0].clone();
 
     // Fallback cost: a model the upstream does not have (404, no retry) then the fallback, vs the two calls direct.
     let missing_body = r#"{"model":"bench-missing","messages":[{"role":"user","content":"Say the alphabet."}]}"#;
@@ -148,25 +147,27 @@ async fn run() {
     )
     .await;
     let ok_direct = loadgen::sequential(mock_addr, direct.clone(), n).await;
-    let plain = loadgen::sequential(gw_addr, through.clone(), n).await;
-    let fallback = loadgen::sequential(
-        gw_addr,
-        loadgen::request("/v1/chat/completions", gw_addr, Some(&token), &[], missing_body),
-        n,
-    )
-    .await;
-    let cost = fallback.percentile(0.5).saturating_sub(plain.percentile(0.5) + fail_direct.percentile(0.5));
     println!("\n| sequential latency ({n} requests) | p50 (ms) | p99 (ms) |");
     println!("|---|---|---|");
-    for (label, s) in [
-        ("upstream 404 direct", &fail_direct),
-        ("upstream 200 direct", &ok_direct),
-        ("via reliablegpt, no fallback", &plain),
-        ("via reliablegpt, 404 then fallback", &fallback),
-    ] {
+    for (label, s) in [("upstream 404 direct", &fail_direct), ("upstream 200 direct", &ok_direct)] {
         println!("| {label} | {} | {} |", ms(s.percentile(0.5)), ms(s.percentile(0.99)));
     }
-    println!("\nfallback cost beyond the failed attempt (p50): {} ms", ms(cost));
+    let mut costs = Vec::new();
+    for gw in &gateways {
+        let plain = loadgen::request("/v1/chat/completions", gw.addr, Some(&gw.token), &[], CHAT);
+        let plain = loadgen::sequential(gw.addr, plain, n).await;
+        let missing = loadgen::request("/v1/chat/completions", gw.addr, Some(&gw.token), &[], missing_body);
+        let fallback = loadgen::sequential(gw.addr, missing, n).await;
+        for (what, s) in [("no fallback", &plain), ("404 then fallback", &fallback)] {
+            println!("| {}, {what} | {} | {} |", gw.label, ms(s.percentile(0.5)), ms(s.percentile(0.99)));
+        }
+        let cost = fallback.percentile(0.5).saturating_sub(plain.percentile(0.5) + fail_direct.percentile(0.5));
+        costs.push((gw.label.as_str(), cost));
+    }
+    println!();
+    for (label, cost) in costs {
+        println!("fallback cost beyond the failed attempt (p50), {label}: {} ms", ms(cost));
+    }
     for (gw, rss) in gateways.iter().zip(&idle_rss) {
         println!("{} RSS after warm-up, idle: {:.1} MiB", gw.label, *rss as f64 / 1024.0);
     }

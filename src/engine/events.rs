@@ -205,8 +205,12 @@ impl EventSink {
 /// Hands every event from `rx` to `consumer` until the engine is gone.
 pub fn spawn_consumer(mut rx: mpsc::Receiver<Event>, mut consumer: impl EventConsumer) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        while let Some(event) = rx.recv().await {
-            consumer.consume(event);
+        // Whatever arrived meanwhile is taken in one go: under load, one wake-up per batch rather than per event.
+        let mut batch = Vec::with_capacity(256);
+        while rx.recv_many(&mut batch, 256).await > 0 {
+            for event in batch.drain(..) {
+                consumer.consume(event);
+            }
         }
     })
 }

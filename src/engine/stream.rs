@@ -79,7 +79,9 @@ impl Progress {
             self.finished = true;
         }
         let piece = choice.pointer("/delta/content").or_else(|| choice.get("text")).and_then(Value::as_str)?;
-        self.segment_chars += piece.chars().count();
+        if self.rescued {
+            self.segment_chars += piece.chars().count();
+        }
         Some(piece)
     }
 }
@@ -143,21 +145,23 @@ impl StreamJob {
             let fault = match step {
                 Step::Forward(bytes) => {
                     if self.tx.send(bytes).await.is_err() {
-                        break self.end(&progress, RequestOutcome::Cancelled, None);
+                        break self.end(&mut progress, RequestOutcome::Cancelled, None);
                     }
                     continue;
                 }
                 Step::Skip => continue,
                 Step::Done => {
                     let _ = self.tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
-                    break self.end(&progress, self.answered_outcome(&progress), None);
+                    let outcome = self.answered_outcome(&progress);
+                    break self.end(&mut progress, outcome, None);
                 }
                 Step::Fault(fault) => fault,
             };
             if progress.finished {
                 // Everything arrived; only the ending was odd.
                 let _ = self.tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
-                break self.end(&progress, self.answered_outcome(&progress), None);
+                let outcome = self.answered_outcome(&progress);
+                break self.end(&mut progress, outcome, None);
             }
             self.midstream_fault(&fault, &progress);
             match self.rescue(&progress.text).await {
@@ -185,7 +189,7 @@ impl StreamJob {
                     );
                     let error = json!({"error": {"message": message, "type": "server_error", "code": "stream_interrupted", "param": null}});
                     let _ = self.tx.send(SseEvent::from_data(&error.to_string()).raw).await;
-                    break self.end(&progress, RequestOutcome::Partial, Some(message));
+                    break self.end(&mut progress, RequestOutcome::Partial, Some(message));
                 }
             }
         };
@@ -233,12 +237,16 @@ impl StreamJob {
                 });
             }
         }
-        let is_role_only = v.pointer("/choices/0/delta/content").and_then(Value::as_str).is_some_and(str::is_empty)
-            && v.pointer("/choices/0/delta/role").is_some();
-        let piece = progress.track(&v).map(str::to_owned);
+        if !progress.rescued {
+            // The common path: forward the upstream's bytes untouched.
+            if let Some(piece) = progress.track(&v) {
+                progress.text.push_str(piece);
+            }
+            return Step::Forward(event.raw);
+        }
         if let Some(pending) = overlap.as_mut() {
             // Hold the continuation's first pieces back until the repeated part can be recognised.
-            if let Some(piece) = &piece {
+            if let Some(piece) = progress.track(&v) {
                 pending.push(piece);
             }
             if !progress.finished && !pending.ready() {
@@ -250,11 +258,10 @@ impl StreamJob {
             set_piece(&mut v, &fresh);
             return Step::Forward(rewrite_id(v, progress.id.as_deref()));
         }
-        if let Some(piece) = &piece {
+        let is_role_only = v.pointer("/choices/0/delta/content").and_then(Value::as_str).is_some_and(str::is_empty)
+            && v.pointer("/choices/0/delta/role").is_some();
+        if let Some(piece) = progress.track(&v) {
             progress.text.push_str(piece);
-        }
-        if !progress.rescued {
-            return Step::Forward(event.raw);
         }
         if is_role_only {
             return Step::Skip;
@@ -309,7 +316,7 @@ impl StreamJob {
     }
 
     /// The "after" step of a stream.
-    fn end(&mut self, progress: &Progress, outcome: RequestOutcome, error: Option<String>) -> StreamEnd {
+    fn end(&mut self, progress: &mut Progress, outcome: RequestOutcome, error: Option<String>) -> StreamEnd {
         let served_by = self
             .plan
             .candidates
@@ -323,7 +330,7 @@ impl StreamJob {
             text: (self.caching && outcome.answered()).then(|| progress.text.clone()),
         };
         self.engine.finish(&self.cx(Instant::now()), &self.run, ending);
-        StreamEnd { outcome, text: progress.text.clone(), usage: progress.client_usage, error }
+        StreamEnd { outcome, text: std::mem::take(&mut progress.text), usage: progress.client_usage, error }
     }
 }
 
