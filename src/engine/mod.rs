@@ -270,7 +270,7 @@ impl Engine {
             if pick.deadline_passed {
                 run.deadline_hit = true;
             }
-            let Some(target) = pick.target else { return Ended::Exhausted };
+            let Some(mut target) = pick.target else { return Ended::Exhausted };
             let mut retries = 0;
             loop {
                 let hedge = if retries == 0 { cx.hedge } else { None };
@@ -293,6 +293,10 @@ impl Engine {
                         tokio::time::sleep(wait).await;
                         run.waited += wait;
                         retries += 1;
+                        if !self.pace_retry(cx, &mut target, run) {
+                            pos = plan.next_step(target.pos);
+                            break;
+                        }
                     }
                     Next::RotateKey => {
                         pos = target.pos + 1;

@@ -82,7 +82,7 @@ impl StreamJob {
             };
             let pick = engine.select(&cx, &plan, &self.run, pos, AttemptRole::Rescue);
             engine.report_skips(&cx, &mut self.run, pick.skipped, AttemptRole::Rescue);
-            let Some(target) = pick.target else {
+            let Some(mut target) = pick.target else {
                 return Err(if pick.deadline_passed {
                     "the time allowed to continue it ran out".to_owned()
                 } else if refused_prefill {
@@ -126,12 +126,20 @@ impl StreamJob {
                     engine.prefill.learn(&target.step.model);
                     refused_prefill = true;
                     instruction = true;
-                    continue;
+                    if engine.pace_retry(&cx, &mut target, &mut self.run) {
+                        continue;
+                    }
+                    pos = plan.next_step(target.pos);
+                    break;
                 }
                 match engine.decide(&cx, &mut self.run, target, &failure, retries) {
                     Next::Retry(wait) => {
                         tokio::time::sleep(wait).await;
                         retries += 1;
+                        if !engine.pace_retry(&cx, &mut target, &mut self.run) {
+                            pos = plan.next_step(target.pos);
+                            break;
+                        }
                     }
                     Next::RotateKey => {
                         pos = target.pos + 1;

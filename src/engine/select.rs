@@ -95,6 +95,21 @@ impl Engine {
         pick
     }
 
+    /// Before a retry of the same target: a retry is one more upstream request, so it needs room in the model's budget
+    /// too. False (nothing reserved, the skip noted): over budget, move on.
+    pub(super) fn pace_retry(&self, cx: &Cx<'_>, target: &mut Target<'_>, run: &mut Run) -> bool {
+        match self.reserve_budget(cx, target.step, run, AttemptRole::Main) {
+            Some(pace) => {
+                target.pace = pace;
+                true
+            }
+            None => {
+                run.note(target.step, target.key, FailureClass::RateLimited, "over its policy budget (model_limits)");
+                false
+            }
+        }
+    }
+
     /// A fallback is skipped when the catalog says the prompt cannot fit, and after a context-length error only larger
     /// windows are tried. Unknown models are always tried, and so is the requested model: the upstream has the last
     /// word.
@@ -203,6 +218,22 @@ mod tests {
         assert!(e.select(&cx, &plan, &run, 1, AttemptRole::Hedge).target.is_none(), "a hedge would have to wait");
         let waiting = e.select(&cx, &plan, &run, 1, AttemptRole::Main).target.unwrap();
         assert!(waiting.pace > Duration::ZERO && waiting.pace <= Duration::from_millis(60), "{:?}", waiting.pace);
+    }
+
+    #[tokio::test]
+    async fn a_retry_needs_room_in_the_budget_too() {
+        let e = engine(EngineSettings::default());
+        let mut p = policy(&[]);
+        p.model_limits = BTreeMap::from([("gpt-4o".to_owned(), ModelLimit { rpm: Some(2), tpm: None })]);
+        p.max_queue_ms = Some(0);
+        let (set, req) = (key_set(1, p), request("gpt-4o"));
+        let plan = plan(&e, &set, &req);
+        let cx = cx(&set, &req);
+        let mut run = Run::default();
+        let mut target = e.select(&cx, &plan, &run, 0, AttemptRole::Main).target.unwrap();
+        assert!(e.pace_retry(&cx, &mut target, &mut run), "the second request of the minute fits");
+        assert!(!e.pace_retry(&cx, &mut target, &mut run), "the third does not");
+        assert_eq!(run.first_failure, Some(FailureClass::RateLimited));
     }
 
     #[tokio::test]
