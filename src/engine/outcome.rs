@@ -49,10 +49,11 @@ impl Engine {
                 Ended::Exhausted => {}
             }
         }
+        let load = permit.load();
         drop(permit);
         // 2. An answer from elsewhere (the semantic cache).
         if cx.caching
-            && let Some(answer) = self.ask_elsewhere(cx, AskReason::AllFailed, 0.0).await
+            && let Some(answer) = self.ask_elsewhere(cx, AskReason::AllFailed, load).await
         {
             return self.substitute(cx, &run, answer);
         }

@@ -300,7 +300,7 @@ impl StreamJob {
         let report = Report {
             step,
             key,
-            role: AttemptRole::Main,
+            role: if progress.rescued { AttemptRole::Rescue } else { AttemptRole::Main },
             result: AttemptResult::Failed(fault.class()),
             status: None,
             latency: Duration::ZERO,

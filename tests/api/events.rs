@@ -11,6 +11,9 @@ use reliablegpt::egress::{EgressPolicy, HostPattern};
 use reliablegpt::engine::events::{
     AttemptEvent, AttemptResult, AttemptRole, Event, EventSink, OutcomeEvent, RequestOutcome,
 };
+use reliablegpt::engine::substitute::{
+    AnswerSource, Ask, AskReason, BoxFuture, Completion, Substitute, SubstituteSource,
+};
 use reliablegpt::engine::{Endpoint, Engine, FailureClass, GatewayRequest, ProviderKind, Reply};
 use reliablegpt::mock_upstream::{Behavior, MockUpstream};
 use reliablegpt::vault::{KeyTarget, OpenKeySet, Policy, Provider, ProviderKey, Vault};
@@ -29,6 +32,10 @@ struct Harness {
 }
 
 async fn harness(tweak: impl FnOnce(&mut EngineSettings)) -> Harness {
+    harness_with(tweak, None).await
+}
+
+async fn harness_with(tweak: impl FnOnce(&mut EngineSettings), answers: Option<Arc<dyn AnswerSource>>) -> Harness {
     let mock = MockUpstream::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let db = TestDatabase::create().await;
     let vault = Vault::new(
@@ -46,8 +53,11 @@ async fn harness(tweak: impl FnOnce(&mut EngineSettings)) -> Harness {
     tweak(&mut settings);
     let egress = EgressPolicy::new(vec![HostPattern::parse("127.0.0.1").unwrap()], true);
     let (sink, events) = EventSink::channel(64);
-    let engine = Arc::new(Engine::new(settings, egress, vault, sink).unwrap());
-    Harness { engine, events, mock, _db: db }
+    let mut engine = Engine::new(settings, egress, vault, sink).unwrap();
+    if let Some(answers) = answers {
+        engine = engine.with_answer_source(answers);
+    }
+    Harness { engine: Arc::new(engine), events, mock, _db: db }
 }
 
 fn key_set(fallbacks: &[&str]) -> Arc<OpenKeySet> {
@@ -192,4 +202,119 @@ async fn an_unrescued_broken_stream_is_partial_with_its_fault_as_an_event() {
     assert_eq!(results, vec![AttemptResult::Success, AttemptResult::Failed(FailureClass::Transient)]);
     assert_eq!(outcomes.len(), 1);
     assert_eq!(outcomes[0].outcome, RequestOutcome::Partial);
+}
+
+/// A stand-in for the semantic cache: answers every lookup but the busy-time one (to let that request reach the
+/// upstream), and remembers what the engine asked and handed over.
+#[derive(Default)]
+struct Recorder {
+    asked: std::sync::Mutex<Vec<(AskReason, String)>>,
+    completed: std::sync::Mutex<Vec<Completion>>,
+}
+
+impl AnswerSource for Recorder {
+    fn lookup<'a>(&'a self, ask: Ask<'a>) -> BoxFuture<'a, Option<Substitute>> {
+        self.asked.lock().unwrap().push((ask.reason, ask.instance.to_owned()));
+        if ask.reason == AskReason::Busy {
+            return Box::pin(std::future::ready(None));
+        }
+        let overload = ask.reason != AskReason::AllFailed;
+        let answer = Substitute {
+            text: "From elsewhere.".into(),
+            model: "gpt-4o".into(),
+            source: SubstituteSource::Cache { similarity: 0.97, overload },
+        };
+        Box::pin(std::future::ready(Some(answer)))
+    }
+
+    fn completed(&self, completion: Completion) {
+        self.completed.lock().unwrap().push(completion);
+    }
+}
+
+fn caching_set(policy: serde_json::Value) -> Arc<OpenKeySet> {
+    let set = key_set(&[]);
+    let mut policy: Policy = serde_json::from_value(policy).unwrap();
+    policy.caching = true;
+    let keys = set.keys.iter().map(|k| k.clone_for_attempt()).collect();
+    Arc::new(OpenKeySet::new(set.key_set_id, policy, keys))
+}
+
+#[tokio::test]
+async fn the_outcome_chain_asks_elsewhere_before_the_graceful_string_and_only_with_caching_on() {
+    let recorder = Arc::new(Recorder::default());
+    let mut h = harness_with(|s| s.max_retries = 0, Some(recorder.clone())).await;
+    h.mock.script("gpt-4o", vec![Behavior::server_error()]);
+    let set = caching_set(json!({"graceful_string": "Sorry."}));
+    let Reply::Substitute { body, source, served, .. } = h.engine.serve(set, request("gpt-4o", false)).await else {
+        panic!("answered from elsewhere");
+    };
+    assert_eq!(source, SubstituteSource::Cache { similarity: 0.97, overload: false });
+    assert_eq!((served.attempts, served.provider), (1, None));
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["choices"][0]["message"]["content"], "From elsewhere.");
+    assert_eq!(*recorder.asked.lock().unwrap(), vec![(AskReason::AllFailed, "shop-42".to_owned())]);
+    let (_, outcomes) = h.drain().await;
+    assert_eq!(outcomes[0].outcome, RequestOutcome::Cached);
+
+    // Caching off: nothing is asked, the graceful string answers.
+    let mut off = Policy { graceful_string: Some("Sorry.".into()), ..Policy::default() };
+    off.caching = false;
+    let set = Arc::new(OpenKeySet::new(
+        Uuid::new_v4(),
+        off,
+        key_set(&[]).keys.iter().map(|k| k.clone_for_attempt()).collect(),
+    ));
+    let Reply::Substitute { source, .. } = h.engine.serve(set, request("gpt-4o", false)).await else { panic!() };
+    assert_eq!(source, SubstituteSource::Graceful);
+    assert_eq!(recorder.asked.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn overload_asks_elsewhere_instead_of_a_503() {
+    let recorder = Arc::new(Recorder::default());
+    let h = harness_with(|_| {}, Some(recorder.clone())).await;
+    h.mock.script("gpt-4o", vec![Behavior::ok_after(400), Behavior::ok()]);
+    let set = caching_set(json!({"max_concurrency": 1, "max_queue_ms": 10}));
+    let slow = h.engine.serve(set.clone(), request("gpt-4o", false));
+    let second = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        h.engine.serve(set.clone(), request("gpt-4o", false)).await
+    };
+    let (slow, second) = tokio::join!(slow, second);
+    assert!(matches!(slow, Reply::Upstream { status: 200, .. }));
+    let Reply::Substitute { source, .. } = second else { panic!("the shed request was answered from elsewhere") };
+    assert_eq!(source, SubstituteSource::Cache { similarity: 0.97, overload: true });
+    let asked: Vec<AskReason> = recorder.asked.lock().unwrap().iter().map(|(r, _)| *r).collect();
+    assert_eq!(asked, vec![AskReason::Busy, AskReason::Overloaded], "the first was admitted at 100% load: busy");
+}
+
+#[tokio::test]
+async fn answered_requests_are_handed_over_whole_for_write_through() {
+    let recorder = Arc::new(Recorder::default());
+    // Never busy: no lookups before the upstream.
+    let h = harness_with(|_| {}, Some(recorder.clone())).await;
+    h.mock.script("gpt-4o", vec![Behavior::StreamCut { after_tokens: 5 }, Behavior::ok()]);
+    let set = caching_set(json!({"fallback_strategy": ["gpt-4o-mini"]}));
+    let Reply::Stream { mut rest, done, .. } = h.engine.serve(set.clone(), request("gpt-4o", true)).await else {
+        panic!("a stream");
+    };
+    while rest.recv().await.is_some() {}
+    let end = done.await.unwrap();
+    assert_eq!(end.outcome, RequestOutcome::Rescued);
+    assert!(matches!(h.engine.serve(set, request("gpt-4o", false)).await, Reply::Upstream { status: 200, .. }));
+
+    let completed = recorder.completed.lock().unwrap().clone();
+    let seen: Vec<(RequestOutcome, &str, &str)> =
+        completed.iter().map(|c| (c.outcome, c.model.as_str(), c.text.as_str())).collect();
+    let full = reliablegpt::mock_upstream::full_answer();
+    assert_eq!(
+        seen,
+        vec![
+            (RequestOutcome::Rescued, "gpt-4o-mini", full.as_str()),
+            (RequestOutcome::Success, "gpt-4o", full.as_str())
+        ]
+    );
+    assert!(completed.iter().all(|c| c.instance == "shop-42"));
+    assert!(recorder.asked.lock().unwrap().is_empty());
 }
