@@ -134,7 +134,6 @@ pub struct CooldownRecorder {
 }
 
 impl CooldownRecorder {
-    #[allow(dead_code, reason = "until the engine records cooldowns here")]
     pub fn record(&self, key_id: Uuid, until: DateTime<Utc>) {
         {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
@@ -153,7 +152,6 @@ impl CooldownRecorder {
     }
 
     /// Waits until something is recorded, then drains: for one writer task that loops on it.
-    #[allow(dead_code, reason = "until the engine's cooldown writer calls it")]
     pub async fn next_batch(&self) -> Vec<(Uuid, DateTime<Utc>)> {
         loop {
             let batch = self.drain();
