@@ -21,6 +21,7 @@
 use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::Hash;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// How often an access sweeps expired entries when no background tick has done it.
@@ -34,6 +35,33 @@ pub(crate) trait Expires {
 impl Expires for Instant {
     fn expires_at(&self) -> Instant {
         *self
+    }
+}
+
+/// A [`BoundedMap`] behind one short mutex: how each owner holds its state, so that every read-modify-write is atomic.
+#[derive(Debug)]
+pub(crate) struct SharedMap<K, V>(Mutex<BoundedMap<K, V>>);
+
+impl<K: Eq + Hash, V: Expires> SharedMap<K, V> {
+    pub(crate) fn new(capacity: usize, sweep_every: Duration) -> Self {
+        Self(Mutex::new(BoundedMap::new(capacity, sweep_every)))
+    }
+
+    /// A poisoned lock is still used: no operation leaves the map half-changed.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, BoundedMap<K, V>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Entries held, expired ones not yet swept included.
+    #[allow(dead_code, reason = "for tests and diagnostics")]
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Drops every expired entry now; returns how many. Accesses do this every few seconds anyway; a background tick
+    /// keeps memory low while the process is idle.
+    pub(crate) fn sweep(&self) -> usize {
+        self.lock().sweep(Instant::now())
     }
 }
 

@@ -1,14 +1,13 @@
 //! Per-client-IP rate limits (GCRA): a steady rate with a burst of the same size, O(1) memory per active client.
 //!
-//! State lives in a [`BoundedMap`] (see `crate::bounded`): at most [`CAPACITY`] clients, and a client whose theoretical
+//! State lives in a `BoundedMap` (see `crate::bounded`): at most [`CAPACITY`] clients, and a client whose theoretical
 //! arrival time has passed is dropped, being the same as a new one. When more clients than that are over their budget
 //! at once, the ones closest to it are forgotten first (they get a fresh burst); the heaviest stay limited.
 
 use std::net::IpAddr;
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::bounded::{BoundedMap, SWEEP_EVERY};
+use crate::bounded::{SWEEP_EVERY, SharedMap};
 use crate::config::{parse, settings};
 
 settings! {
@@ -33,7 +32,7 @@ pub struct ClientLimiter {
     emission: Duration,
     tolerance: Duration,
     /// Each client's theoretical arrival time; it is also when the entry expires.
-    state: Mutex<BoundedMap<IpAddr, Instant>>,
+    state: SharedMap<IpAddr, Instant>,
 }
 
 impl ClientLimiter {
@@ -41,15 +40,7 @@ impl ClientLimiter {
     pub fn per_minute(per_minute: u32) -> Self {
         let per_minute = per_minute.max(1);
         let emission = Duration::from_secs(60) / per_minute;
-        Self {
-            emission,
-            tolerance: emission * (per_minute - 1),
-            state: Mutex::new(BoundedMap::new(CAPACITY, SWEEP_EVERY)),
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, BoundedMap<IpAddr, Instant>> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        Self { emission, tolerance: emission * (per_minute - 1), state: SharedMap::new(CAPACITY, SWEEP_EVERY) }
     }
 
     /// Counts one event; `Err(wait)` if the client is over its budget (the event is then not counted).
@@ -64,7 +55,7 @@ impl ClientLimiter {
 
     fn decide(&self, ip: IpAddr, count: bool, now: Instant) -> Result<(), Duration> {
         let key = client_key(ip);
-        let mut state = self.lock();
+        let mut state = self.state.lock();
         let tat = state.get_mut(&key, now).map_or(now, |t| *t).max(now);
         let ahead = tat - now;
         if ahead > self.tolerance {
@@ -76,18 +67,9 @@ impl ClientLimiter {
         Ok(())
     }
 
-    /// Clients tracked (expired ones not yet swept included).
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Drops clients whose arrival time has passed; returns how many. Accesses do this every few seconds anyway.
     pub fn sweep(&self) -> usize {
-        self.lock().sweep(Instant::now())
+        self.state.sweep()
     }
 }
 
@@ -158,7 +140,7 @@ mod tests {
             let ip = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));
             assert!(limiter.decide(ip, true, now).is_ok());
         }
-        assert!(limiter.len() <= CAPACITY, "{}", limiter.len());
+        assert!(limiter.state.len() <= CAPACITY, "{}", limiter.state.len());
         assert!(limiter.decide(heavy, true, now).is_err(), "the client furthest over its budget was kept");
     }
 
@@ -169,8 +151,8 @@ mod tests {
         let now = Instant::now();
         assert!(limiter.decide(ip, true, now).is_ok());
         assert!(limiter.decide(ip, false, now).is_ok(), "peek");
-        assert_eq!(limiter.lock().sweep(now + Duration::from_millis(500)), 0);
-        assert_eq!(limiter.lock().sweep(now + Duration::from_secs(1)), 1);
-        assert!(limiter.is_empty());
+        assert_eq!(limiter.state.lock().sweep(now + Duration::from_millis(500)), 0);
+        assert_eq!(limiter.state.lock().sweep(now + Duration::from_secs(1)), 1);
+        assert_eq!(limiter.state.len(), 0);
     }
 }

@@ -1,17 +1,16 @@
 //! Circuit breakers per (endpoint, model, key). Open after consecutive failures, or on 429 until Retry-After; while open
 //! the target is skipped; after the cooldown one request probes it (half-open); success closes it.
 //!
-//! Targets include client-chosen model names, so the state is a [`BoundedMap`] (see `crate::bounded` for why not a
+//! Targets include client-chosen model names, so the state is a `BoundedMap` (see `crate::bounded` for why not a
 //! cache crate): at most [`CAPACITY`] targets, each forgotten once it says nothing more — a failure count or a
 //! half-open breaker after [`FORGET_AFTER`] of quiet, a probe that never reported after [`PROBE_LEASE`]. Forgetting
 //! (or evicting under pressure) a breaker only makes its target look closed again: one more attempt at it.
 
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
-use crate::bounded::{BoundedMap, Expires, SWEEP_EVERY};
+use crate::bounded::{Expires, SWEEP_EVERY, SharedMap};
 
 /// Most targets tracked at once; beyond it the breakers closest to expiry are forgotten. An entry is about 220 bytes
 /// with its strings (more with long model names), so a full map is about 3 MiB.
@@ -65,7 +64,7 @@ impl Expires for Entry {
 pub struct Breakers {
     threshold: u32,
     open_for: Duration,
-    entries: Mutex<BoundedMap<TargetKey, Entry>>,
+    entries: SharedMap<TargetKey, Entry>,
 }
 
 /// Permission to send one request to a target.
@@ -79,11 +78,7 @@ pub enum Admission {
 
 impl Breakers {
     pub fn new(threshold: u32, open_for: Duration) -> Self {
-        Self { threshold: threshold.max(1), open_for, entries: Mutex::new(BoundedMap::new(CAPACITY, SWEEP_EVERY)) }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, BoundedMap<TargetKey, Entry>> {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+        Self { threshold: threshold.max(1), open_for, entries: SharedMap::new(CAPACITY, SWEEP_EVERY) }
     }
 
     pub fn admit(&self, target: &TargetKey) -> Admission {
@@ -91,7 +86,7 @@ impl Breakers {
     }
 
     fn admit_at(&self, target: &TargetKey, now: Instant) -> Admission {
-        let mut entries = self.lock();
+        let mut entries = self.entries.lock();
         let Some(entry) = entries.get_mut(target, now) else { return Admission::Allowed };
         match entry.open_until {
             None => Admission::Allowed,
@@ -106,7 +101,7 @@ impl Breakers {
     }
 
     pub fn record_success(&self, target: &TargetKey) {
-        self.lock().remove(target);
+        self.entries.lock().remove(target);
     }
 
     /// A failure that says something about the target's health (transient, timeout).
@@ -115,7 +110,7 @@ impl Breakers {
     }
 
     fn record_failure_at(&self, target: &TargetKey, now: Instant) {
-        let mut entries = self.lock();
+        let mut entries = self.entries.lock();
         let entry = entries.get_or_insert_with(target.clone(), now, || Entry::new(now));
         entry.consecutive_failures = entry.consecutive_failures.saturating_add(1);
         entry.touched = now;
@@ -131,7 +126,7 @@ impl Breakers {
     }
 
     fn open_for_at(&self, target: &TargetKey, wait: Duration, now: Instant) {
-        let mut entries = self.lock();
+        let mut entries = self.entries.lock();
         let entry = entries.get_or_insert_with(target.clone(), now, || Entry::new(now));
         let until = now + wait;
         entry.open_until = Some(entry.open_until.map_or(until, |u| u.max(until)));
@@ -145,7 +140,7 @@ impl Breakers {
     }
 
     fn release_probe_at(&self, target: &TargetKey, now: Instant) {
-        if let Some(entry) = self.lock().get_mut(target, now) {
+        if let Some(entry) = self.entries.lock().get_mut(target, now) {
             entry.probe_since = None;
             entry.touched = now;
         }
@@ -156,7 +151,7 @@ impl Breakers {
     }
 
     fn state_at(&self, target: &TargetKey, now: Instant) -> BreakerState {
-        match self.lock().get_mut(target, now).and_then(|e| e.open_until) {
+        match self.entries.lock().get_mut(target, now).and_then(|e| e.open_until) {
             Some(until) if now < until => BreakerState::Open,
             Some(_) => BreakerState::HalfOpen,
             None => BreakerState::Closed,
@@ -169,7 +164,7 @@ impl Breakers {
     }
 
     fn counts_at(&self, now: Instant) -> (usize, usize) {
-        let entries = self.lock();
+        let entries = self.entries.lock();
         let (mut open, mut half) = (0, 0);
         for until in entries.live(now).filter_map(|e| e.open_until) {
             if now < until {
@@ -181,19 +176,10 @@ impl Breakers {
         (open, half)
     }
 
-    /// Targets tracked (expired ones not yet swept included).
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Drops the breakers that no longer carry information; returns how many. Accesses do this every few seconds
     /// anyway; a background tick keeps memory low while the gateway is idle.
     pub fn sweep(&self) -> usize {
-        self.lock().sweep(Instant::now())
+        self.entries.sweep()
     }
 }
 
@@ -266,7 +252,7 @@ mod tests {
             b.open_for_at(&numbered(i), Duration::from_secs(30), now);
             b.record_failure_at(&numbered(i + 1_000_000), now);
         }
-        assert!(b.len() <= CAPACITY, "{}", b.len());
+        assert!(b.entries.len() <= CAPACITY, "{}", b.entries.len());
         // The latest to expire are kept; whatever was evicted simply reads as closed.
         assert_eq!(b.state_at(&numbered(49_999), now), BreakerState::Open);
         assert_eq!(b.state_at(&numbered(0), now), BreakerState::Closed);
@@ -280,11 +266,11 @@ mod tests {
         let half_open = now + Duration::from_secs(31);
         assert_eq!(b.state_at(&t, half_open), BreakerState::HalfOpen);
         assert_eq!(b.counts_at(half_open), (0, 1));
-        assert_eq!(b.lock().sweep(half_open), 0, "still half-open: it carries information");
+        assert_eq!(b.entries.lock().sweep(half_open), 0, "still half-open: it carries information");
         let later = now + Duration::from_secs(30) + FORGET_AFTER + Duration::from_secs(1);
         assert_eq!(b.counts_at(later), (0, 0));
-        assert_eq!(b.lock().sweep(later), 1);
-        assert!(b.is_empty());
+        assert_eq!(b.entries.lock().sweep(later), 1);
+        assert_eq!(b.entries.len(), 0);
         assert_eq!(b.admit_at(&t, later), Admission::Allowed);
     }
 
@@ -308,7 +294,7 @@ mod tests {
         let probe = now + Duration::from_secs(2);
         assert_eq!(b.admit_at(&t, probe), Admission::Probe);
         let quiet = probe + FORGET_AFTER + Duration::from_secs(1);
-        assert_eq!(b.lock().sweep(quiet), 0, "the probe is still out");
+        assert_eq!(b.entries.lock().sweep(quiet), 0, "the probe is still out");
         assert_eq!(b.admit_at(&t, quiet), Admission::Rejected);
         // Its request was dropped without reporting: the target is not blocked forever.
         let lease_over = probe + PROBE_LEASE + Duration::from_secs(1);

@@ -2,18 +2,18 @@
 //! request may try each again. Keys can only be decrypted while serving a request that carries the token, so there is
 //! no background probing.
 //!
-//! Marks live in a [`BoundedMap`] (see `crate::bounded`): at most [`CAPACITY`] keys, and a mark past its skip time is
+//! Marks live in a `BoundedMap` (see `crate::bounded`): at most [`CAPACITY`] keys, and a mark past its skip time is
 //! dropped (the key is then judged by its stored status again). Evicting a live mark under pressure only means one more
 //! request tries that key.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::bounded::{BoundedMap, Expires, SWEEP_EVERY};
+use crate::bounded::{Expires, SWEEP_EVERY, SharedMap};
 use crate::vault::ProviderKey;
 
 /// Most keys marked at once (a mark is about 50 bytes).
@@ -21,7 +21,7 @@ pub const CAPACITY: usize = 57_344;
 
 pub struct KeyHealth {
     retry_after: Duration,
-    marks: Mutex<BoundedMap<Uuid, Mark>>,
+    marks: SharedMap<Uuid, Mark>,
 }
 
 #[derive(Clone, Copy)]
@@ -38,11 +38,7 @@ impl Expires for Mark {
 
 impl KeyHealth {
     pub fn new(retry_after: Duration) -> Self {
-        Self { retry_after, marks: Mutex::new(BoundedMap::new(CAPACITY, SWEEP_EVERY)) }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, BoundedMap<Uuid, Mark>> {
-        self.marks.lock().unwrap_or_else(|p| p.into_inner())
+        Self { retry_after, marks: SharedMap::new(CAPACITY, SWEEP_EVERY) }
     }
 
     /// Whether this request may use the key (`loaded_at`: when its key set was read from the database). A key past its
@@ -53,7 +49,7 @@ impl KeyHealth {
     }
 
     fn usable_at(&self, key: &ProviderKey, loaded_at: Instant, now: Instant) -> bool {
-        let mut map = self.lock();
+        let mut map = self.marks.lock();
         let until = match map.get_mut(&key.id, now).copied() {
             Some(mark) if key.invalid_since.is_none() && mark.at < loaded_at => {
                 map.remove(&key.id);
@@ -82,29 +78,18 @@ impl KeyHealth {
     }
 
     fn mark_invalid_at(&self, key_id: Uuid, now: Instant) {
-        self.lock().insert(key_id, Mark { at: now, skip_until: now + self.retry_after }, now);
+        self.marks.lock().insert(key_id, Mark { at: now, skip_until: now + self.retry_after }, now);
     }
 
     /// Called on success; true if the key had been marked invalid (so the stored status must be cleared).
     pub fn recovered(&self, key: &ProviderKey) -> bool {
-        let was_marked = self.lock().remove(&key.id).is_some();
+        let was_marked = self.marks.lock().remove(&key.id).is_some();
         was_marked || key.invalid_since.is_some()
-    }
-
-    /// Keys marked (expired marks not yet swept included).
-    #[allow(dead_code, reason = "for tests and diagnostics")]
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    #[allow(dead_code, reason = "for tests and diagnostics")]
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// Drops marks past their skip time; returns how many. Accesses do this every few seconds anyway.
     pub fn sweep(&self) -> usize {
-        self.lock().sweep(Instant::now())
+        self.marks.sweep()
     }
 }
 
@@ -220,7 +205,7 @@ mod tests {
         for _ in 0..(CAPACITY + 10_000) {
             health.mark_invalid_at(Uuid::new_v4(), now);
         }
-        assert!(health.len() <= CAPACITY, "{}", health.len());
+        assert!(health.marks.len() <= CAPACITY, "{}", health.marks.len());
     }
 
     #[test]
@@ -232,8 +217,8 @@ mod tests {
         let stored = ProviderKey { id: k.id, ..key(Some(Utc::now() - chrono::Duration::seconds(601))) };
         assert!(!health.usable_at(&stored, now, now + Duration::from_secs(599)));
         let later = now + Duration::from_secs(601);
-        assert_eq!(health.lock().sweep(later), 1);
-        assert!(health.is_empty());
+        assert_eq!(health.marks.lock().sweep(later), 1);
+        assert_eq!(health.marks.len(), 0);
         // Past the skip time the key gets its one try, as before.
         assert!(health.usable_at(&stored, now, later));
         assert!(!health.usable_at(&stored, now, later));

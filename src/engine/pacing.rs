@@ -2,16 +2,15 @@
 //! free slot and waits for it (a bounded, first-come queue) instead of collecting 429s from the provider; if the wait
 //! would be longer than allowed, it reserves nothing and the engine moves on to the next model.
 //!
-//! Buckets live in a [`BoundedMap`] (see `crate::bounded`): at most [`CAPACITY`], and a bucket whose theoretical arrival
+//! Buckets live in a `BoundedMap` (see `crate::bounded`): at most [`CAPACITY`], and a bucket whose theoretical arrival
 //! times have passed is dropped, being the same as a fresh one. Evicting a live bucket under pressure forgets its
 //! reservations: its key set may send a burst the provider answers with 429s, which the engine already handles.
 
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
-use crate::bounded::{BoundedMap, Expires, SWEEP_EVERY};
+use crate::bounded::{Expires, SWEEP_EVERY, SharedMap};
 use crate::vault::input::ModelLimit;
 
 /// Most (key set, model) budgets tracked at once (a bucket is about 150 bytes with its model name).
@@ -32,20 +31,16 @@ impl Expires for Buckets {
 }
 
 pub struct Pacer {
-    buckets: Mutex<BoundedMap<(Uuid, String), Buckets>>,
+    buckets: SharedMap<(Uuid, String), Buckets>,
 }
 
 impl Default for Pacer {
     fn default() -> Self {
-        Self { buckets: Mutex::new(BoundedMap::new(CAPACITY, SWEEP_EVERY)) }
+        Self { buckets: SharedMap::new(CAPACITY, SWEEP_EVERY) }
     }
 }
 
 impl Pacer {
-    fn lock(&self) -> MutexGuard<'_, BoundedMap<(Uuid, String), Buckets>> {
-        self.buckets.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Reserves capacity for one request of `tokens` tokens. `Some(wait)`: sleep that long, then send. `None`: the budget
     /// cannot serve it within `max_wait`; nothing was reserved.
     pub fn reserve(
@@ -68,7 +63,7 @@ impl Pacer {
         max_wait: Duration,
         now: Instant,
     ) -> Option<Duration> {
-        let mut map = self.lock();
+        let mut map = self.buckets.lock();
         let b = map.get_or_insert_with((key_set, model.to_owned()), now, || Buckets {
             requests_tat: None,
             tokens_tat: None,
@@ -95,20 +90,9 @@ impl Pacer {
         Some(wait)
     }
 
-    /// Budgets tracked (expired ones not yet swept included).
-    #[allow(dead_code, reason = "for tests and diagnostics")]
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    #[allow(dead_code, reason = "for tests and diagnostics")]
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Drops buckets whose arrival times have passed; returns how many. Accesses do this every few seconds anyway.
     pub fn sweep(&self) -> usize {
-        self.lock().sweep(Instant::now())
+        self.buckets.sweep()
     }
 }
 
@@ -152,7 +136,7 @@ mod tests {
         for _ in 0..(CAPACITY + 10_000) {
             assert!(p.reserve_at(Uuid::new_v4(), "m", limit, 1, Duration::ZERO, now).is_some());
         }
-        assert!(p.len() <= CAPACITY, "{}", p.len());
+        assert!(p.buckets.len() <= CAPACITY, "{}", p.buckets.len());
     }
 
     #[test]
@@ -166,10 +150,10 @@ mod tests {
         }
         assert_eq!(p.reserve_at(set, "m", limit, 10, Duration::ZERO, now), None);
         let soon = now + Duration::from_secs(30);
-        assert_eq!(p.lock().sweep(soon), 0, "reservations still pending");
+        assert_eq!(p.buckets.lock().sweep(soon), 0, "reservations still pending");
         let later = now + Duration::from_secs(61);
-        assert_eq!(p.lock().sweep(later), 1);
-        assert!(p.is_empty());
+        assert_eq!(p.buckets.lock().sweep(later), 1);
+        assert_eq!(p.buckets.len(), 0);
         for _ in 0..60 {
             assert_eq!(p.reserve_at(set, "m", limit, 10, Duration::ZERO, later), Some(Duration::ZERO));
         }

@@ -2,17 +2,17 @@
 //! Entries are keyed by the token's HMAC, hold zeroize-on-drop secrets, and are evicted on every replica when a key set
 //! changes or is revoked (PostgreSQL NOTIFY on `CHANGE_CHANNEL`).
 //!
-//! The entries live in a [`BoundedMap`] (see `crate::bounded`): at most [`CAPACITY`] sets, and a set at its TTL reads
+//! The entries live in a `BoundedMap` (see `crate::bounded`): at most [`CAPACITY`] sets, and a set at its TTL reads
 //! as absent and is removed at the next sweep, so its decrypted keys leave memory once the last request using it ends.
 //! Evicting a live set under pressure only costs its next request a reload. A zero TTL caches nothing.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
 use super::OpenKeySet;
-use crate::bounded::{BoundedMap, Expires, SWEEP_EVERY};
+use crate::bounded::{Expires, SWEEP_EVERY, SharedMap};
 
 /// Most key sets held at once; an opened set with a few keys and a policy is a few kilobytes.
 pub const CAPACITY: usize = 14_336;
@@ -30,18 +30,14 @@ impl Expires for Entry {
 
 pub struct KeySetCache {
     ttl: Duration,
-    entries: Mutex<BoundedMap<[u8; 32], Entry>>,
+    entries: SharedMap<[u8; 32], Entry>,
 }
 
 impl KeySetCache {
     pub fn new(ttl: Duration) -> Self {
         // Sweep at least as often as the TTL, so an expired set does not outlive it by more than one TTL.
         let sweep_every = SWEEP_EVERY.min(ttl).max(Duration::from_millis(100));
-        Self { ttl, entries: Mutex::new(BoundedMap::new(CAPACITY, sweep_every)) }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, BoundedMap<[u8; 32], Entry>> {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+        Self { ttl, entries: SharedMap::new(CAPACITY, sweep_every) }
     }
 
     pub fn get(&self, token_hash: &[u8; 32]) -> Option<Arc<OpenKeySet>> {
@@ -49,7 +45,7 @@ impl KeySetCache {
     }
 
     fn get_at(&self, token_hash: &[u8; 32], now: Instant) -> Option<Arc<OpenKeySet>> {
-        Some(self.lock().get_mut(token_hash, now)?.opened.clone())
+        Some(self.entries.lock().get_mut(token_hash, now)?.opened.clone())
     }
 
     pub fn insert(&self, token_hash: [u8; 32], opened: Arc<OpenKeySet>) {
@@ -60,32 +56,21 @@ impl KeySetCache {
         if self.ttl.is_zero() {
             return;
         }
-        self.lock().insert(token_hash, Entry { opened, expires: now + self.ttl }, now);
+        self.entries.lock().insert(token_hash, Entry { opened, expires: now + self.ttl }, now);
     }
 
     pub fn evict_key_set(&self, key_set_id: Uuid) {
-        self.lock().retain(|_, e| e.opened.key_set_id != key_set_id);
+        self.entries.lock().retain(|_, e| e.opened.key_set_id != key_set_id);
     }
 
     pub fn clear(&self) {
-        self.lock().clear();
-    }
-
-    /// Sets held (expired ones not yet swept included).
-    #[allow(dead_code, reason = "for tests and diagnostics")]
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    #[allow(dead_code, reason = "for tests and diagnostics")]
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.entries.lock().clear();
     }
 
     /// Drops the sets at their TTL (their keys leave memory once no request holds them); returns how many. Accesses
     /// do this every few seconds; a background tick does it while the gateway is idle.
     pub fn sweep(&self) -> usize {
-        self.lock().sweep(Instant::now())
+        self.entries.sweep()
     }
 }
 
@@ -109,7 +94,7 @@ mod tests {
         let cache = KeySetCache::new(Duration::ZERO);
         cache.insert(hash(1), set(Uuid::new_v4()));
         assert!(cache.get(&hash(1)).is_none());
-        assert!(cache.is_empty());
+        assert_eq!(cache.entries.len(), 0);
     }
 
     #[test]
@@ -119,7 +104,7 @@ mod tests {
         for i in 0..50_000 {
             cache.insert(hash(i), opened.clone());
         }
-        assert!(cache.len() <= CAPACITY, "{}", cache.len());
+        assert!(cache.entries.len() <= CAPACITY, "{}", cache.entries.len());
         assert!(cache.get(&hash(49_999)).is_some());
     }
 
@@ -131,7 +116,7 @@ mod tests {
         cache.insert_at(hash(1), opened.clone(), now);
         assert!(cache.get_at(&hash(1), now + Duration::from_secs(29)).is_some());
         assert_eq!(Arc::strong_count(&opened), 2);
-        assert_eq!(cache.lock().sweep(now + Duration::from_secs(30)), 1);
+        assert_eq!(cache.entries.lock().sweep(now + Duration::from_secs(30)), 1);
         assert_eq!(Arc::strong_count(&opened), 1, "the cache no longer holds the decrypted set");
         // A read past the TTL drops it as well, without waiting for a sweep.
         cache.insert_at(hash(2), opened.clone(), now);
@@ -150,6 +135,6 @@ mod tests {
         assert!(cache.get(&hash(1)).is_none() && cache.get(&hash(2)).is_none());
         assert!(cache.get(&hash(3)).is_some());
         cache.clear();
-        assert!(cache.is_empty());
+        assert_eq!(cache.entries.len(), 0);
     }
 }

@@ -359,6 +359,13 @@ impl RunningService {
         Self { base: format!("http://{addr}"), child, reader }
     }
 
+    /// `POST /v1/keys` with `body`; the answer's JSON, whatever its status.
+    pub async fn post_keys(&self, body: &Value) -> Value {
+        let res =
+            reqwest::Client::new().post(format!("{}/v1/keys", self.base)).json(body).send().await.expect("request");
+        res.json().await.expect("json")
+    }
+
     /// Stops it and returns everything it printed (stdout, then stderr).
     pub fn stop(mut self) -> String {
         let _ = self.child.kill();

@@ -20,15 +20,10 @@ async fn every_log_line_of_a_request_carries_its_request_id() {
     let service = RunningService::start(&vars, "info,reliablegpt=debug");
     let client = reqwest::Client::new();
     let (good, dead) = ("sk-logs-good-00000000000000000000000001", "sk-logs-dead-00000000000000000000000002");
-    let created: Value = client
-        .post(format!("{}/v1/keys", service.base))
-        .json(&json!({"user_email": "dev@example.com", "keys": [dead, good], "policy": {"fallback_strategy": ["gpt-4o-mini"]}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let created = service
+        .post_keys(&json!({"user_email": "dev@example.com", "keys": [dead, good],
+                           "policy": {"fallback_strategy": ["gpt-4o-mini"]}}))
+        .await;
     let token = token_of(&created);
     // A dead key (rotation, a spawned task marks it), then a stream cut midway whose rescue fails.
     mock.set_invalid_key(dead);

@@ -227,25 +227,10 @@ async fn trace_logs_hold_no_key_and_no_token() {
     let base = service.base.clone();
     let client = reqwest::Client::new();
     let (k1, k2) = (canary_key(), canary_key());
-    let created: Value = client
-        .post(format!("{base}/v1/keys"))
-        .json(&json!({"user_email": "dev@example.com", "keys": [k1, "bad key with spaces"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(created["error"]["param"], "keys[1].key");
-    let created: Value = client
-        .post(format!("{base}/v1/keys"))
-        .json(&json!({"user_email": "dev@example.com", "keys": [k1]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let refused =
+        service.post_keys(&json!({"user_email": "dev@example.com", "keys": [k1, "bad key with spaces"]})).await;
+    assert_eq!(refused["error"]["param"], "keys[1].key");
+    let created = service.post_keys(&json!({"user_email": "dev@example.com", "keys": [k1]})).await;
     let token = token_of(&created);
     let url = format!("{base}/v1/keys");
     assert_eq!(client.get(&url).bearer_auth(&token).send().await.unwrap().status(), 200);
