@@ -2,6 +2,7 @@
 
 pub mod api;
 mod bounded;
+pub mod cache;
 pub mod config;
 pub mod db;
 pub mod egress;

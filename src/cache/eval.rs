@@ -1,0 +1,1 @@
+//! cache-eval (to be written).

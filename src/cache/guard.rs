@@ -1,0 +1,1 @@
+//! Hit guards (to be written).
