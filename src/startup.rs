@@ -12,11 +12,13 @@ use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::api::{self, AppState, openapi::ApiDoc, rate_limit::ClientLimiter};
+use crate::cache::{self, SemanticCache};
 use crate::config::Settings;
 use crate::db;
 use crate::engine::Engine;
 use crate::engine::events::{DiscardEvents, EVENT_BUFFER, EventSink, spawn_consumer};
 use crate::vault::Vault;
+use crate::vault::scoped::ScopedTokens;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -28,6 +30,8 @@ pub enum StartError {
     Schema(#[from] db::SchemaError),
     #[error(transparent)]
     Engine(#[from] crate::engine::EngineError),
+    #[error("semantic cache: {0}")]
+    Cache(String),
     #[error("cannot listen for key set changes: {0}")]
     Listener(String),
     #[error("cannot listen on {addr}: {source}")]
@@ -56,15 +60,27 @@ impl Application {
             .map_err(|source| StartError::Bind { addr: settings.listen.clone(), source })?;
         let addr =
             listener.local_addr().map_err(|source| StartError::Bind { addr: settings.listen.clone(), source })?;
+        let keyring = Arc::new(settings.master_keys);
+        let scoped_tokens = ScopedTokens::new(&keyring).map_err(|e| StartError::Cache(e.to_string()))?;
         let vault = Vault::with_cache_ttl(
             pool.clone(),
-            Arc::new(settings.master_keys),
+            keyring.clone(),
             Arc::new(settings.token_pepper),
             settings.engine.key_set_cache,
         );
         let (events, event_rx) = EventSink::channel(EVENT_BUFFER);
-        let engine = Arc::new(Engine::new(settings.engine, settings.egress.clone(), vault.clone(), events)?);
+        let engine = Engine::new(settings.engine, settings.egress.clone(), vault.clone(), events)?;
+        let embedder = cache::build_embedder(&settings.cache, &settings.egress).map_err(StartError::Cache)?;
+        let (cache, cache_worker) = SemanticCache::start(
+            pool.clone(),
+            keyring,
+            embedder,
+            engine.metrics.clone(),
+            settings.cache.write_queue as usize,
+        );
+        let engine = Arc::new(engine.with_answer_source(cache.clone()));
         let background = vec![
+            cache_worker,
             vault.start_change_listener().await.map_err(|e| StartError::Listener(e.to_string()))?,
             engine.spawn_background(),
             // Until the alerts module consumes engine events, drain them so the buffer never fills.
@@ -77,6 +93,8 @@ impl Application {
             key_set_limiter: ClientLimiter::per_minute(settings.limits.key_sets_per_minute),
             auth_failure_limiter: ClientLimiter::per_minute(settings.limits.auth_failures_per_minute),
             engine,
+            cache,
+            scoped_tokens,
         });
         let workers = settings.workers;
         let mut server = HttpServer::new(move || {

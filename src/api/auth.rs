@@ -10,13 +10,25 @@ use futures_util::future::LocalBoxFuture;
 
 use super::rate_limit::retry_after_secs;
 use super::{ApiError, AppState};
-use crate::vault::{KeySetSession, OpenKeySet, VaultError};
+use crate::vault::{KeySetSession, OpenKeySet, Policy, VaultError};
+use uuid::Uuid;
 
 /// An authenticated key set owner (`/v1/keys`). Extracting it answers 401 (always the same body) or 429 on its own.
 pub struct Authenticated(pub KeySetSession);
 
 /// An app calling the gateway: its key set, opened (from the in-memory cache when fresh).
 pub struct Gateway(pub Arc<OpenKeySet>, pub web::Data<AppState>);
+
+/// Who reads the cache: the key set's owner (special token, any instance) or a scoped token (one instance).
+pub enum CacheReader {
+    Owner(Arc<OpenKeySet>),
+    Scoped { key_set_id: Uuid, instance_id: String, policy: Policy },
+}
+
+/// A JWT's first segment is base64url of `{"...`, so it always starts with `eyJ`; special tokens start with `rgpt_`.
+fn looks_like_jwt(token: &str) -> bool {
+    token.starts_with("eyJ") && token.bytes().filter(|b| *b == b'.').count() == 2
+}
 
 pub fn client_ip(req: &HttpRequest) -> IpAddr {
     req.peer_addr().map(|a| a.ip()).unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
@@ -81,6 +93,23 @@ impl FromRequest for Gateway {
         guarded(req, |state, token| async move {
             let set = state.vault.open_for_request(&token).await?;
             Ok(Gateway(set, state))
+        })
+    }
+}
+
+impl FromRequest for CacheReader {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        guarded(req, |state, token| async move {
+            if !looks_like_jwt(&token) {
+                return Ok(CacheReader::Owner(state.vault.open_for_request(&token).await?));
+            }
+            let scope = state.scoped_tokens.verify(&token).ok_or(VaultError::Unauthenticated)?;
+            // A revoked key set's scoped tokens die with it.
+            let policy = state.vault.policy(scope.key_set_id).await?.ok_or(VaultError::Unauthenticated)?;
+            Ok(CacheReader::Scoped { key_set_id: scope.key_set_id, instance_id: scope.instance_id, policy })
         })
     }
 }

@@ -69,6 +69,11 @@ impl ApiError {
         )
     }
 
+    /// Authenticated, but this credential may not do this (a scoped token used beyond its scope).
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "permission_error", "forbidden", message)
+    }
+
     pub fn rate_limited(retry_after_secs: u64) -> Self {
         let mut e = Self::new(
             StatusCode::TOO_MANY_REQUESTS,

@@ -1,6 +1,7 @@
 //! HTTP handlers. They translate HTTP to module calls and back; no SQL and no business rules live here.
 
 mod auth;
+mod cache;
 pub mod error;
 mod health;
 mod keys;
@@ -26,6 +27,9 @@ pub use request_context::request_context;
 /// Largest body accepted on the vault endpoints (32 keys of 512 characters plus settings fit easily).
 pub const KEYS_BODY_LIMIT: usize = 64 * 1024;
 
+/// Largest body accepted on the cache endpoints (a 1 MiB answer, its escaping, and a 32 KiB conversation).
+pub const CACHE_BODY_LIMIT: usize = 4 * 1024 * 1024;
+
 /// Largest body accepted on the gateway endpoints (long prompts with inline images).
 pub const GATEWAY_BODY_LIMIT: usize = 32 * 1024 * 1024;
 
@@ -37,6 +41,8 @@ pub struct AppState {
     pub key_set_limiter: ClientLimiter,
     pub auth_failure_limiter: ClientLimiter,
     pub engine: std::sync::Arc<Engine>,
+    pub cache: std::sync::Arc<crate::cache::SemanticCache>,
+    pub scoped_tokens: crate::vault::scoped::ScopedTokens,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -44,6 +50,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .limit(KEYS_BODY_LIMIT)
         .content_type_required(false)
         .error_handler(|err, _req| error::json_error(err, KEYS_BODY_LIMIT).into());
+    let cache_json = web::JsonConfig::default()
+        .limit(CACHE_BODY_LIMIT)
+        .content_type_required(false)
+        .error_handler(|err, _req| error::json_error(err, CACHE_BODY_LIMIT).into());
     cfg.route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
         .route("/metrics", web::get().to(proxy::metrics))
@@ -55,6 +65,26 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route(web::get().to(keys::get))
                 .route(web::patch().to(keys::update))
                 .route(web::delete().to(keys::revoke))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/v1/cache")
+                .app_data(cache_json.clone())
+                .route(web::get().to(cache::get))
+                .route(web::post().to(cache::store))
+                .route(web::delete().to(cache::purge))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/v1/cache/lookup")
+                .app_data(cache_json.clone())
+                .route(web::post().to(cache::lookup))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/v1/tokens")
+                .app_data(cache_json)
+                .route(web::post().to(cache::mint_token))
                 .default_service(web::to(method_not_allowed)),
         )
         .service(

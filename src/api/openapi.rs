@@ -4,14 +4,15 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{IntoResponses, Modify, OpenApi};
 
 use super::error::ErrorBody;
-use super::{health, keys, models, proxy};
+use super::{cache, health, keys, models, proxy};
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "reliablegpt", description = "A reliability gateway for LLM apps: point any OpenAI SDK at it."),
     paths(
         health::healthz, health::readyz, proxy::metrics, keys::create, keys::get, keys::update, keys::revoke,
-        proxy::chat, proxy::completions, proxy::embeddings, models::list, models::retrieve
+        proxy::chat, proxy::completions, proxy::embeddings, models::list, models::retrieve, cache::get, cache::lookup,
+        cache::store, cache::purge, cache::mint_token
     ),
     components(schemas(
         crate::vault::input::KeyInput, crate::vault::input::ProviderKeyInput, crate::vault::KeyStatus, ErrorBody
@@ -20,6 +21,7 @@ use super::{health, keys, models, proxy};
     tags(
         (name = "gateway", description = "OpenAI-compatible endpoints with fallbacks"),
         (name = "keys", description = "The key vault"),
+        (name = "cache", description = "The semantic cache and scoped tokens"),
         (name = "health", description = "Probes and metrics")
     )
 )]

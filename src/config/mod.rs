@@ -15,6 +15,7 @@ use std::path::Path;
 use secrecy::SecretString;
 
 pub use crate::api::rate_limit::AbuseLimits;
+pub use crate::cache::settings::CacheSettings;
 use crate::egress::EgressPolicy;
 pub use crate::engine::settings::EngineSettings;
 pub use declare::{Group, Source};
@@ -47,6 +48,7 @@ settings! {
         pub listen: String [LISTEN = "RELIABLEGPT_LISTEN", parse::host_port, default DEFAULT_LISTEN.to_owned()],
         pub egress: EgressPolicy [group crate::config::egress],
         pub engine: EngineSettings [group crate::engine::settings],
+        pub cache: CacheSettings [group crate::cache::settings],
         pub db_max_connections: u32 [
             DB_MAX_CONNECTIONS = "RELIABLEGPT_DB_MAX_CONNECTIONS", parse::positive, default 16
         ],

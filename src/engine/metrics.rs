@@ -53,6 +53,16 @@ struct StateLabels {
     state: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GuardLabels {
+    guard: &'static str,
+}
+
 /// Bucket bounds (seconds) of the gateway-overhead histogram.
 const OVERHEAD_BUCKETS: [f64; 12] =
     [0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.25];
@@ -74,6 +84,9 @@ pub struct Metrics {
     shed: Counter,
     breakers: Family<StateLabels, Gauge>,
     overhead: Histogram,
+    cache_lookups: Family<ResultLabels, Counter>,
+    cache_writes: Family<ResultLabels, Counter>,
+    cache_guard_rejections: Family<GuardLabels, Counter>,
 }
 
 /// Model labels live as long as the process: interned once per distinct catalog name (a finite set).
@@ -111,6 +124,9 @@ impl Metrics {
             shed: Counter::default(),
             breakers: Family::default(),
             overhead: Histogram::new(OVERHEAD_BUCKETS),
+            cache_lookups: Family::default(),
+            cache_writes: Family::default(),
+            cache_guard_rejections: Family::default(),
             registry: Registry::default(),
         };
         registry.register("requests", "Gateway requests by final outcome", m.requests.clone());
@@ -153,6 +169,21 @@ impl Metrics {
             "gateway_overhead_seconds",
             "Time spent in reliablegpt itself per gateway request (auth, parsing, logging included), excluding upstream time and deliberate waits",
             m.overhead.clone(),
+        );
+        registry.register(
+            "cache_lookups",
+            "Semantic cache lookups by result (exact_hit, semantic_hit, miss, error, timeout)",
+            m.cache_lookups.clone(),
+        );
+        registry.register(
+            "cache_writes",
+            "Cache write-through jobs by result (queued, dropped: queue full, stored, failed)",
+            m.cache_writes.clone(),
+        );
+        registry.register(
+            "cache_guard_rejections",
+            "Semantic cache candidates above the threshold that a hit guard refused, by guard",
+            m.cache_guard_rejections.clone(),
         );
         Self { registry, ..m }
     }
@@ -213,6 +244,19 @@ impl Metrics {
 
     pub fn shed(&self) {
         self.shed.inc();
+    }
+
+    /// `result`: one of a closed set of literals (see the metric's help).
+    pub fn cache_lookup(&self, result: &'static str) {
+        self.cache_lookups.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    pub fn cache_write(&self, result: &'static str) {
+        self.cache_writes.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    pub fn cache_guard_rejected(&self, guard: &'static str) {
+        self.cache_guard_rejections.get_or_create(&GuardLabels { guard }).inc();
     }
 
     pub fn overhead(&self, spent: Duration) {

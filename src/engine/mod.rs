@@ -229,9 +229,15 @@ impl Engine {
             Ok(permit) => permit,
             Err(shed) => return self.shed(&cx, shed).await,
         };
+        // Cache-first, or busy: a cached answer before any upstream call.
+        let early = if permit.load() >= BUSY_LOAD {
+            Some(AskReason::Busy)
+        } else {
+            set.policy.cache_first.then_some(AskReason::CacheFirst)
+        };
         if cx.caching
-            && permit.load() >= BUSY_LOAD
-            && let Some(answer) = self.ask_elsewhere(&cx, AskReason::Busy, permit.load()).await
+            && let Some(reason) = early
+            && let Some(answer) = self.ask_elsewhere(&cx, reason, permit.load()).await
         {
             return self.substitute(&cx, &Run::default(), answer);
         }

@@ -108,6 +108,7 @@ impl Engine {
             instance: &cx.req.instance,
             endpoint: cx.req.endpoint,
             body: &cx.req.body,
+            policy: &cx.set.policy,
             reason,
             load,
         };
@@ -179,6 +180,8 @@ impl Engine {
                 key_set_id: cx.set.key_set_id,
                 instance: cx.req.instance.clone(),
                 endpoint: cx.req.endpoint,
+                request: cx.req.clone(),
+                set: cx.set.clone(),
                 outcome: ending.outcome,
                 model: model.clone(),
                 text,

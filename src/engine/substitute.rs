@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use actix_web::web::Bytes;
 use serde_json::{Value, json};
@@ -11,6 +12,8 @@ use uuid::Uuid;
 
 use super::events::{RequestOutcome, Usage};
 use super::plan::Endpoint;
+use super::request::GatewayRequest;
+use crate::vault::{OpenKeySet, Policy};
 
 /// Why the engine asks for an answer from elsewhere.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +24,15 @@ pub enum AskReason {
     Overloaded,
     /// The key set is busy (at least [`BUSY_LOAD`] of `max_concurrency` in flight): a hit spares an upstream call.
     Busy,
+    /// The policy's `cache_first`: a hit is served before any upstream call.
+    CacheFirst,
+}
+
+impl AskReason {
+    /// Whether the answer stands in for an overloaded service (`x-reliablegpt-cache: overload-hit`).
+    pub fn overload(self) -> bool {
+        matches!(self, Self::Overloaded | Self::Busy)
+    }
 }
 
 /// Load ratio (in flight / `max_concurrency`) from which a request may be answered from elsewhere before any upstream.
@@ -34,6 +46,8 @@ pub struct Ask<'a> {
     pub endpoint: Endpoint,
     /// The client's request body (model, messages or prompt, …).
     pub body: &'a Value,
+    /// The key set's policy (the cache's threshold and guards).
+    pub policy: &'a Policy,
     pub reason: AskReason,
     /// In flight / `max_concurrency` for this key set (0 without a limit).
     pub load: f32,
@@ -69,6 +83,10 @@ pub struct Completion {
     pub key_set_id: Uuid,
     pub instance: String,
     pub endpoint: Endpoint,
+    /// The client's request (its body is what the cache keys on).
+    pub request: Arc<GatewayRequest>,
+    /// The key set's opened state (its policy says how long and how much the cache keeps).
+    pub set: Arc<OpenKeySet>,
     pub outcome: RequestOutcome,
     /// The model that answered.
     pub model: String,
@@ -170,11 +188,13 @@ mod tests {
     #[tokio::test]
     async fn no_answers_has_none() {
         let body = json!({});
+        let policy = Policy::default();
         let ask = Ask {
             key_set_id: Uuid::nil(),
             instance: "default",
             endpoint: Endpoint::Chat,
             body: &body,
+            policy: &policy,
             reason: AskReason::AllFailed,
             load: 0.0,
         };

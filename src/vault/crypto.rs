@@ -32,6 +32,8 @@ pub enum CryptoError {
 pub enum Purpose {
     DataKey,
     ProviderKey,
+    CacheQuestion,
+    CacheResponse,
 }
 
 impl Purpose {
@@ -39,6 +41,8 @@ impl Purpose {
         match self {
             Self::DataKey => b"data-key",
             Self::ProviderKey => b"provider-key",
+            Self::CacheQuestion => b"cache-question",
+            Self::CacheResponse => b"cache-response",
         }
     }
 }
@@ -51,6 +55,13 @@ pub fn aad(purpose: Purpose, key_set_id: Uuid, record_id: Uuid) -> Vec<u8> {
     out.push(0);
     out.extend_from_slice(key_set_id.as_bytes());
     out.extend_from_slice(record_id.as_bytes());
+    out
+}
+
+/// [`aad`] plus a scope string (a cache entry's customer instance): a blob moved to another instance fails to open.
+pub fn scoped_aad(purpose: Purpose, key_set_id: Uuid, record_id: Uuid, scope: &str) -> Vec<u8> {
+    let mut out = aad(purpose, key_set_id, record_id);
+    out.extend_from_slice(scope.as_bytes());
     out
 }
 
@@ -135,6 +146,43 @@ pub fn derive_kek(master_key: &[u8; 32], token: &[u8], key_set_id: Uuid) -> Aead
     // 32 bytes is far below HKDF-SHA256's 8160-byte limit, so expand cannot fail.
     let _ = hk.expand(&info, okm.as_mut());
     AeadKey::from_bytes(&okm)
+}
+
+/// A key set's cache keys: one seals cached texts, one keys the lookup hashes. Derived from the master key alone (not
+/// the token): scoped JWTs read the cache without the special token. Revocation deletes the rows themselves.
+pub struct CacheKeys {
+    pub seal: AeadKey,
+    pub mac: SecretBox<[u8; 32]>,
+}
+
+impl std::fmt::Debug for CacheKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CacheKeys([REDACTED])")
+    }
+}
+
+pub fn derive_cache_keys(master_key: &[u8; 32], key_set_id: Uuid) -> CacheKeys {
+    let hk = Hkdf::<Sha256>::new(None, master_key);
+    let expand = |label: &[u8]| {
+        let mut info = Vec::with_capacity(48);
+        info.extend_from_slice(label);
+        info.extend_from_slice(key_set_id.as_bytes());
+        let mut okm = Zeroizing::new([0u8; 32]);
+        // 32 bytes is far below HKDF-SHA256's 8160-byte limit, so expand cannot fail.
+        let _ = hk.expand(&info, okm.as_mut());
+        okm
+    };
+    let seal = expand(b"reliablegpt/v1/cache-seal");
+    let mac = expand(b"reliablegpt/v1/cache-mac");
+    CacheKeys { seal: AeadKey::from_bytes(&seal), mac: SecretBox::new(Box::new(*mac)) }
+}
+
+/// A key derived from the master key for one purpose (e.g. signing scoped JWTs).
+pub fn derive_purpose_key(master_key: &[u8; 32], purpose: &[u8]) -> Zeroizing<[u8; 32]> {
+    let hk = Hkdf::<Sha256>::new(None, master_key);
+    let mut okm = Zeroizing::new([0u8; 32]);
+    let _ = hk.expand(purpose, okm.as_mut());
+    okm
 }
 
 #[cfg(test)]
@@ -277,6 +325,24 @@ mod tests {
         ] {
             assert!(AeadKey::unwrap(&wrapped, &kek, set).is_err());
         }
+    }
+
+    #[test]
+    fn cache_keys_are_per_key_set_and_master_key() {
+        let set = Uuid::new_v4();
+        let keys = derive_cache_keys(&[7u8; 32], set);
+        let blob = keys.seal.seal(b"cached answer", &scoped_aad(Purpose::CacheResponse, set, set, "default"));
+        let same = derive_cache_keys(&[7u8; 32], set);
+        assert_eq!(same.mac.expose_secret(), keys.mac.expose_secret());
+        assert_ne!(keys.mac.expose_secret(), &[0u8; 32]);
+        let aad = scoped_aad(Purpose::CacheResponse, set, set, "default");
+        assert_eq!(same.seal.open(&blob, &aad).unwrap().as_slice(), b"cached answer");
+        // Another instance, purpose, key set or master key cannot open it.
+        assert!(same.seal.open(&blob, &scoped_aad(Purpose::CacheResponse, set, set, "other")).is_err());
+        assert!(same.seal.open(&blob, &scoped_aad(Purpose::CacheQuestion, set, set, "default")).is_err());
+        assert!(derive_cache_keys(&[7u8; 32], Uuid::new_v4()).seal.open(&blob, &aad).is_err());
+        assert!(derive_cache_keys(&[8u8; 32], set).seal.open(&blob, &aad).is_err());
+        assert_eq!(format!("{keys:?}"), "CacheKeys([REDACTED])");
     }
 
     #[test]

@@ -10,6 +10,7 @@ use url::Url;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::cache::Guards;
 use crate::egress::EgressPolicy;
 
 pub const MAX_KEYS: usize = 32;
@@ -101,7 +102,7 @@ pub struct ProviderKeyInput {
 }
 
 /// How requests made with this key set are served. Every field is optional.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
     /// Models to try, in order, after the requested one. A repeated model means "try it again". Default: `[]`.
@@ -112,10 +113,28 @@ pub struct Policy {
     /// requested model).
     #[serde(default)]
     pub azure_fallback_strategy: Vec<String>,
-    /// Answer from the semantic cache when every upstream fails or the key set is overloaded (the cache itself is not
-    /// built yet: today this has no effect). Default: `false`.
+    /// The semantic cache: store every successful answer (write-through) and answer from it when every upstream
+    /// fails, when the key set is busy (≥ 80 % of `max_concurrency`) or would shed a request. Header
+    /// `x-reliablegpt-caching` overrides it per request. Default: `false`.
     #[serde(default)]
     pub caching: bool,
+    /// With `caching`: serve a cache hit before calling any upstream (cost saving). Default: `false`.
+    #[serde(default)]
+    pub cache_first: bool,
+    /// Least cosine similarity (0.5-1.0) for a semantic cache hit. Default: `null` (0.90, chosen with
+    /// `reliablegpt cache-eval`).
+    #[serde(default)]
+    pub cache_threshold: Option<f32>,
+    /// Hit guards: a candidate whose question differs from the query in numbers or dates, negation, named entities or
+    /// scope words is not served. Default: all `true`.
+    #[serde(default)]
+    pub cache_guards: Guards,
+    /// Lifetime of stored answers in seconds (60-31536000). Default: `null` (604800, 7 days).
+    #[serde(default)]
+    pub cache_ttl_seconds: Option<u32>,
+    /// Most cache entries for this key set (1-10000000); the oldest are evicted. Default: `null` (100000).
+    #[serde(default)]
+    pub cache_max_entries: Option<u32>,
     /// Most requests in flight for this key set, across the process; beyond it requests wait up to `max_queue_ms`,
     /// then get 503 `overloaded` with `Retry-After`. Default: `null` (no limit).
     #[serde(default)]
@@ -149,6 +168,21 @@ pub struct ModelLimit {
 pub const DEFAULT_MAX_QUEUE_MS: u32 = 2_000;
 
 impl Policy {
+    /// How the cache matches for this key set.
+    pub fn cache_matching(&self) -> crate::cache::Matching {
+        crate::cache::Matching {
+            threshold: self.cache_threshold.unwrap_or(crate::cache::DEFAULT_THRESHOLD),
+            guards: self.cache_guards,
+        }
+    }
+
+    /// How long and how much the cache keeps for this key set.
+    pub fn cache_retention(&self) -> crate::cache::Retention {
+        crate::cache::Retention {
+            ttl_seconds: self.cache_ttl_seconds.unwrap_or(crate::cache::DEFAULT_TTL_SECONDS),
+            max_entries: self.cache_max_entries.unwrap_or(crate::cache::DEFAULT_MAX_ENTRIES),
+        }
+    }
     /// `max_queue_ms` or its default.
     pub fn max_queue(&self) -> std::time::Duration {
         std::time::Duration::from_millis(u64::from(self.max_queue_ms.unwrap_or(DEFAULT_MAX_QUEUE_MS)))
@@ -557,6 +591,21 @@ pub fn validate_policy(policy: &Policy) -> Result<(), Invalid> {
         && ms > 600_000
     {
         return Err(invalid("policy.max_queue_ms", "must be at most 600000, or null"));
+    }
+    if let Some(t) = policy.cache_threshold
+        && !(0.5..=1.0).contains(&t)
+    {
+        return Err(invalid("policy.cache_threshold", "must be between 0.5 and 1.0, or null"));
+    }
+    if let Some(ttl) = policy.cache_ttl_seconds
+        && !(60..=crate::cache::MAX_TTL_SECONDS).contains(&ttl)
+    {
+        return Err(invalid("policy.cache_ttl_seconds", "must be between 60 and 31536000, or null"));
+    }
+    if let Some(n) = policy.cache_max_entries
+        && !(1..=10_000_000).contains(&n)
+    {
+        return Err(invalid("policy.cache_max_entries", "must be between 1 and 10000000, or null"));
     }
     if policy.model_limits.len() > MAX_MODEL_LIST * 2 {
         return Err(invalid("policy.model_limits", format!("must hold at most {} models", MAX_MODEL_LIST * 2)));

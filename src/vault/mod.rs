@@ -8,6 +8,7 @@ mod cache;
 pub mod crypto;
 pub mod input;
 mod queries;
+pub mod scoped;
 pub mod token;
 
 use std::collections::HashSet;
@@ -184,6 +185,11 @@ impl Vault {
         let opened = Arc::new(self.open_key_set(&session).await?);
         self.cache.insert(hash.0, opened.clone());
         Ok(opened)
+    }
+
+    /// A key set's policy without its token (scoped tokens), or `None` once it is revoked.
+    pub async fn policy(&self, key_set_id: Uuid) -> Result<Option<Policy>, VaultError> {
+        Ok(queries::policy(&self.pool, key_set_id).await?)
     }
 
     /// Drops cached key sets past their TTL, so decrypted keys leave memory even when nobody asks for them again.

@@ -305,3 +305,10 @@ pub async fn master_key_usage(pool: &PgPool) -> sqlx::Result<Vec<(i32, i64)>> {
         .fetch_all(pool)
         .await
 }
+
+/// A key set's policy, or `None` when it does not exist (revoked).
+pub async fn policy(pool: &PgPool, key_set_id: Uuid) -> sqlx::Result<Option<Policy>> {
+    let row: Option<(Json<Policy>,)> =
+        sqlx::query_as("SELECT policy FROM vault_key_sets WHERE id = $1").bind(key_set_id).fetch_optional(pool).await?;
+    Ok(row.map(|(policy,)| policy.0))
+}
