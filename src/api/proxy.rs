@@ -102,7 +102,7 @@ async fn forward(
                 }
                 SubstituteSource::Cache { similarity, overload } => {
                     res.insert_header(("x-reliablegpt-cache", if overload { "overload-hit" } else { "hit" }))
-                        .insert_header(("x-reliablegpt-cache-similarity", format!("{similarity:.4}")));
+                        .insert_header(("x-reliablegpt-cache-similarity", format!("{similarity:.3}")));
                 }
             }
             let res =

@@ -3,6 +3,7 @@
 
 mod abuse;
 mod cache;
+mod cache_gateway;
 mod events;
 mod gateway;
 mod helpers;
