@@ -266,10 +266,11 @@ impl SemanticCache {
             Some(embedder) => embedder.embed(std::slice::from_ref(&conversation.question)).await?.pop(),
             None => None,
         };
-        self.insert(scope, conversation, embedding.as_deref(), response, model, retention).await
+        self.store_embedded(scope, conversation, embedding.as_deref(), response, model, retention).await
     }
 
-    async fn insert(
+    /// Stores an answer whose question is already embedded (write-through batches, benchmarks).
+    pub async fn store_embedded(
         &self,
         scope: Scope<'_>,
         conversation: &Conversation,

@@ -75,8 +75,9 @@ async fn write(cache: &SemanticCache, batch: &mut Vec<WriteJob>) {
     for (i, job) in batch.drain(..).enumerate() {
         let embedding = embeddings.as_ref().and_then(|v| v.get(i)).map(Vec::as_slice);
         let scope = Scope { key_set_id: job.key_set_id, instance: &job.instance };
-        let stored =
-            cache.insert(scope, &job.conversation, embedding, &job.response, job.model.as_deref(), job.retention).await;
+        let stored = cache
+            .store_embedded(scope, &job.conversation, embedding, &job.response, job.model.as_deref(), job.retention)
+            .await;
         match stored {
             Ok(()) => cache.metrics.cache_write("stored"),
             Err(e) => {
