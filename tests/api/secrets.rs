@@ -265,3 +265,85 @@ async fn trace_logs_hold_no_key_and_no_token() {
     assert_absent(&logs, &vars[env::MASTER_KEY], "service logs");
     assert_absent(&logs, &vars[env::TOKEN_PEPPER], "service logs");
 }
+
+/// Cached questions and answers are customer data: neither a database dump nor TRACE logs show them, whether they came
+/// in through write-through, `POST /v1/cache` or a lookup's query string; scoped tokens are not logged either.
+#[tokio::test]
+async fn cached_questions_and_answers_stay_out_of_dumps_and_logs() {
+    let db = TestDatabase::create().await;
+    let pool = db.pool().await;
+    reliablegpt::db::migrate(&pool).await.unwrap();
+    let mock = reliablegpt::mock_upstream::MockUpstream::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let mut vars = base_env(&db);
+    vars.insert(env::OPENAI_BASE_URL.into(), mock.base_url());
+    vars.insert(env::ALLOW_PRIVATE_UPSTREAMS.into(), "true".into());
+    vars.insert(env::ALLOWED_UPSTREAM_HOSTS.into(), "127.0.0.1".into());
+    let service = RunningService::start(&vars, "trace");
+    let base = service.base.clone();
+    let client = reqwest::Client::new();
+    let created = service
+        .post_keys(&json!({"user_email": "dev@example.com", "keys": [canary_key()], "policy": {"caching": true}}))
+        .await;
+    let token = token_of(&created);
+    let (asked, question, answer) = (canary_key(), canary_key(), canary_key());
+    let chat = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": format!("Please explain {asked}")}]});
+    let res = client.post(format!("{base}/v1/chat/completions")).bearer_auth(&token).json(&chat).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let stored = client
+        .post(format!("{base}/v1/cache"))
+        .bearer_auth(&token)
+        .json(&json!({"instance_id": "shop", "query": format!("What is {question}?"), "response": format!("It is {answer}.")}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stored.status(), 201);
+    let minted: Value = client
+        .post(format!("{base}/v1/tokens"))
+        .bearer_auth(&token)
+        .json(&json!({"scope": "cache:read", "instance_id": "shop"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let jwt = minted["token"].as_str().unwrap().to_owned();
+    let hit: Value = client
+        .get(format!("{base}/v1/cache"))
+        .bearer_auth(&jwt)
+        .query(&[("query", format!("What is {question}?"))])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(hit["response"], format!("It is {answer}."));
+    // The write-through lands off the request path.
+    for _ in 0..200 {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM cache_entries").fetch_one(&pool).await.unwrap();
+        if n == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let dump = whole_database_as_text(&pool).await;
+    assert_eq!(sqlx::query_scalar::<_, i64>("SELECT count(*) FROM cache_entries").fetch_one(&pool).await.unwrap(), 2);
+    for secret in [&asked, &question, &answer, &jwt] {
+        assert_absent(&dump, secret, "database dump");
+    }
+    if let Ok(bin_dir) = std::env::var("RELIABLEGPT_PG_BIN_DIR") {
+        let out = Command::new(format!("{bin_dir}/pg_dump")).arg(&db.url).output().expect("run pg_dump");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let pg_dump = String::from_utf8_lossy(&out.stdout);
+        assert!(pg_dump.contains("cache_entries"));
+        for secret in [&asked, &question, &answer] {
+            assert_absent(&pg_dump, secret, "pg_dump output");
+        }
+    }
+    let logs = service.stop();
+    assert!(logs.contains("\"level\":\"TRACE\"") || logs.contains("\"level\":\"DEBUG\""), "not a TRACE capture");
+    for secret in [&asked, &question, &answer, &jwt, &token] {
+        assert_absent(&logs, secret, "service logs");
+    }
+}
