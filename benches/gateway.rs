@@ -128,7 +128,18 @@ async fn run() {
         print_max(&gw.label, &g);
         max_rows.push(g);
     }
+    // The same load with the semantic cache on (write-through of every answer; repeats are recognised in memory).
+    let caching_token = harness::create_token(
+        gateways[0].addr,
+        &json!({"user_email": "bench@example.com", "keys": ["sk-bench-000000000000000000000000000000"],
+                "policy": {"fallback_strategy": ["gpt-4o-mini"], "caching": true}}),
+    )
+    .await;
+    let caching = loadgen::request("/v1/chat/completions", gateways[0].addr, Some(&caching_token), &[], CHAT);
+    let c = loadgen::max_throughput(gateways[0].addr, caching, RUN, CONNECTIONS).await;
+    print_max(&format!("{}, caching on", gateways[0].label), &c);
     let g = &max_rows[0];
+    println!("\nthroughput with caching on / off: {:.2}", c.throughput() / g.throughput().max(0.001));
 
     // Fallback cost: a model the upstream does not have (404, no retry) then the fallback, vs the two calls direct.
     let missing_body = r#"{"model":"bench-missing","messages":[{"role":"user","content":"Say the alphabet."}]}"#;
