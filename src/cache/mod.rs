@@ -37,7 +37,7 @@ pub use writer::WriteJob;
 /// Longest cached answer, in bytes.
 pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 /// Default least cosine similarity for a semantic hit (chosen with `reliablegpt cache-eval`, see the README).
-pub const DEFAULT_THRESHOLD: f32 = 0.90;
+pub const DEFAULT_THRESHOLD: f32 = 0.80;
 pub const DEFAULT_TTL_SECONDS: u32 = 7 * 24 * 60 * 60;
 pub const MAX_TTL_SECONDS: u32 = 365 * 24 * 60 * 60;
 pub const DEFAULT_MAX_ENTRIES: u32 = 100_000;
