@@ -33,6 +33,15 @@ enum Command {
     Openapi,
     /// Show how many key sets each master key version still wraps (a version with none left can be retired).
     KeyringStatus,
+    /// Measure the semantic cache's matching on labelled pairs (JSON lines `{"a", "b", "same_answer"}`): the share of
+    /// should-hit pairs served and of wrong-answer pairs served, per threshold, with and without the hit guards.
+    CacheEval {
+        #[arg(long)]
+        pairs: PathBuf,
+        /// all-MiniLM-L6-v2's folder; default `RELIABLEGPT_EMBEDDING_MODEL_DIR` (`scripts/model` prints it).
+        #[arg(long)]
+        model_dir: Option<PathBuf>,
+    },
     /// Run the fault-injecting OpenAI-compatible mock upstream (tests, benchmarks, demos). Needs no settings.
     MockUpstream {
         #[arg(long, default_value = "127.0.0.1:9090")]
@@ -46,6 +55,7 @@ fn main() -> ExitCode {
         Command::Secrets => write_stdout(&generate_secrets()),
         Command::Openapi => write_stdout(&api::openapi::document()),
         Command::MockUpstream { listen } => run_mock(listen),
+        Command::CacheEval { pairs, model_dir } => cache_eval(&pairs, model_dir),
         command => run_async(command, cli.config),
     };
     match result {
@@ -60,6 +70,21 @@ fn main() -> ExitCode {
 
 fn write_stdout(text: &str) -> Result<(), String> {
     std::io::stdout().write_all(text.as_bytes()).map_err(|e| e.to_string())
+}
+
+fn cache_eval(pairs: &std::path::Path, model_dir: Option<PathBuf>) -> Result<(), String> {
+    use reliablegpt::cache::{embed, eval};
+    let text = std::fs::read_to_string(pairs).map_err(|e| format!("{}: {e}", pairs.display()))?;
+    let pairs = eval::read_pairs(&text).map_err(|e| format!("{}: {e}", pairs.display()))?;
+    let dir = model_dir
+        .or_else(|| std::env::var_os(reliablegpt::config::env::MODEL_DIR).map(PathBuf::from))
+        .ok_or("give --model-dir or set RELIABLEGPT_EMBEDDING_MODEL_DIR (scripts/model prints it)")?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let embedder = embed::LocalEmbedder::load(&dir, threads).map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let report =
+        runtime.block_on(eval::evaluate(&embedder, &pairs, eval::DEFAULT_THRESHOLDS)).map_err(|e| e.to_string())?;
+    write_stdout(&report.render())
 }
 
 fn run_mock(listen: std::net::SocketAddr) -> Result<(), String> {
@@ -99,7 +124,7 @@ fn run_async(command: Command, config: Option<PathBuf>) -> Result<(), String> {
                 }
                 write_stdout(&text)
             }
-            Command::Secrets | Command::Openapi | Command::MockUpstream { .. } => Ok(()),
+            Command::Secrets | Command::Openapi | Command::MockUpstream { .. } | Command::CacheEval { .. } => Ok(()),
         }
     })
 }

@@ -70,7 +70,7 @@ impl Application {
         );
         let (events, event_rx) = EventSink::channel(EVENT_BUFFER);
         let engine = Engine::new(settings.engine, settings.egress.clone(), vault.clone(), events)?;
-        let embedder = cache::build_embedder(&settings.cache, &settings.egress).map_err(StartError::Cache)?;
+        let embedder = cache::build_embedder(&settings.cache).map_err(StartError::Cache)?;
         let (cache, cache_worker) = SemanticCache::start(
             pool.clone(),
             keyring,

@@ -341,16 +341,43 @@ impl SemanticCache {
 }
 
 /// The embedder the settings ask for; `None` (exact matches only) when the local model's folder is not configured.
-pub fn build_embedder(
-    settings: &settings::CacheSettings,
-    _egress: &crate::egress::EgressPolicy,
-) -> Result<Option<Arc<dyn Embedder>>, String> {
+/// A configured embedder that cannot start stops the service with the reason.
+/// The OpenAI-compatible endpoint is operator configuration (not customer input), so it is not held to the customers'
+/// egress policy: an embedding server on the operator's private network is normal.
+pub fn build_embedder(settings: &settings::CacheSettings) -> Result<Option<Arc<dyn Embedder>>, String> {
+    let threads = settings.embedding_threads as usize;
     match settings.embedder {
-        settings::EmbedderKind::Local if settings.model_dir.is_none() => {
-            tracing::warn!("RELIABLEGPT_EMBEDDING_MODEL_DIR is not set: the cache serves exact matches only");
-            Ok(None)
+        settings::EmbedderKind::Local => match &settings.model_dir {
+            None => {
+                tracing::warn!("RELIABLEGPT_EMBEDDING_MODEL_DIR is not set: the cache serves exact matches only");
+                Ok(None)
+            }
+            Some(dir) => {
+                // candle spreads each matrix product over rayon's global pool; sized to the embedding threads, the
+                // model never takes more cores than configured. Only the first build in a process counts (tests start
+                // many services in one process).
+                let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
+                let embedder = embed::LocalEmbedder::load(std::path::Path::new(dir), threads)
+                    .map_err(|e| format!("{}: {e}", settings::env::MODEL_DIR))?;
+                tracing::info!(threads, "embedding model loaded (all-MiniLM-L6-v2)");
+                Ok(Some(Arc::new(embedder)))
+            }
+        },
+        settings::EmbedderKind::OpenAi => {
+            let url = settings.embedding_url.as_deref().ok_or_else(|| {
+                format!("{} is required with RELIABLEGPT_EMBEDDER=openai", settings::env::EMBEDDING_URL)
+            })?;
+            let url = url::Url::parse(url).map_err(|e| format!("{}: {e}", settings::env::EMBEDDING_URL))?;
+            let key = settings.embedding_api_key.clone().ok_or_else(|| {
+                format!("{} is required with RELIABLEGPT_EMBEDDER=openai", settings::env::EMBEDDING_API_KEY)
+            })?;
+            let client = reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(10))
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .map_err(|e| e.to_string())?;
+            Ok(Some(Arc::new(embed::OpenAiEmbedder::new(client, url, key, settings.embedding_model.clone()))))
         }
-        _ => Ok(None),
     }
 }
 

@@ -278,3 +278,51 @@ async fn cached_texts_are_encrypted_at_rest() {
     let res = gw.cache_get(&token, &[("instance_id", "other"), ("query", &question)]).await;
     assert_eq!(json_of(res, 200).await["hit"], false);
 }
+
+/// With the real embedding model: paraphrases hit, look-alikes that change the answer do not, other key sets never.
+#[tokio::test]
+async fn paraphrases_hit_by_meaning_and_the_guards_refuse_look_alikes() {
+    let gw = crate::helpers::spawn_gateway_with(crate::helpers::with_model).await;
+    let token = gw.key_set(&[K1], &[]).await;
+    let other_set = gw.key_set(&[K1], &[]).await;
+    for (query, response) in [
+        ("How can I reset my password?", "Use 'Forgot password' on the sign-in page."),
+        ("Cancel order 123", "Order 123 is cancelled."),
+        ("Is it safe to delete the cache folder?", "Yes, it is rebuilt on start."),
+    ] {
+        let body = json!({"query": query, "response": response});
+        assert_eq!(gw.cache_store(&token, body).await.status(), 201);
+    }
+    let paraphrase = json_of(gw.cache_get(&token, &[("query", "How do I reset my password?")]).await, 200).await;
+    assert_eq!(paraphrase["hit"], true, "{paraphrase}");
+    assert_eq!(paraphrase["response"], "Use 'Forgot password' on the sign-in page.");
+    let similarity = paraphrase["similarity"].as_f64().unwrap();
+    assert!((0.8..1.0).contains(&similarity), "{similarity}");
+    // A stricter threshold for this lookup misses it.
+    let strict =
+        json_of(gw.cache_get(&token, &[("query", "How do I reset my password?"), ("threshold", "0.999")]).await, 200)
+            .await;
+    assert_eq!(strict["hit"], false);
+    // Another key set asking the very same paraphrase: never.
+    let foreign = json_of(gw.cache_get(&other_set, &[("query", "How do I reset my password?")]).await, 200).await;
+    assert_eq!(foreign, json!({"hit": false}));
+    // Look-alikes that change the answer are refused by the guards even at a permissive threshold.
+    for look_alike in ["Cancel order 124", "Is it unsafe to delete the cache folder?"] {
+        let body = json!({"query": look_alike, "threshold": 0.5});
+        let res = json_of(gw.cache_lookup(&token, body).await, 200).await;
+        assert_eq!(res["hit"], false, "{look_alike}: {res}");
+    }
+    let metrics = gw.app.client.get(gw.app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(r#"reliablegpt_cache_guard_rejections_total{guard="numbers"}"#), "{metrics}");
+    assert!(metrics.contains(r#"reliablegpt_cache_lookups_total{result="semantic_hit"} 1"#), "{metrics}");
+    // Guards are per key set: with the numbers guard off, the look-alike order is served (the reason it exists).
+    let loose = gw.key_set_with(json!([K1]), json!({"cache_threshold": 0.5, "cache_guards": {"numbers": false}})).await;
+    assert_eq!(
+        gw.cache_store(&loose, json!({"query": "Cancel order 123", "response": "Order 123 is cancelled."}))
+            .await
+            .status(),
+        201
+    );
+    let served = json_of(gw.cache_get(&loose, &[("query", "Cancel order 124")]).await, 200).await;
+    assert_eq!(served["response"], "Order 123 is cancelled.", "{served}");
+}

@@ -180,3 +180,32 @@ async fn a_full_write_queue_drops_jobs_and_counts_them_without_failing_requests(
     };
     assert_eq!(count("queued") + count("dropped"), 40, "{metrics}");
 }
+
+#[tokio::test]
+async fn a_paraphrase_of_an_answered_question_is_served_when_every_upstream_fails() {
+    let gw = spawn_gateway_with(|e| {
+        e.insert(env::MAX_RETRIES.into(), "0".into());
+        crate::helpers::with_model(e);
+    })
+    .await;
+    let token = gw.key_set_with(json!([K1]), json!({"caching": true})).await;
+    let asked = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "How can I reset my password?"}]});
+    assert_eq!(gw.post("/v1/chat/completions", &token, asked, &[]).await.status, 200);
+    wait_for_entries(&gw, 1).await;
+    let embedded: bool =
+        sqlx::query_scalar("SELECT embedding IS NOT NULL FROM cache_entries").fetch_one(&gw.app.pool).await.unwrap();
+    assert!(embedded, "write-through stores the question's embedding");
+    gw.mock.script("gpt-4o", vec![Behavior::server_error()]);
+    let paraphrase =
+        json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "How do I reset my password?"}]});
+    let a = gw.post("/v1/chat/completions", &token, paraphrase, &[]).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(a.header("x-reliablegpt-cache"), Some("hit"));
+    let similarity: f64 = a.header("x-reliablegpt-cache-similarity").unwrap().parse().unwrap();
+    assert!((0.8..1.0).contains(&similarity), "{similarity}");
+    assert_eq!(a.body["choices"][0]["message"]["content"], full_answer());
+    // A look-alike with another number is not served: the error comes back.
+    let other =
+        json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "How can I reset my password 2 times?"}]});
+    assert_eq!(gw.post("/v1/chat/completions", &token, other, &[]).await.status, 503);
+}

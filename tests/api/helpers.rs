@@ -83,6 +83,25 @@ impl Drop for TestDatabase {
     }
 }
 
+/// The cache's embedding model (`scripts/model`, run by `scripts/test`): tests of semantic matching need it and fail
+/// without it rather than skip.
+pub fn model_dir() -> String {
+    if let Ok(dir) = std::env::var(env::MODEL_DIR) {
+        return dir;
+    }
+    let local = concat!(env!("CARGO_MANIFEST_DIR"), "/.dev/models/all-MiniLM-L6-v2");
+    assert!(
+        std::path::Path::new(local).join("model.safetensors").exists(),
+        "the embedding model is missing: run scripts/model (scripts/test does) or set RELIABLEGPT_EMBEDDING_MODEL_DIR"
+    );
+    local.to_owned()
+}
+
+/// Settings tweak: the real embedding model, so the cache matches by meaning.
+pub fn with_model(vars: &mut HashMap<String, String>) {
+    vars.insert(env::MODEL_DIR.to_owned(), model_dir());
+}
+
 /// The environment a test app starts with; tests change entries before spawning.
 pub fn base_env(db: &TestDatabase) -> HashMap<String, String> {
     HashMap::from([
