@@ -186,8 +186,9 @@ pub fn digest(trigger: Trigger, key_set_id: Uuid, s: &Summary, alerts_url: &str)
     };
     let keys: Vec<String> = s.by_key.iter().map(|k| format!("{} ({}) {}", k.masked, k.provider, k.failures)).collect();
     let requests: u64 = s.outcomes.values().sum();
-    let did: Vec<String> =
-        s.outcomes.iter().filter(|(_, n)| **n > 0).map(|(o, n)| format!("{n} {}", outcome_label(o))).collect();
+    let mut outcomes: Vec<(&String, &u64)> = s.outcomes.iter().filter(|(_, n)| **n > 0).collect();
+    outcomes.sort_by_key(|(_, n)| std::cmp::Reverse(**n));
+    let did: Vec<String> = outcomes.iter().map(|(o, n)| format!("{n} {}", outcome_label(o))).collect();
     let lines: Vec<(&str, String)> = vec![
         (
             "What happened",
