@@ -73,6 +73,15 @@ async fn evaluate(alerts: &Alerts, key_set_id: Uuid, now: DateTime<Utc>) -> Resu
         baseline_per_bucket: baseline,
     };
     let verdict = if t.enabled { rules::judge(&t, &facts) } else { None };
+    // Read before the transaction so it never holds one pooled connection while waiting for another. Masked keys are
+    // joined only here: events carry key ids, never keys.
+    let mut recipients = Vec::new();
+    if verdict.is_some() {
+        let masked: HashMap<Uuid, (String, String)> =
+            alerts.vault.masked_keys(key_set_id).await?.into_iter().map(|(id, p, m)| (id, (p, m))).collect();
+        summary = digest::summarise(&rows, &masked, span, baseline_per_minute, t.spike_factor);
+        recipients = alerts.verified_recipients(key_set_id).await?;
+    }
 
     let mut tx = alerts.pool.begin().await?;
     if !queries::try_lock_key_set(&mut tx, key_set_id).await? {
@@ -103,11 +112,6 @@ async fn evaluate(alerts: &Alerts, key_set_id: Uuid, now: DateTime<Utc>) -> Resu
             if queries::last_opened_at(&mut tx, key_set_id).await?.is_some_and(|at| now - at < cooldown) {
                 return Ok(());
             }
-            // Masked keys are joined only now: events carry key ids, never keys.
-            let masked: HashMap<Uuid, (String, String)> =
-                alerts.vault.masked_keys(key_set_id).await?.into_iter().map(|(id, p, m)| (id, (p, m))).collect();
-            summary = digest::summarise(&rows, &masked, span, baseline_per_minute, t.spike_factor);
-            let recipients = alerts.verified_recipients(key_set_id).await?;
             let id = Uuid::new_v4();
             let stored = serde_json::to_value(&summary).unwrap_or_default();
             if !queries::insert_alert(&mut tx, id, key_set_id, now, trigger.as_str(), &stored, &recipients).await? {

@@ -75,3 +75,19 @@ settings! {
 fn hours(name: &'static str, text: &str) -> Result<Duration, ConfigError> {
     parse::positive(name, text).map(|h| Duration::from_secs(u64::from(h) * 3600))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_smtp_password_stays_out_of_debug_and_errors() {
+        let url = smtp_url("X", "smtps://user:hunter2@mail.example.com:465").unwrap();
+        let settings = AlertSettings { smtp_url: Some(url), ..AlertSettings::default() };
+        assert!(!format!("{settings:?}").contains("hunter2"));
+        let err = smtp_url("X", "http://user:hunter2@x").unwrap_err().to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+        assert!(mailbox("X", "not an address").is_err());
+        assert_eq!(mailbox("X", "alerts@example.com").unwrap(), "alerts@example.com");
+    }
+}

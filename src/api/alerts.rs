@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use super::auth::Authenticated;
+use super::auth::{Authenticated, client_ip};
 use super::error::ErrorBody;
 use super::{ApiError, AppState};
 use crate::alerts::digest::escape;
@@ -58,9 +58,22 @@ pub struct VerifyQuery {
         (status = 400, description = "Unknown, used or expired link.", content_type = "text/html"),
     )
 )]
-pub async fn verify(state: web::Data<AppState>, query: web::Query<VerifyQuery>) -> Result<HttpResponse, ApiError> {
+pub async fn verify(
+    state: web::Data<AppState>,
+    req: actix_web::HttpRequest,
+    query: web::Query<VerifyQuery>,
+) -> Result<HttpResponse, ApiError> {
+    // Links are 256-bit secrets, but wrong ones share the failed-authentication budget so nobody hammers the table.
+    let ip = client_ip(&req);
+    if let Err(wait) = state.auth_failure_limiter.peek(ip) {
+        return Err(ApiError::rate_limited(super::rate_limit::retry_after_secs(wait)));
+    }
     let token = query.into_inner().token.unwrap_or_default();
-    let (mut res, title, text) = if state.alerts.verify(&token).await? {
+    let confirmed = state.alerts.verify(&token).await?;
+    if !confirmed {
+        let _ = state.auth_failure_limiter.check(ip);
+    }
+    let (mut res, title, text) = if confirmed {
         (
             HttpResponse::Ok(),
             "Address confirmed",
