@@ -1,5 +1,6 @@
 //! reliablegpt: a reliability gateway for LLM apps. See `docs/ARCHITECTURE.md` for how the modules fit.
 
+pub mod alerts;
 pub mod api;
 mod bounded;
 pub mod cache;

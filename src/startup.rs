@@ -11,12 +11,13 @@ use sqlx::PgPool;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
+use crate::alerts::Alerts;
 use crate::api::{self, AppState, openapi::ApiDoc, rate_limit::ClientLimiter};
 use crate::cache::{self, SemanticCache};
 use crate::config::Settings;
 use crate::db;
 use crate::engine::Engine;
-use crate::engine::events::{DiscardEvents, EVENT_BUFFER, EventSink, spawn_consumer};
+use crate::engine::events::{EVENT_BUFFER, EventSink, spawn_consumer};
 use crate::vault::Vault;
 use crate::vault::scoped::ScopedTokens;
 
@@ -32,6 +33,8 @@ pub enum StartError {
     Engine(#[from] crate::engine::EngineError),
     #[error("semantic cache: {0}")]
     Cache(String),
+    #[error("alerts: {0}")]
+    Alerts(String),
     #[error("cannot listen for key set changes: {0}")]
     Listener(String),
     #[error("cannot listen on {addr}: {source}")]
@@ -79,13 +82,15 @@ impl Application {
             settings.cache.write_queue as usize,
         );
         let engine = Arc::new(engine.with_answer_source(cache.clone()));
-        let background = vec![
+        let alerts = Alerts::new(pool.clone(), vault.clone(), settings.alerts).map_err(StartError::Alerts)?;
+        let (event_counter, alert_tasks) = alerts.start();
+        let mut background = vec![
             cache_worker,
             vault.start_change_listener().await.map_err(|e| StartError::Listener(e.to_string()))?,
             engine.spawn_background(),
-            // Until the alerts module consumes engine events, drain them so the buffer never fills.
-            spawn_consumer(event_rx, DiscardEvents),
+            spawn_consumer(event_rx, event_counter),
         ];
+        background.extend(alert_tasks);
         let state = web::Data::new(AppState {
             vault,
             pool,
@@ -95,6 +100,7 @@ impl Application {
             engine,
             cache,
             scoped_tokens,
+            alerts,
         });
         let workers = settings.workers;
         let mut server = HttpServer::new(move || {

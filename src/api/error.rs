@@ -10,6 +10,7 @@ use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::alerts::AlertsError;
 use crate::vault::VaultError;
 use crate::vault::input::describe_serde_error;
 
@@ -189,6 +190,15 @@ impl From<VaultError> for ApiError {
         match e {
             VaultError::Unauthenticated => Self::unauthenticated(),
             VaultError::Invalid(i) => Self::invalid(i.param, i.message),
+            other => Self::internal(&other),
+        }
+    }
+}
+
+impl From<AlertsError> for ApiError {
+    fn from(e: AlertsError) -> Self {
+        match e {
+            AlertsError::Vault(v) => v.into(),
             other => Self::internal(&other),
         }
     }

@@ -1,5 +1,6 @@
 //! HTTP handlers. They translate HTTP to module calls and back; no SQL and no business rules live here.
 
+mod alerts;
 mod auth;
 mod cache;
 pub mod error;
@@ -43,6 +44,7 @@ pub struct AppState {
     pub engine: std::sync::Arc<Engine>,
     pub cache: std::sync::Arc<crate::cache::SemanticCache>,
     pub scoped_tokens: crate::vault::scoped::ScopedTokens,
+    pub alerts: crate::alerts::Alerts,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -60,7 +62,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/docs", web::get().to(docs_slash))
         .service(
             web::resource("/v1/keys")
-                .app_data(keys_json)
+                .app_data(keys_json.clone())
                 .route(web::post().to(keys::create))
                 .route(web::get().to(keys::get))
                 .route(web::patch().to(keys::update))
@@ -87,6 +89,16 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route(web::post().to(cache::mint_token))
                 .default_service(web::to(method_not_allowed)),
         )
+        .service(
+            web::resource("/v1/alerts/settings")
+                .app_data(keys_json.clone())
+                .route(web::get().to(alerts::get_settings))
+                .route(web::put().to(alerts::put_settings))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(web::resource("/v1/alerts/verify").route(web::get().to(alerts::verify)))
+        .service(web::resource("/v1/alerts").route(web::get().to(alerts::list)))
+        .service(web::resource("/v1/events").route(web::get().to(alerts::events)))
         .service(
             web::scope("/v1")
                 .route("/chat/completions", web::post().to(proxy::chat))

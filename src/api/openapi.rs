@@ -4,7 +4,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{IntoResponses, Modify, OpenApi};
 
 use super::error::ErrorBody;
-use super::{cache, health, keys, models, proxy};
+use super::{alerts, cache, health, keys, models, proxy};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -12,7 +12,8 @@ use super::{cache, health, keys, models, proxy};
     paths(
         health::healthz, health::readyz, proxy::metrics, keys::create, keys::get, keys::update, keys::revoke,
         proxy::chat, proxy::completions, proxy::embeddings, models::list, models::retrieve, cache::get, cache::lookup,
-        cache::store, cache::purge, cache::mint_token
+        cache::store, cache::purge, cache::mint_token, alerts::get_settings, alerts::put_settings, alerts::verify,
+        alerts::list, alerts::events
     ),
     components(schemas(
         crate::vault::input::KeyInput, crate::vault::input::ProviderKeyInput, crate::vault::KeyStatus, ErrorBody
@@ -22,6 +23,7 @@ use super::{cache, health, keys, models, proxy};
         (name = "gateway", description = "OpenAI-compatible endpoints with fallbacks"),
         (name = "keys", description = "The key vault"),
         (name = "cache", description = "The semantic cache and scoped tokens"),
+        (name = "alerts", description = "Error-spike alerts by email and per-minute event counts"),
         (name = "health", description = "Probes and metrics")
     )
 )]

@@ -14,6 +14,7 @@ use std::path::Path;
 
 use secrecy::SecretString;
 
+pub use crate::alerts::AlertSettings;
 pub use crate::api::rate_limit::AbuseLimits;
 pub use crate::cache::settings::CacheSettings;
 use crate::egress::EgressPolicy;
@@ -55,6 +56,7 @@ settings! {
         /// HTTP worker threads; default: one per CPU.
         pub workers: Option<u32> [WORKERS = "RELIABLEGPT_WORKERS", parse::positive, optional],
         pub limits: AbuseLimits [group crate::api::rate_limit],
+        pub alerts: AlertSettings [group crate::alerts::settings],
     }
 }
 

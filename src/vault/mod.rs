@@ -415,6 +415,21 @@ impl Vault {
         Ok(queries::set_cooldown(&self.pool, key_id, until).await?)
     }
 
+    /// A key set's provider keys as `(id, provider, masked key)`, for alert digests (which carry key ids, never keys).
+    pub async fn masked_keys(&self, key_set_id: Uuid) -> Result<Vec<(Uuid, String, String)>, VaultError> {
+        Ok(queries::masked_keys(&self.pool, key_set_id).await?)
+    }
+
+    /// The key set's `user_email` and whether it confirmed a verification link; `None` once revoked.
+    pub async fn contact(&self, key_set_id: Uuid) -> Result<Option<(String, bool)>, VaultError> {
+        Ok(queries::contact(&self.pool, key_set_id).await?)
+    }
+
+    /// Records that `email` confirmed a verification link, if it is still the key set's `user_email`.
+    pub async fn mark_email_verified(&self, key_set_id: Uuid, email: &str) -> Result<bool, VaultError> {
+        Ok(queries::mark_email_verified(&self.pool, key_set_id, email).await?)
+    }
+
     /// Key sets per master key version; a version with no key sets left can be removed from the keyring.
     pub async fn master_key_usage(&self) -> Result<Vec<(u32, u64)>, VaultError> {
         Ok(queries::master_key_usage(&self.pool)

@@ -312,3 +312,29 @@ pub async fn policy(pool: &PgPool, key_set_id: Uuid) -> sqlx::Result<Option<Poli
         sqlx::query_as("SELECT policy FROM vault_key_sets WHERE id = $1").bind(key_set_id).fetch_optional(pool).await?;
     Ok(row.map(|(policy,)| policy.0))
 }
+
+/// `(key id, provider, masked key)` of every key of a set, for alert digests.
+pub async fn masked_keys(pool: &PgPool, key_set_id: Uuid) -> sqlx::Result<Vec<(Uuid, String, String)>> {
+    sqlx::query_as("SELECT id, provider, masked FROM vault_provider_keys WHERE key_set_id = $1 ORDER BY position")
+        .bind(key_set_id)
+        .fetch_all(pool)
+        .await
+}
+
+/// The key set's contact address and whether it confirmed it.
+pub async fn contact(pool: &PgPool, key_set_id: Uuid) -> sqlx::Result<Option<(String, bool)>> {
+    sqlx::query_as("SELECT user_email, email_verified FROM vault_key_sets WHERE id = $1")
+        .bind(key_set_id)
+        .fetch_optional(pool)
+        .await
+}
+
+/// Marks the contact address confirmed, only if it is still `email` (it may have changed since the link was sent).
+pub async fn mark_email_verified(pool: &PgPool, key_set_id: Uuid, email: &str) -> sqlx::Result<bool> {
+    sqlx::query("UPDATE vault_key_sets SET email_verified = true WHERE id = $1 AND lower(user_email) = lower($2)")
+        .bind(key_set_id)
+        .bind(email)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected() == 1)
+}

@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod abuse;
+mod alerts;
 mod cache;
 mod cache_gateway;
 mod events;
