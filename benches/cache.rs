@@ -12,6 +12,7 @@
 //!     DATABASE_URL=$(scripts/dev-db) cargo bench --bench cache -- --bench            # 10k and 100k entries
 //!     DATABASE_URL=$(scripts/dev-db) cargo bench --bench cache -- --bench --large    # also 1M (long: index build)
 //!     DATABASE_URL=$(scripts/dev-db) cargo bench --bench cache -- --bench --sizes 2000,5000
+//!     DATABASE_URL=$(scripts/dev-db) cargo bench --bench cache -- --bench --sizes 1000000 --maintenance-work-mem 2GB
 //!
 //! Without `--bench` (as under `cargo test --all-targets`) it exits at once.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, clippy::panic)]
@@ -51,6 +52,9 @@ const RECALL_NOISE: f32 = 0.018;
 /// A top-1 whose similarity is within this of the exact top-1's counts as correct (halfvec rounding).
 const TIE: f32 = 1e-3;
 const COPY_BATCH: usize = 5_000;
+/// `hnsw.ef_search` of `find_nearest`.
+const EF_SEARCH: u32 = 64;
+const EF_SWEEP: [u32; 4] = [40, 100, 200, 400];
 
 const COLUMNS: &str = "id, master_key_version, question, response, model, created_at";
 /// The statement of `find_nearest` in src/cache/queries.rs (run there with the same two `SET LOCAL`s).
@@ -73,8 +77,16 @@ fn main() {
     if let Some(list) = args.iter().position(|a| a == "--sizes").and_then(|i| args.get(i + 1)) {
         sizes = list.split(',').map(|n| n.trim().replace('_', "").parse().expect("--sizes: numbers")).collect();
     }
+    // `--maintenance-work-mem 2GB`: for the index builds (default 1GB; a build whose graph outgrows it goes on on disk).
+    let maintenance_work_mem = args
+        .iter()
+        .position(|a| a == "--maintenance-work-mem")
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+        .unwrap_or_else(|| "1GB".to_owned());
+    assert!(maintenance_work_mem.chars().all(|c| c.is_ascii_alphanumeric()), "--maintenance-work-mem: e.g. 2GB");
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    runtime.block_on(run(sizes));
+    runtime.block_on(run(sizes, maintenance_work_mem));
 }
 
 fn progress(started: Instant, what: &str) {
@@ -343,9 +355,9 @@ async fn drop_index(pool: &PgPool) {
 }
 
 /// Recreates the HNSW index exactly as the migration does; returns the build time and the index size.
-async fn build_index(pool: &PgPool) -> (Duration, i64) {
+async fn build_index(pool: &PgPool, maintenance_work_mem: &str) -> (Duration, i64) {
     let mut conn = pool.acquire().await.unwrap();
-    sqlx::query("SET maintenance_work_mem = '1GB'").execute(&mut *conn).await.unwrap();
+    sqlx::query(&format!("SET maintenance_work_mem = '{maintenance_work_mem}'")).execute(&mut *conn).await.unwrap();
     let started = Instant::now();
     sqlx::query("CREATE INDEX cache_entries_embedding ON cache_entries USING hnsw (embedding halfvec_cosine_ops)")
         .execute(&mut *conn)
@@ -378,6 +390,8 @@ struct Measured {
     vector_similarity: f64,
     /// Near-duplicate queries with the planner's plan, then forced onto the HNSW index; fresh queries likewise.
     recalls: [Recall; 4],
+    /// Near-duplicates, HNSW forced, by `hnsw.ef_search`.
+    ef_sweep: Vec<(u32, Recall)>,
     plan: String,
     generic_plan: String,
     forced_plan: String,
@@ -417,17 +431,24 @@ enum Plan {
 }
 
 /// The settings `find_nearest` runs with, inside the caller's transaction.
-async fn set_locals(conn: &mut PgConnection, plan: Plan) {
+async fn set_locals(conn: &mut PgConnection, plan: Plan, ef_search: u32) {
     sqlx::query("SET LOCAL hnsw.iterative_scan = relaxed_order").execute(&mut *conn).await.unwrap();
-    sqlx::query("SET LOCAL hnsw.ef_search = 64").execute(&mut *conn).await.unwrap();
+    sqlx::query(&format!("SET LOCAL hnsw.ef_search = {ef_search}")).execute(&mut *conn).await.unwrap();
     if plan == Plan::ForceIndex {
         sqlx::query("SET LOCAL enable_sort = off").execute(&mut *conn).await.unwrap();
     }
 }
 
-async fn nearest_ids(pool: &PgPool, key_set_id: Uuid, context: &[u8], query: &[f32], plan: Plan) -> Vec<(Uuid, f64)> {
+async fn nearest_ids(
+    pool: &PgPool,
+    key_set_id: Uuid,
+    context: &[u8],
+    query: &[f32],
+    plan: Plan,
+    ef_search: u32,
+) -> Vec<(Uuid, f64)> {
     let mut tx = pool.begin().await.unwrap();
-    set_locals(&mut tx, plan).await;
+    set_locals(&mut tx, plan, ef_search).await;
     let mut rows: Vec<(Uuid, f64)> =
         sqlx::query(&format!("SELECT id, 1 - (embedding <=> $4::real[]::halfvec(384)) AS similarity {NEAREST_WHERE}"))
             .bind(key_set_id)
@@ -469,7 +490,7 @@ async fn explain(
     plan: Plan,
 ) -> (Vec<String>, Vec<String>) {
     let mut tx = pool.begin().await.unwrap();
-    set_locals(&mut tx, plan).await;
+    set_locals(&mut tx, plan, EF_SEARCH).await;
     let select =
         format!("SELECT {COLUMNS}, 1 - (embedding <=> $4::real[]::halfvec(384)) AS similarity {NEAREST_WHERE}");
     let custom: Vec<String> = sqlx::query(&format!("EXPLAIN (ANALYZE, BUFFERS) {select}"))
@@ -535,20 +556,27 @@ impl Recall {
     }
 }
 
-async fn recall(
-    pool: &PgPool,
+/// Whose entries a recall measurement searches.
+#[derive(Clone, Copy)]
+struct Searched<'a> {
+    pool: &'a PgPool,
     key_set_id: Uuid,
-    context: &[u8],
-    visible: &Visible,
+    context: &'a [u8],
+    visible: &'a Visible,
+}
+
+async fn recall(
+    Searched { pool, key_set_id, context, visible }: Searched<'_>,
     queries: &[Vec<f32>],
     exact_top: &[(usize, f32)],
     plan: Plan,
+    ef_search: u32,
 ) -> Recall {
     let mut result = Recall::default();
     let mut latencies = Vec::with_capacity(queries.len());
     for (q, &(best, best_sim)) in queries.iter().zip(exact_top) {
         let t = Instant::now();
-        let found = nearest_ids(pool, key_set_id, context, q, plan).await;
+        let found = nearest_ids(pool, key_set_id, context, q, plan, ef_search).await;
         latencies.push(t.elapsed());
         let Some((top, _)) = found.first() else {
             result.empty += 1;
@@ -638,12 +666,20 @@ async fn measure(
         })
         .collect();
     let fresh: Vec<Vec<f32>> = (0..RECALL_QUERIES).map(|_| vectors.entry()).collect();
+    let searched = Searched { pool, key_set_id, context, visible };
     let mut recalls = Vec::new();
     for queries in [&near_duplicates, &fresh] {
         let exact_top = visible.exact_top1(queries);
         for plan in [Plan::Planner, Plan::ForceIndex] {
-            recalls.push(recall(pool, key_set_id, context, visible, queries, &exact_top, plan).await);
+            recalls.push(recall(searched, queries, &exact_top, plan, EF_SEARCH).await);
         }
+    }
+    // The same near-duplicates, HNSW scan forced, at other `hnsw.ef_search` values (the lookups use 64).
+    let exact_top = visible.exact_top1(&near_duplicates);
+    let mut ef_sweep = Vec::new();
+    for ef_search in EF_SWEEP {
+        let r = recall(searched, &near_duplicates, &exact_top, Plan::ForceIndex, ef_search);
+        ef_sweep.push((ef_search, r.await));
     }
     let recall_time = recall_started.elapsed();
     progress(started, "recall done");
@@ -665,6 +701,7 @@ async fn measure(
         vector_hits,
         vector_correct,
         vector_similarity: if vector_hits > 0 { similarity / vector_hits as f64 } else { 0.0 },
+        ef_sweep,
         recalls: recalls.try_into().unwrap_or_else(|_| panic!("four recall measurements")),
         plan: top_node(&custom),
         generic_plan: top_node(&generic),
@@ -733,7 +770,7 @@ async fn embedding_latency(embedder: &dyn Embedder) {
 
 // ---------------------------------------------------------------------------------------------------------------
 
-async fn run(sizes: Vec<usize>) {
+async fn run(sizes: Vec<usize>, maintenance_work_mem: String) {
     let started = Instant::now();
     let admin = std::env::var("DATABASE_URL").expect("DATABASE_URL (run scripts/dev-db)");
     let name = format!("bench_{}", Uuid::new_v4().simple());
@@ -779,7 +816,7 @@ async fn run(sizes: Vec<usize>) {
         let fill_time = t.elapsed();
         phases.push((format!("{size}: COPY {more} filler rows"), fill_time));
         progress(started, &format!("one key set, {size} entries: building the index"));
-        let (build, index_bytes) = build_index(&pool).await;
+        let (build, index_bytes) = build_index(&pool, &maintenance_work_mem).await;
         phases.push((format!("{size}: CREATE INDEX (hnsw) + ANALYZE"), build));
         progress(started, &format!("one key set, {size} entries: index built in {:.1}s", build.as_secs_f64()));
         let t = Instant::now();
@@ -817,7 +854,7 @@ async fn run(sizes: Vec<usize>) {
     }
     let fill_time = t.elapsed();
     phases.push(("100 key sets: COPY 99,800 filler rows".to_owned(), fill_time));
-    let (build, index_bytes) = build_index(&pool).await;
+    let (build, index_bytes) = build_index(&pool, &maintenance_work_mem).await;
     phases.push(("100 key sets: CREATE INDEX (hnsw) + ANALYZE".to_owned(), build));
     progress(started, &format!("100 key sets: index built in {:.1}s", build.as_secs_f64()));
     let t = Instant::now();
@@ -833,7 +870,8 @@ async fn run(sizes: Vec<usize>) {
     println!(
         "Semantic cache, {DIM}-dim clustered unit vectors ({CENTRES} centres), PostgreSQL {server}, pgvector {version}; \
          {LOOKUPS} timed lookups per path (after {WARMUP} warm-up) cycling through {REAL} stored questions; \
-         hnsw.ef_search = 64, iterative_scan = relaxed_order, threshold {}.",
+         hnsw.ef_search = {EF_SEARCH}, iterative_scan = relaxed_order, threshold {}; HNSW built with \
+         maintenance_work_mem = {maintenance_work_mem}.",
         reliablegpt::cache::DEFAULT_THRESHOLD
     );
     println!();
@@ -885,6 +923,22 @@ async fn run(sizes: Vec<usize>) {
             r.recalls[2].cell(),
             r.recalls[3].cell()
         );
+    }
+    println!();
+    println!("Recall@1 of near-duplicates with the HNSW scan forced, by `hnsw.ef_search` (statement p50 / p99):");
+    println!();
+    print!("| scenario | rows | {EF_SEARCH} (as the lookups) |");
+    for ef in EF_SWEEP {
+        print!(" {ef} |");
+    }
+    println!();
+    println!("|---|---|---|{}", "---|".repeat(EF_SWEEP.len()));
+    for r in &results {
+        print!("| {} | {} | {} |", r.scenario, r.rows, r.recalls[1].cell());
+        for (_, sweep) in &r.ef_sweep {
+            print!(" {} |", sweep.cell());
+        }
+        println!();
     }
     println!();
     println!("Plans of the nearest-neighbour statement (top node under the Limit):");
