@@ -716,20 +716,12 @@ async fn measure(
 // Part 4: a real embedder's latency
 // ---------------------------------------------------------------------------------------------------------------
 
-/// The real all-MiniLM-L6-v2 embedder, when `RELIABLEGPT_EMBEDDING_MODEL_DIR` names its files.
-///
-/// TODO(cache-bench): `reliablegpt::cache::embed::LocalEmbedder` is not in this tree yet (another branch). Once it is
-/// merged, replace the body's `None` with:
-///
-///     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-///     Some(Arc::new(reliablegpt::cache::embed::LocalEmbedder::load(std::path::Path::new(&dir), threads).unwrap()))
+/// The real all-MiniLM-L6-v2 embedder, when `RELIABLEGPT_EMBEDDING_MODEL_DIR` names its files (one thread, as the
+/// service's default `RELIABLEGPT_EMBEDDING_THREADS`).
 fn real_embedder() -> Option<Arc<dyn Embedder>> {
     let dir = std::env::var_os("RELIABLEGPT_EMBEDDING_MODEL_DIR")?;
-    eprintln!(
-        "cache bench: RELIABLEGPT_EMBEDDING_MODEL_DIR={} is set, but this build has no LocalEmbedder to load it with",
-        dir.to_string_lossy()
-    );
-    None
+    let _ = rayon::ThreadPoolBuilder::new().num_threads(1).build_global();
+    Some(Arc::new(reliablegpt::cache::embed::LocalEmbedder::load(std::path::Path::new(&dir), 1).unwrap()))
 }
 
 /// Embedding latency p50/p99 of a ~12-word question, alone and in a batch of 16.
@@ -796,7 +788,7 @@ async fn run(sizes: Vec<usize>, maintenance_work_mem: String) {
     let embedder: Arc<dyn Embedder> = Arc::new(FixedEmbedder(fixed));
     let keyring = Arc::new(MasterKeyring::from_keys(vec![(1, Secret32::random())]).unwrap());
     let metrics = Arc::new(Metrics::new(&[]));
-    let (cache, worker) = SemanticCache::start(pool.clone(), keyring, Some(embedder), metrics, 1024);
+    let (cache, worker) = SemanticCache::start(pool.clone(), keyring, Some(embedder), metrics, Default::default());
 
     let mut results = Vec::new();
     let mut phases: Vec<(String, Duration)> = Vec::new();

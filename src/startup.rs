@@ -79,7 +79,10 @@ impl Application {
             keyring,
             embedder,
             engine.metrics.clone(),
-            settings.cache.write_queue as usize,
+            cache::CacheOptions {
+                write_queue: settings.cache.write_queue as usize,
+                ef_search: settings.cache.ef_search,
+            },
         );
         let engine = Arc::new(engine.with_answer_source(cache.clone()));
         let alerts = Alerts::new(pool.clone(), vault.clone(), settings.alerts).map_err(StartError::Alerts)?;

@@ -37,7 +37,7 @@ pub use writer::WriteJob;
 /// Longest cached answer, in bytes.
 pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 /// Default least cosine similarity for a semantic hit (chosen with `reliablegpt cache-eval`, see the README).
-pub const DEFAULT_THRESHOLD: f32 = 0.80;
+pub const DEFAULT_THRESHOLD: f32 = 0.78;
 pub const DEFAULT_TTL_SECONDS: u32 = 7 * 24 * 60 * 60;
 pub const MAX_TTL_SECONDS: u32 = 365 * 24 * 60 * 60;
 pub const DEFAULT_MAX_ENTRIES: u32 = 100_000;
@@ -94,6 +94,19 @@ impl Default for Retention {
     }
 }
 
+/// Operator tuning (`RELIABLEGPT_CACHE_WRITE_QUEUE`, `RELIABLEGPT_CACHE_EF_SEARCH`).
+#[derive(Debug, Clone, Copy)]
+pub struct CacheOptions {
+    pub write_queue: usize,
+    pub ef_search: u32,
+}
+
+impl Default for CacheOptions {
+    fn default() -> Self {
+        Self { write_queue: 1024, ef_search: 100 }
+    }
+}
+
 /// Hashes that find a conversation's entries: one per master key version.
 struct Hashes {
     exact: Vec<Vec<u8>>,
@@ -117,6 +130,7 @@ pub struct SemanticCache {
     keyring: Arc<MasterKeyring>,
     embedder: Option<Arc<dyn Embedder>>,
     metrics: Arc<Metrics>,
+    ef_search: u32,
     writes: writer::WriteQueue,
     trims: SharedMap<Uuid, TrimState>,
     /// Conversations queued for write-through lately (hashed), so repeats are not embedded again.
@@ -138,14 +152,15 @@ impl SemanticCache {
         keyring: Arc<MasterKeyring>,
         embedder: Option<Arc<dyn Embedder>>,
         metrics: Arc<Metrics>,
-        write_queue: usize,
+        options: CacheOptions,
     ) -> (Arc<Self>, tokio::task::JoinHandle<()>) {
-        let (writes, jobs) = writer::WriteQueue::new(write_queue);
+        let (writes, jobs) = writer::WriteQueue::new(options.write_queue);
         let cache = Arc::new(Self {
             pool,
             keyring,
             embedder,
             metrics,
+            ef_search: options.ef_search,
             writes,
             trims: SharedMap::new(7 * 1024, crate::bounded::SWEEP_EVERY),
             recent: SharedMap::new(7 * 8 * 1024, crate::bounded::SWEEP_EVERY),
@@ -208,9 +223,16 @@ impl SemanticCache {
         let Some(embedder) = &self.embedder else { return Ok(None) };
         let question = [conversation.question.clone()];
         let vector = embedder.embed(&question).await?.pop().unwrap_or_default();
-        let rows =
-            queries::find_nearest(&self.pool, scope.key_set_id, scope.instance, &hashes.context, &vector, CANDIDATES)
-                .await?;
+        let rows = queries::find_nearest(
+            &self.pool,
+            scope.key_set_id,
+            scope.instance,
+            &hashes.context,
+            &vector,
+            CANDIDATES,
+            self.ef_search,
+        )
+        .await?;
         for row in rows {
             let similarity = row.similarity as f32;
             if similarity < matching.threshold {

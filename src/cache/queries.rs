@@ -61,10 +61,16 @@ pub async fn find_nearest(
     context_hashes: &[Vec<u8>],
     embedding: &[f32],
     limit: i64,
+    ef_search: u32,
 ) -> Result<Vec<StoredEntry>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    sqlx::query("SET LOCAL hnsw.iterative_scan = relaxed_order").execute(&mut *tx).await?;
-    sqlx::query("SET LOCAL hnsw.ef_search = 64").execute(&mut *tx).await?;
+    // Both for this transaction only, in one round trip.
+    sqlx::query(
+        "SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true), set_config('hnsw.ef_search', $1, true)",
+    )
+    .bind(ef_search.to_string())
+    .execute(&mut *tx)
+    .await?;
     let mut rows = sqlx::query_as::<_, StoredEntry>(&format!(
         "SELECT {COLUMNS}, 1 - (embedding <=> $4::real[]::halfvec(384)) AS similarity FROM cache_entries
          WHERE key_set_id = $1 AND instance_id = $2 AND context_hash = ANY($3) AND expires_at > now()

@@ -39,6 +39,9 @@ settings! {
         pub embedding_model: String [
             EMBEDDING_MODEL = "RELIABLEGPT_EMBEDDING_MODEL", parse::text, default "text-embedding-3-small".to_owned()
         ],
+        /// HNSW candidate list per semantic lookup (`hnsw.ef_search`): higher finds near neighbours more reliably in
+        /// large key sets, at some latency (see the cache benchmark).
+        pub ef_search: u32 [CACHE_EF_SEARCH = "RELIABLEGPT_CACHE_EF_SEARCH", parse::positive, default 100],
         /// Write-through jobs waiting for an embedding; beyond it new jobs are dropped (and counted).
         pub write_queue: u32 [CACHE_WRITE_QUEUE = "RELIABLEGPT_CACHE_WRITE_QUEUE", parse::positive, default 1024],
     }

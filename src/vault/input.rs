@@ -121,7 +121,7 @@ pub struct Policy {
     /// With `caching`: serve a cache hit before calling any upstream (cost saving). Default: `false`.
     #[serde(default)]
     pub cache_first: bool,
-    /// Least cosine similarity (0.5-1.0) for a semantic cache hit. Default: `null` (0.80, chosen with
+    /// Least cosine similarity (0.5-1.0) for a semantic cache hit. Default: `null` (0.78, chosen with
     /// `reliablegpt cache-eval`).
     #[serde(default)]
     pub cache_threshold: Option<f32>,
