@@ -102,7 +102,12 @@ async fn evaluate(alerts: &Alerts, key_set_id: Uuid, now: DateTime<Utc>) -> Resu
             if alerts.mailer.is_some() {
                 let mail = digest::resolved(trigger, key_set_id, alert.opened_at, now, &alerts_url);
                 for to in &alert.recipients {
-                    queries::enqueue(&mut tx, &new_mail(key_set_id, Some(alert.id), "resolved", to, &mail)).await?;
+                    super::outbox::enqueue(
+                        &mut tx,
+                        &alerts.vault,
+                        &new_mail(key_set_id, Some(alert.id), "resolved", to, &mail),
+                    )
+                    .await?;
                 }
             }
             tracing::info!(%key_set_id, alert_id = %alert.id, "alert resolved");
@@ -120,7 +125,8 @@ async fn evaluate(alerts: &Alerts, key_set_id: Uuid, now: DateTime<Utc>) -> Resu
             if alerts.mailer.is_some() {
                 let mail = digest::digest(trigger, key_set_id, &summary, &alerts_url);
                 for to in &recipients {
-                    queries::enqueue(&mut tx, &new_mail(key_set_id, Some(id), "spike", to, &mail)).await?;
+                    super::outbox::enqueue(&mut tx, &alerts.vault, &new_mail(key_set_id, Some(id), "spike", to, &mail))
+                        .await?;
                 }
             }
             tracing::warn!(%key_set_id, alert_id = %id, trigger = trigger.as_str(), failures = summary.failures,

@@ -152,6 +152,7 @@ impl Alerts {
         match &self.mailer {
             Some(mailer) => tasks.push(outbox::spawn_worker(
                 self.pool.clone(),
+                self.vault.clone(),
                 mailer.clone(),
                 s.outbox_poll,
                 s.retry_base,

@@ -3,6 +3,7 @@
 //! row. A failed send is retried with doubling delays for up to 24 hours. Nothing here runs on the request path.
 //!
 //! Delivery is at least once: a crash between the server's acceptance and the commit sends that email again.
+//! Subjects and bodies wait sealed (they name instances and keys, and verification links are credentials).
 
 use std::time::Duration;
 
@@ -10,9 +11,37 @@ use chrono::Utc;
 use lettre::message::{Mailbox, MultiPart};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use secrecy::{ExposeSecret, SecretString};
-use sqlx::PgPool;
+use serde::{Deserialize, Serialize};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
 
-use super::queries::{self, DueMail};
+use super::queries::{self, DueMail, NewMail};
+use crate::vault::Vault;
+
+/// What is sealed in an outbox row.
+#[derive(Serialize, Deserialize)]
+struct Content {
+    subject: String,
+    text: String,
+    html: String,
+}
+
+/// Queues a mail, sealed at rest.
+pub(super) async fn enqueue(conn: &mut PgConnection, vault: &Vault, mail: &NewMail) -> sqlx::Result<()> {
+    let id = Uuid::new_v4();
+    let content = Content { subject: mail.subject.clone(), text: mail.text.clone(), html: mail.html.clone() };
+    let plain = zeroize::Zeroizing::new(serde_json::to_vec(&content).unwrap_or_default());
+    let (version, sealed) = vault.seal_at_rest(id, &plain);
+    queries::enqueue(conn, id, mail, version, &sealed).await
+}
+
+fn open(vault: &Vault, mail: &DueMail) -> Result<Content, String> {
+    let (Some(sealed), Some(version)) = (&mail.sealed, mail.master_key_version) else {
+        return Err("the queued mail has no content".into());
+    };
+    let plain = vault.open_at_rest(mail.id, version, sealed).map_err(|e| e.to_string())?;
+    serde_json::from_slice(&plain).map_err(|_| "the queued mail's content is malformed".into())
+}
 
 const GIVE_UP_AFTER: chrono::TimeDelta = chrono::TimeDelta::hours(24);
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(3600);
@@ -42,16 +71,13 @@ impl Mailer {
         Ok(Self { transport, from })
     }
 
-    async fn send(&self, mail: &DueMail) -> Result<(), String> {
+    async fn send(&self, mail: &DueMail, content: Content) -> Result<(), String> {
         let to: Mailbox = mail.recipient.parse().map_err(|_| "recipient is not an email address".to_owned())?;
         let message = Message::builder()
             .from(self.from.clone())
             .to(to)
-            .subject(mail.subject.clone().unwrap_or_default())
-            .multipart(MultiPart::alternative_plain_html(
-                mail.body_text.clone().unwrap_or_default(),
-                mail.body_html.clone().unwrap_or_default(),
-            ))
+            .subject(content.subject)
+            .multipart(MultiPart::alternative_plain_html(content.text, content.html))
             .map_err(|e| format!("cannot build the message: {e}"))?;
         self.transport.send(message).await.map(|_| ()).map_err(|e| short_error(&e))
     }
@@ -66,6 +92,7 @@ fn short_error(e: &lettre::transport::smtp::Error) -> String {
 /// Polls the outbox every `poll` and sends everything due.
 pub fn spawn_worker(
     pool: PgPool,
+    vault: Vault,
     mailer: Mailer,
     poll: Duration,
     retry_base: Duration,
@@ -77,7 +104,7 @@ pub fn spawn_worker(
         loop {
             tick.tick().await;
             loop {
-                match send_one(&pool, &mailer, retry_base, per_hour).await {
+                match send_one(&pool, &vault, &mailer, retry_base, per_hour).await {
                     Ok(true) => continue,
                     Ok(false) => break,
                     Err(e) => {
@@ -91,7 +118,13 @@ pub fn spawn_worker(
 }
 
 /// Handles one due email; false when none is due.
-async fn send_one(pool: &PgPool, mailer: &Mailer, retry_base: Duration, per_hour: u32) -> sqlx::Result<bool> {
+async fn send_one(
+    pool: &PgPool,
+    vault: &Vault,
+    mailer: &Mailer,
+    retry_base: Duration,
+    per_hour: u32,
+) -> sqlx::Result<bool> {
     let mut tx = pool.begin().await?;
     let Some(mail) = queries::claim_due(&mut tx).await? else {
         tx.commit().await?;
@@ -110,7 +143,17 @@ async fn send_one(pool: &PgPool, mailer: &Mailer, retry_base: Duration, per_hour
         tracing::warn!(mail_id = %mail.id, per_hour, "alert email dropped: the address reached its hourly cap");
         return Ok(true);
     }
-    match mailer.send(&mail).await {
+    let content = match open(vault, &mail) {
+        Ok(content) => content,
+        Err(error) => {
+            // A master key version dropped from the keyring, or a damaged row: it can never be sent.
+            queries::finish(&mut tx, mail.id, "expired").await?;
+            tx.commit().await?;
+            tracing::warn!(mail_id = %mail.id, error, "alert email cannot be opened; given up");
+            return Ok(true);
+        }
+    };
+    match mailer.send(&mail, content).await {
         Ok(()) => {
             queries::finish(&mut tx, mail.id, "sent").await?;
             tracing::info!(mail_id = %mail.id, "alert email sent");

@@ -381,19 +381,25 @@ pub struct NewMail {
     pub html: String,
 }
 
-pub async fn enqueue(conn: &mut PgConnection, mail: &NewMail) -> sqlx::Result<()> {
+/// Queues a mail whose subject and bodies are already sealed (`outbox::enqueue`).
+pub async fn enqueue(
+    conn: &mut PgConnection,
+    id: Uuid,
+    mail: &NewMail,
+    master_key_version: i32,
+    sealed: &[u8],
+) -> sqlx::Result<()> {
     sqlx::query(
-        "INSERT INTO alerts_outbox (id, key_set_id, alert_id, kind, recipient, subject, body_text, body_html) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO alerts_outbox (id, key_set_id, alert_id, kind, recipient, sealed, master_key_version) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
-    .bind(Uuid::new_v4())
+    .bind(id)
     .bind(mail.key_set_id)
     .bind(mail.alert_id)
     .bind(mail.kind)
     .bind(&mail.recipient)
-    .bind(&mail.subject)
-    .bind(&mail.text)
-    .bind(&mail.html)
+    .bind(sealed)
+    .bind(master_key_version)
     .execute(conn)
     .await
     .map(|_| ())
@@ -403,9 +409,8 @@ pub async fn enqueue(conn: &mut PgConnection, mail: &NewMail) -> sqlx::Result<()
 pub struct DueMail {
     pub id: Uuid,
     pub recipient: String,
-    pub subject: Option<String>,
-    pub body_text: Option<String>,
-    pub body_html: Option<String>,
+    pub sealed: Option<Vec<u8>>,
+    pub master_key_version: Option<i32>,
     pub attempts: i32,
     pub created_at: DateTime<Utc>,
 }
@@ -413,7 +418,7 @@ pub struct DueMail {
 /// Claims one due email; the row stays locked (other workers skip it) until the transaction ends.
 pub async fn claim_due(conn: &mut PgConnection) -> sqlx::Result<Option<DueMail>> {
     sqlx::query_as(
-        "SELECT id, recipient, subject, body_text, body_html, attempts, created_at FROM alerts_outbox \
+        "SELECT id, recipient, sealed, master_key_version, attempts, created_at FROM alerts_outbox \
          WHERE state = 'pending' AND next_attempt_at <= now() ORDER BY next_attempt_at LIMIT 1 FOR UPDATE SKIP LOCKED",
     )
     .fetch_optional(conn)
@@ -442,7 +447,7 @@ pub async fn sent_within_hour(conn: &mut PgConnection, recipient: &str) -> sqlx:
 /// A final state: `sent`, `capped` or `expired`. The body goes (a verification link must not outlive its use).
 pub async fn finish(conn: &mut PgConnection, id: Uuid, state: &str) -> sqlx::Result<()> {
     sqlx::query(
-        "UPDATE alerts_outbox SET state = $2, body_text = NULL, body_html = NULL, attempts = attempts + ($2 = 'sent')::int, \
+        "UPDATE alerts_outbox SET state = $2, sealed = NULL, attempts = attempts + ($2 = 'sent')::int, \
                 sent_at = CASE WHEN $2 = 'sent' THEN now() END WHERE id = $1",
     )
     .bind(id)

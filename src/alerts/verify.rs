@@ -39,7 +39,7 @@ pub(super) async fn request(alerts: &Alerts, key_set_id: Uuid, addresses: &[Stri
             text: mail.text,
             html: mail.html,
         };
-        queries::enqueue(&mut tx, &new).await?;
+        super::outbox::enqueue(&mut tx, &alerts.vault, &new).await?;
         tx.commit().await?;
         tracing::info!(%key_set_id, "verification email queued");
     }

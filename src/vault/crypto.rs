@@ -34,6 +34,8 @@ pub enum Purpose {
     ProviderKey,
     CacheQuestion,
     CacheResponse,
+    /// Queued mail (alerts' outbox).
+    Outbox,
 }
 
 impl Purpose {
@@ -43,6 +45,7 @@ impl Purpose {
             Self::ProviderKey => b"provider-key",
             Self::CacheQuestion => b"cache-question",
             Self::CacheResponse => b"cache-response",
+            Self::Outbox => b"outbox",
         }
     }
 }
@@ -175,6 +178,13 @@ pub fn derive_cache_keys(master_key: &[u8; 32], key_set_id: Uuid) -> CacheKeys {
     let seal = expand(b"reliablegpt/v1/cache-seal");
     let mac = expand(b"reliablegpt/v1/cache-mac");
     CacheKeys { seal: AeadKey::from_bytes(&seal), mac: SecretBox::new(Box::new(*mac)) }
+}
+
+impl AeadKey {
+    /// A key derived from the master key for one purpose (data the service keeps for itself, e.g. queued mail).
+    pub fn derived(master_key: &[u8; 32], purpose: &[u8]) -> Self {
+        Self::from_bytes(&derive_purpose_key(master_key, purpose))
+    }
 }
 
 /// A key derived from the master key for one purpose (e.g. signing scoped JWTs).

@@ -31,6 +31,8 @@ use queries::SealedKey;
 pub use token::Token;
 
 /// PostgreSQL NOTIFY channel carrying the id of each changed or revoked key set, so every replica drops what it cached.
+const AT_REST_PURPOSE: &[u8] = b"reliablegpt/v1/at-rest";
+
 pub const CHANGE_CHANNEL: &str = "reliablegpt_vault_changed";
 
 #[derive(Debug, thiserror::Error)]
@@ -185,6 +187,27 @@ impl Vault {
         let opened = Arc::new(self.open_key_set(&session).await?);
         self.cache.insert(hash.0, opened.clone());
         Ok(opened)
+    }
+
+    /// Seals data the service keeps for itself (queued mail) under a key derived from the active master key; returns the
+    /// master key version to store with it.
+    pub fn seal_at_rest(&self, record_id: Uuid, plaintext: &[u8]) -> (i32, Vec<u8>) {
+        let (version, master) = self.keyring.active();
+        let key = AeadKey::derived(master.expose(), AT_REST_PURPOSE);
+        let blob = key.seal(plaintext, &aad(Purpose::Outbox, Uuid::nil(), record_id));
+        (i32::try_from(version).unwrap_or(i32::MAX), blob)
+    }
+
+    pub fn open_at_rest(
+        &self,
+        record_id: Uuid,
+        version: i32,
+        blob: &[u8],
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, VaultError> {
+        let version = u32::try_from(version).map_err(|_| VaultError::Crypto(CryptoError::Forged))?;
+        let master = self.keyring.get(version).ok_or(VaultError::MasterKeyMissing(version))?;
+        let key = AeadKey::derived(master.expose(), AT_REST_PURPOSE);
+        Ok(key.open(blob, &aad(Purpose::Outbox, Uuid::nil(), record_id))?)
     }
 
     /// A key set's policy without its token (scoped tokens), or `None` once it is revoked.

@@ -349,12 +349,20 @@ async fn mail_queued_while_smtp_is_down_arrives_after_it_returns() {
         attempts.is_some_and(|a| a >= 2)
     })
     .await;
+    // What waits in the outbox is sealed: neither the subject nor the link's token is readable in the database.
+    let waiting: Vec<String> =
+        sqlx::query_scalar("SELECT t::text FROM alerts_outbox t").fetch_all(&app.pool).await.unwrap();
+    assert_eq!(waiting.len(), 1);
 
     let smtp = SmtpServer::start_on(port);
     let mail = smtp.wait_for(OWNER, "Confirm", 15 * SECOND).await;
     outbox_settled(&app).await;
     assert_eq!(smtp.messages().len(), 1);
-    assert_eq!(click(&app, &link_token(&mail)).await.0, 200);
+    let link = link_token(&mail);
+    for secret in [link.as_str(), "Confirm"] {
+        crate::helpers::assert_absent(&waiting[0], secret, "a pending outbox row");
+    }
+    assert_eq!(click(&app, &link).await.0, 200);
 }
 
 #[tokio::test]
