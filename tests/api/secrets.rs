@@ -212,9 +212,16 @@ async fn mutated_tokens_fail_before_any_database_access() {
     assert_eq!(res.status(), 500);
 }
 
-/// Starts the real binary at TRACE level, runs every vault flow, and searches everything it printed.
-#[tokio::test]
-async fn trace_logs_hold_no_key_and_no_token() {
+/// The real binary at TRACE level on a fresh, migrated database, wired to a mock upstream.
+struct Traced {
+    db: std::sync::Arc<TestDatabase>,
+    pool: sqlx::PgPool,
+    mock: reliablegpt::mock_upstream::MockUpstream,
+    vars: std::collections::HashMap<String, String>,
+    service: RunningService,
+}
+
+async fn traced_service() -> Traced {
     let db = TestDatabase::create().await;
     let pool = db.pool().await;
     reliablegpt::db::migrate(&pool).await.unwrap();
@@ -224,6 +231,13 @@ async fn trace_logs_hold_no_key_and_no_token() {
     vars.insert(env::ALLOW_PRIVATE_UPSTREAMS.into(), "true".into());
     vars.insert(env::ALLOWED_UPSTREAM_HOSTS.into(), "127.0.0.1".into());
     let service = RunningService::start(&vars, "trace");
+    Traced { db, pool, mock, vars, service }
+}
+
+/// Starts the real binary at TRACE level, runs every vault flow, and searches everything it printed.
+#[tokio::test]
+async fn trace_logs_hold_no_key_and_no_token() {
+    let Traced { db: _db, pool: _pool, mock, vars, service } = traced_service().await;
     let base = service.base.clone();
     let client = reqwest::Client::new();
     let (k1, k2) = (canary_key(), canary_key());
@@ -270,15 +284,7 @@ async fn trace_logs_hold_no_key_and_no_token() {
 /// in through write-through, `POST /v1/cache` or a lookup's query string; scoped tokens are not logged either.
 #[tokio::test]
 async fn cached_questions_and_answers_stay_out_of_dumps_and_logs() {
-    let db = TestDatabase::create().await;
-    let pool = db.pool().await;
-    reliablegpt::db::migrate(&pool).await.unwrap();
-    let mock = reliablegpt::mock_upstream::MockUpstream::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let mut vars = base_env(&db);
-    vars.insert(env::OPENAI_BASE_URL.into(), mock.base_url());
-    vars.insert(env::ALLOW_PRIVATE_UPSTREAMS.into(), "true".into());
-    vars.insert(env::ALLOWED_UPSTREAM_HOSTS.into(), "127.0.0.1".into());
-    let service = RunningService::start(&vars, "trace");
+    let Traced { db, pool, mock: _mock, vars: _vars, service } = traced_service().await;
     let base = service.base.clone();
     let client = reqwest::Client::new();
     let created = service
