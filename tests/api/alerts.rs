@@ -436,3 +436,57 @@ async fn without_smtp_alerts_are_recorded_but_not_mailed() {
     assert_eq!((&alert["recipients"], &alert["delivery"]), (&json!([]), &json!([])));
     assert_eq!(gw.app.count("alerts_outbox").await, 0);
 }
+
+/// The real binary at TRACE level through a whole alert cycle (settings, verification, spike, digest): nothing it prints
+/// holds a provider key, the special token or a verification link's token.
+#[tokio::test]
+async fn trace_logs_of_the_alert_flows_hold_no_key_token_or_link() {
+    let smtp = SmtpServer::start();
+    let db = crate::helpers::TestDatabase::create().await;
+    reliablegpt::db::migrate(&db.pool().await).await.unwrap();
+    let mock = reliablegpt::mock_upstream::MockUpstream::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let mut vars = crate::helpers::base_env(&db);
+    fast(&mut vars, Some(&smtp.url()));
+    vars.insert(env::OPENAI_BASE_URL.into(), mock.base_url());
+    vars.insert(env::ALLOW_PRIVATE_UPSTREAMS.into(), "true".into());
+    vars.insert(env::ALLOWED_UPSTREAM_HOSTS.into(), "127.0.0.1".into());
+    let service = crate::helpers::RunningService::start(&vars, "trace");
+    let base = service.base.clone();
+    let client = reqwest::Client::new();
+    let key = canary_key();
+    let created = service
+        .post_keys(&json!({"user_email": OWNER, "keys": [key], "policy": {"fallback_strategy": ["gpt-4o-mini"]}}))
+        .await;
+    let token = token_of(&created);
+    let res = client
+        .put(format!("{base}/v1/alerts/settings"))
+        .bearer_auth(&token)
+        .json(&quick_rules(&[OPS]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let link = link_token(&smtp.wait_for(OPS, "Confirm", 10 * SECOND).await);
+    let res = client.get(format!("{base}/v1/alerts/verify?token={link}")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    mock.script("gpt-4o", vec![Behavior::server_error()]);
+    for _ in 0..2 {
+        let res = client
+            .post(format!("{base}/v1/chat/completions"))
+            .bearer_auth(&token)
+            .header("x-reliablegpt-instance", "shop-42")
+            .json(&chat_body("gpt-4o"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "the fallback answers");
+    }
+    let digest = smtp.wait_for(OPS, "Error spike", 15 * SECOND).await;
+    assert!(digest["text"].as_str().unwrap().contains("shop-42"), "{digest}");
+    let logs = service.stop();
+    assert!(logs.contains("alert opened") && logs.contains("alert email sent"), "the flows were not logged");
+    assert!(logs.contains("\"level\":\"TRACE\"") || logs.contains("\"level\":\"DEBUG\""), "not a TRACE capture");
+    for secret in [&key, &token, &link] {
+        assert_absent(&logs, secret, "service logs");
+    }
+}
