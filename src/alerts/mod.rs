@@ -211,6 +211,11 @@ impl Alerts {
         Ok(view)
     }
 
+    /// Sends one address its verification link unless it is confirmed or holds a valid one (mail configured only).
+    pub async fn request_verification(&self, key_set_id: Uuid, email: &str) -> Result<(), AlertsError> {
+        verify::request(self, key_set_id, &[email.to_owned()]).await
+    }
+
     /// Uses a verification link's token; true when it confirmed an address.
     pub async fn verify(&self, token: &str) -> Result<bool, AlertsError> {
         verify::confirm(self, token).await

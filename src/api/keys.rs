@@ -29,6 +29,7 @@ pub async fn create(
     }
     let new = NewKeySet::parse(body.into_inner(), &state.egress).map_err(|i| ApiError::invalid(i.param, i.message))?;
     let created = state.vault.create_key_set(new).await?;
+    welcome(&state, &created.key_set).await;
     Ok(HttpResponse::Created().json(created))
 }
 
@@ -61,7 +62,20 @@ pub async fn update(
 ) -> Result<HttpResponse, ApiError> {
     let changes =
         KeySetChanges::parse(body.into_inner(), &state.egress).map_err(|i| ApiError::invalid(i.param, i.message))?;
-    Ok(HttpResponse::Ok().json(state.vault.update(&auth.0, changes).await?))
+    let view = state.vault.update(&auth.0, changes).await?;
+    welcome(&state, &view).await;
+    Ok(HttpResponse::Ok().json(view))
+}
+
+/// The owner's address is an alert recipient from the start: unless confirmed (or holding a valid link), it gets its
+/// verification link now, not only when alert settings are first saved. A mail problem never fails the key set call.
+async fn welcome(state: &AppState, view: &KeySetView) {
+    if view.email_verified {
+        return;
+    }
+    if let Err(e) = state.alerts.request_verification(view.key_set_id, &view.user_email).await {
+        tracing::warn!(error = %e, "could not queue the owner's verification email");
+    }
 }
 
 /// Revoke the token and destroy the key set (its data key and every ciphertext). Later calls with it get 401.

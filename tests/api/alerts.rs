@@ -490,3 +490,19 @@ async fn trace_logs_of_the_alert_flows_hold_no_key_token_or_link() {
         assert_absent(&logs, secret, "service logs");
     }
 }
+
+#[tokio::test]
+async fn the_owner_gets_a_link_when_the_key_set_is_created_and_alerts_need_no_settings_call() {
+    let smtp = SmtpServer::start();
+    let gw = spawn_gateway_with(|e| fast(e, Some(&smtp.url()))).await;
+    let (token, _) = key_set(&gw).await;
+    let mail = smtp.wait_for(OWNER, "Confirm", 10 * SECOND).await;
+    assert_eq!(click(&gw.app, &link_token(&mail)).await.0, 200);
+    let keys: Value = gw.app.get_keys(&token).await.json().await.unwrap();
+    assert_eq!(keys["email_verified"], true);
+    // Changing the address sends the new one a link; the old one is not asked again.
+    let res = gw.app.patch_keys(&token, &json!({"user_email": "new-owner@example.com"})).await;
+    assert_eq!(res.status(), 200);
+    smtp.wait_for("new-owner@example.com", "Confirm", 10 * SECOND).await;
+    assert_eq!(smtp.to(OWNER, "Confirm").len(), 1);
+}
