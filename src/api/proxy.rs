@@ -26,12 +26,12 @@ const MAX_TIMEOUT_MS: u64 = 600_000;
     params(
         ("x-reliablegpt-fallback" = Option<String>, Header, description = "Comma list of models overriding the policy's fallback_strategy"),
         ("x-reliablegpt-instance" = Option<String>, Header, description = "Customer instance id (1-128 of A-Z a-z 0-9 . _ : -; default `default`), carried on every engine event"),
-        ("x-reliablegpt-caching" = Option<bool>, Header, description = "Override the policy's caching for this request (reserved: the semantic cache is not built yet, so it has no effect today)"),
+        ("x-reliablegpt-caching" = Option<bool>, Header, description = "Override the policy's caching for this request: write-through of the answer, and a cached answer when every upstream fails or the key set is overloaded"),
         ("x-reliablegpt-timeout-ms" = Option<u64>, Header, description = "Deadline in ms (1-600000): of the whole answer for a plain request; of the first event for a stream (then the idle timeout bounds the gap between events)"),
         ("x-reliablegpt-hedge-ms" = Option<u64>, Header, description = "Start the next target in parallel if the first has sent nothing after this long"),
     ),
     responses(
-        (status = 200, description = "The answering upstream's body; headers x-reliablegpt-model, -provider, -attempts, -fallback-reason, -cache. `text/event-stream` when `stream` is true."),
+        (status = 200, description = "The answering upstream's body, or a cached answer in the same shape; headers x-reliablegpt-model, -provider, -attempts, -fallback-reason, -cache (miss, hit, overload-hit), -cache-similarity. `text/event-stream` when `stream` is true."),
         GatewayErrors,
     )
 )]
