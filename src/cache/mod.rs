@@ -203,6 +203,7 @@ impl SemanticCache {
             Ok(Some(hit)) if hit.similarity >= 1.0 => "exact_hit",
             Ok(Some(_)) => "semantic_hit",
             Ok(None) => "miss",
+            Err(CacheError::Embed(embed::EmbedError::Busy)) => "busy",
             Err(_) => "error",
         });
         result

@@ -6,7 +6,8 @@ use std::hash::BuildHasher;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use super::{Conversation, MAX_RESPONSE_BYTES, Scope, SemanticCache, WriteJob};
+use super::embed::EmbedError;
+use super::{CacheError, Conversation, MAX_RESPONSE_BYTES, Scope, SemanticCache, WriteJob};
 use crate::engine::Endpoint;
 use crate::engine::events::RequestOutcome;
 use crate::engine::substitute::{AnswerSource, Ask, AskReason, BoxFuture, Completion, Substitute, SubstituteSource};
@@ -37,6 +38,8 @@ impl AnswerSource for SemanticCache {
             .await
             {
                 Ok(Ok(hit)) => hit?,
+                // Every embedding slot taken: expected under overload, counted (`busy`), not worth a warning each.
+                Ok(Err(CacheError::Embed(EmbedError::Busy))) => return None,
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "cache lookup failed");
                     return None;

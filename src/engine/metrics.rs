@@ -172,7 +172,7 @@ impl Metrics {
         );
         registry.register(
             "cache_lookups",
-            "Semantic cache lookups by result (exact_hit, semantic_hit, miss, error, timeout)",
+            "Semantic cache lookups by result (exact_hit, semantic_hit, miss, busy: no embedding slot, error, timeout)",
             m.cache_lookups.clone(),
         );
         registry.register(

@@ -326,3 +326,42 @@ async fn paraphrases_hit_by_meaning_and_the_guards_refuse_look_alikes() {
     let served = json_of(gw.cache_get(&loose, &[("query", "Cancel order 124")]).await, 200).await;
     assert_eq!(served["response"], "Order 123 is cancelled.", "{served}");
 }
+
+/// An embedder with every slot taken: the lookup fails fast as `Busy`, counted as such (not as an error).
+struct BusyEmbedder;
+
+impl reliablegpt::cache::embed::Embedder for BusyEmbedder {
+    fn embed<'a>(
+        &'a self,
+        _texts: &'a [String],
+    ) -> reliablegpt::cache::embed::BoxFuture<'a, Result<Vec<Vec<f32>>, reliablegpt::cache::embed::EmbedError>> {
+        Box::pin(std::future::ready(Err(reliablegpt::cache::embed::EmbedError::Busy)))
+    }
+
+    fn name(&self) -> &str {
+        "busy"
+    }
+}
+
+#[tokio::test]
+async fn a_saturated_embedder_makes_lookups_miss_fast_and_is_counted_as_busy() {
+    use reliablegpt::cache::{CacheError, Conversation, Matching, Scope, SemanticCache};
+    let db = crate::helpers::TestDatabase::create().await;
+    let pool = db.pool().await;
+    reliablegpt::db::migrate(&pool).await.unwrap();
+    let keyring = reliablegpt::config::MasterKeyring::from_keys(vec![(1, reliablegpt::config::Secret32::random())]);
+    let metrics = std::sync::Arc::new(reliablegpt::engine::metrics::Metrics::new(&[]));
+    let (cache, _worker) = SemanticCache::start(
+        pool,
+        std::sync::Arc::new(keyring.unwrap()),
+        Some(std::sync::Arc::new(BusyEmbedder)),
+        metrics.clone(),
+        Default::default(),
+    );
+    let scope = Scope { key_set_id: uuid::Uuid::new_v4(), instance: "default" };
+    let result = cache.lookup(scope, &Conversation::from_query("anything").unwrap(), Matching::default()).await;
+    assert!(matches!(result, Err(CacheError::Embed(reliablegpt::cache::embed::EmbedError::Busy))), "{result:?}");
+    let text = metrics.render(0, 0);
+    assert!(text.contains(r#"reliablegpt_cache_lookups_total{result="busy"} 1"#), "{text}");
+    assert!(!text.contains(r#"result="error""#), "{text}");
+}
