@@ -449,22 +449,27 @@ async fn nearest_ids(
 ) -> Vec<(Uuid, f64)> {
     let mut tx = pool.begin().await.unwrap();
     set_locals(&mut tx, plan, ef_search).await;
-    let mut rows: Vec<(Uuid, f64)> =
-        sqlx::query(&format!("SELECT id, 1 - (embedding <=> $4::real[]::halfvec(384)) AS similarity {NEAREST_WHERE}"))
-            .bind(key_set_id)
-            .bind(INSTANCE)
-            .bind(vec![context.to_vec()])
-            .bind(query)
-            .bind(5i64)
-            .fetch_all(&mut *tx)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|r| (r.get::<Uuid, _>(0), r.get::<f64, _>(1)))
-            .collect();
+    let sql = format!("SELECT id, 1 - (embedding <=> $4::real[]::halfvec(384)) AS similarity {NEAREST_WHERE}");
+    let mut rows: Vec<(Uuid, f64)> = nearest(&sql, key_set_id, context, query)
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.get::<Uuid, _>(0), r.get::<f64, _>(1)))
+        .collect();
     tx.commit().await.unwrap();
     rows.sort_by(|a, b| b.1.total_cmp(&a.1));
     rows
+}
+
+/// A statement of the lookup's shape (`NEAREST_WHERE`) with its five parameters bound.
+fn nearest<'q>(
+    sql: &'q str,
+    key_set_id: Uuid,
+    context: &[u8],
+    query: &'q [f32],
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    sqlx::query(sql).bind(key_set_id).bind(INSTANCE).bind(vec![context.to_vec()]).bind(query).bind(5i64)
 }
 
 /// A plan line with its 384-number vector literals shortened.
@@ -493,12 +498,8 @@ async fn explain(
     set_locals(&mut tx, plan, EF_SEARCH).await;
     let select =
         format!("SELECT {COLUMNS}, 1 - (embedding <=> $4::real[]::halfvec(384)) AS similarity {NEAREST_WHERE}");
-    let custom: Vec<String> = sqlx::query(&format!("EXPLAIN (ANALYZE, BUFFERS) {select}"))
-        .bind(key_set_id)
-        .bind(INSTANCE)
-        .bind(vec![context.to_vec()])
-        .bind(query)
-        .bind(5i64)
+    let explain_sql = format!("EXPLAIN (ANALYZE, BUFFERS) {select}");
+    let custom: Vec<String> = nearest(&explain_sql, key_set_id, context, query)
         .fetch_all(&mut *tx)
         .await
         .unwrap()
