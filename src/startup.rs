@@ -12,7 +12,7 @@ use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::alerts::Alerts;
-use crate::api::{self, AppState, openapi::ApiDoc, rate_limit::ClientLimiter};
+use crate::api::{self, AppState, client::ClientIdentity, openapi::ApiDoc, rate_limit::ClientLimiter};
 use crate::cache::{self, SemanticCache};
 use crate::config::Settings;
 use crate::db;
@@ -100,6 +100,7 @@ impl Application {
             egress: settings.egress,
             key_set_limiter: ClientLimiter::per_minute(settings.limits.key_sets_per_minute),
             auth_failure_limiter: ClientLimiter::per_minute(settings.limits.auth_failures_per_minute),
+            clients: ClientIdentity::new(settings.limits.trusted_proxies.clone(), settings.limits.client_ip_header),
             engine,
             cache,
             scoped_tokens,

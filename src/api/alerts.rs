@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use super::auth::{Authenticated, client_ip};
+use super::auth::{Authenticated, OVER_BUDGET_LANE, client_ip};
 use super::error::ErrorBody;
 use super::{ApiError, AppState};
 use crate::alerts::digest::escape;
@@ -64,14 +64,21 @@ pub async fn verify(
     query: web::Query<VerifyQuery>,
 ) -> Result<HttpResponse, ApiError> {
     // Links are 256-bit secrets, but wrong ones share the failed-authentication budget so nobody hammers the table.
+    // As with tokens, a valid link is never refused: over the budget, checks go through the narrow lane.
     let ip = client_ip(&req);
-    if let Err(wait) = state.auth_failure_limiter.peek(ip) {
-        return Err(ApiError::rate_limited(super::rate_limit::retry_after_secs(wait)));
-    }
+    let over_budget = state.auth_failure_limiter.peek(ip).err();
     let token = query.into_inner().token.unwrap_or_default();
-    let confirmed = state.alerts.verify(&token).await?;
+    let confirmed = match over_budget {
+        None => state.alerts.verify(&token).await?,
+        Some(_) => {
+            let _lane = OVER_BUDGET_LANE.acquire().await.map_err(|e| ApiError::internal(&e))?;
+            state.alerts.verify(&token).await?
+        }
+    };
     if !confirmed {
-        let _ = state.auth_failure_limiter.check(ip);
+        if let Err(wait) = state.auth_failure_limiter.check(ip) {
+            return Err(ApiError::rate_limited(super::rate_limit::retry_after_secs(wait)));
+        }
     }
     let (mut res, title, text) = if confirmed {
         (

@@ -1,6 +1,9 @@
-//! Bearer-token authentication, with a per-IP budget for failures so tokens cannot be guessed at speed.
+//! Bearer-token authentication, with a per-client budget for failures so tokens cannot be guessed at speed.
+//!
+//! The budget only ever refuses failures: a client over it still gets a valid token served (a shared address, such as a
+//! NAT or an office, must not lock out its honest users), but its checks go one at a time through a small lane so that
+//! nobody can turn guessing into database load. Its wrong tokens get 429 instead of 401.
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use actix_web::dev::Payload;
@@ -30,9 +33,10 @@ fn looks_like_jwt(token: &str) -> bool {
     token.starts_with("eyJ") && token.bytes().filter(|b| *b == b'.').count() == 2
 }
 
-pub fn client_ip(req: &HttpRequest) -> IpAddr {
-    req.peer_addr().map(|a| a.ip()).unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
-}
+pub use super::client::client_ip;
+
+/// Token checks of clients over their failure budget, at once across the process.
+pub(super) static OVER_BUDGET_LANE: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
 
 /// The token from `Authorization: Bearer ...`, or from Azure SDKs' `api-key` header.
 fn bearer(req: &HttpRequest) -> Option<String> {
@@ -56,24 +60,37 @@ where
         let Some(state) = state else {
             return Err(ApiError::internal(&std::io::Error::other("AppState is not registered")));
         };
-        if let Err(wait) = state.auth_failure_limiter.peek(ip) {
-            return Err(ApiError::rate_limited(retry_after_secs(wait)));
-        }
+        let over_budget = state.auth_failure_limiter.peek(ip).err();
+        let Some(token) = token else {
+            return Err(match over_budget {
+                Some(wait) => ApiError::rate_limited(retry_after_secs(wait)),
+                None => failed(&state, ip),
+            });
+        };
         let limiter_state = state.clone();
-        let result = match token {
-            Some(token) => check(state, token).await,
-            None => Err(VaultError::Unauthenticated),
+        let result = match over_budget {
+            None => check(state, token).await,
+            Some(_) => {
+                let _lane = OVER_BUDGET_LANE.acquire().await.map_err(|e| ApiError::internal(&e))?;
+                check(state, token).await
+            }
         };
         match result {
             Ok(value) => Ok(value),
-            Err(VaultError::Unauthenticated) => {
-                let _ = limiter_state.auth_failure_limiter.check(ip);
-                tracing::info!(client = %ip, "authentication failed");
-                Err(ApiError::unauthenticated())
-            }
+            Err(VaultError::Unauthenticated) => match limiter_state.auth_failure_limiter.peek(ip) {
+                Err(wait) => Err(ApiError::rate_limited(retry_after_secs(wait))),
+                Ok(()) => Err(failed(&limiter_state, ip)),
+            },
             Err(other) => Err(other.into()),
         }
     })
+}
+
+/// Counts a failed authentication against the client's budget.
+fn failed(state: &AppState, ip: std::net::IpAddr) -> ApiError {
+    let _ = state.auth_failure_limiter.check(ip);
+    tracing::info!(client = %ip, "authentication failed");
+    ApiError::unauthenticated()
 }
 
 impl FromRequest for Authenticated {

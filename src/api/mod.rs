@@ -3,6 +3,7 @@
 mod alerts;
 mod auth;
 mod cache;
+pub mod client;
 pub mod error;
 mod health;
 mod keys;
@@ -41,6 +42,8 @@ pub struct AppState {
     pub egress: EgressPolicy,
     pub key_set_limiter: ClientLimiter,
     pub auth_failure_limiter: ClientLimiter,
+    /// How the client's address is found (behind trusted proxies: from their forwarding header).
+    pub clients: client::ClientIdentity,
     pub engine: std::sync::Arc<Engine>,
     pub cache: std::sync::Arc<crate::cache::SemanticCache>,
     pub scoped_tokens: crate::vault::scoped::ScopedTokens,

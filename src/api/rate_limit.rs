@@ -7,12 +7,13 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use super::client::{self, Cidr, ForwardedHeader};
 use crate::bounded::{SWEEP_EVERY, SharedMap};
 use crate::config::{parse, settings};
 
 settings! {
     /// Per-client-IP abuse limits.
-    #[derive(Debug, Clone, Copy)]
+    #[derive(Debug, Clone)]
     pub struct AbuseLimits: Default {
         /// `POST /v1/keys` per client IP per minute (burst of the same size).
         pub key_sets_per_minute: u32 [
@@ -21,6 +22,16 @@ settings! {
         /// Failed authentications per client IP per minute before further attempts get 429.
         pub auth_failures_per_minute: u32 [
             AUTH_FAILURES_PER_MINUTE = "RELIABLEGPT_AUTH_FAILURES_PER_MINUTE", parse::positive, default 30
+        ],
+        /// Load balancers whose `X-Forwarded-For` (or `Forwarded`) names the client: comma-separated addresses or CIDR
+        /// blocks. Default none: the TCP peer is the client and those headers are ignored.
+        pub trusted_proxies: Vec<Cidr> [
+            TRUSTED_PROXIES = "RELIABLEGPT_TRUSTED_PROXIES", client::parse_trusted, default Vec::new()
+        ],
+        /// The header the trusted proxies write: `x-forwarded-for` (default) or `forwarded` (RFC 7239). Only that one
+        /// is read, so a client cannot slip its own address in through the other.
+        pub client_ip_header: ForwardedHeader [
+            CLIENT_IP_HEADER = "RELIABLEGPT_CLIENT_IP_HEADER", client::parse_header, default ForwardedHeader::XForwardedFor
         ],
     }
 }
