@@ -128,7 +128,8 @@ impl Breakers {
     fn open_for_at(&self, target: &TargetKey, wait: Duration, now: Instant) {
         let mut entries = self.entries.lock();
         let entry = entries.get_or_insert_with(target.clone(), now, || Entry::new(now));
-        let until = now + wait;
+        // Waits come capped from the classifier; a far-future instant must still never overflow.
+        let until = now.checked_add(wait).unwrap_or(now + super::classify::MAX_RETRY_AFTER);
         entry.open_until = Some(entry.open_until.map_or(until, |u| u.max(until)));
         entry.probe_since = None;
         entry.touched = now;

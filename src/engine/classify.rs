@@ -124,23 +124,30 @@ pub fn classify_response(status: u16, body: &[u8]) -> FailureClass {
     FailureClass::CallerFault
 }
 
-/// Retry-After as seconds (`Retry-After`) or milliseconds (`retry-after-ms`, sent by OpenAI and Azure).
+/// The longest wait an upstream's Retry-After can impose (a cooldown of one key or target); larger values are cut to it.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// Retry-After as seconds (`Retry-After`) or milliseconds (`retry-after-ms`, sent by OpenAI and Azure), at most
+/// [`MAX_RETRY_AFTER`]. Values from a hostile or broken upstream (huge, negative, fractional, NaN, dates far away) never
+/// panic: huge ones are capped, meaningless ones ignored.
 pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    if let Some(ms) =
-        headers.get("retry-after-ms").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<f64>().ok())
-        && ms.is_finite()
-        && ms >= 0.0
-    {
-        return Some(Duration::from_secs_f64(ms / 1000.0));
+    let header = |name| headers.get(name).and_then(|v: &reqwest::header::HeaderValue| v.to_str().ok()).map(str::trim);
+    if let Some(ms) = header("retry-after-ms").and_then(|v| v.parse::<f64>().ok()).and_then(|ms| seconds(ms / 1000.0)) {
+        return Some(ms);
     }
-    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    let value = header(reqwest::header::RETRY_AFTER.as_str())?;
     if let Ok(secs) = value.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+        return seconds(secs);
     }
     // HTTP-date form.
     let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
-    let wait = at.with_timezone(&chrono::Utc) - chrono::Utc::now();
-    Some(wait.to_std().unwrap_or(Duration::ZERO))
+    let wait = at.with_timezone(&chrono::Utc).signed_duration_since(chrono::Utc::now());
+    Some(wait.to_std().unwrap_or(Duration::ZERO).min(MAX_RETRY_AFTER))
+}
+
+fn seconds(secs: f64) -> Option<Duration> {
+    (secs.is_finite() && secs >= 0.0)
+        .then(|| Duration::try_from_secs_f64(secs).unwrap_or(MAX_RETRY_AFTER).min(MAX_RETRY_AFTER))
 }
 
 #[cfg(test)]
@@ -228,5 +235,51 @@ mod tests {
         assert_eq!(retry_after(&h), Some(Duration::ZERO));
         h.insert("retry-after", "soon".parse().unwrap());
         assert_eq!(retry_after(&h), None);
+    }
+
+    #[test]
+    fn absurd_retry_after_values_are_capped_or_ignored() {
+        let one = |name: &str, value: &str| {
+            let mut h = reqwest::header::HeaderMap::new();
+            h.insert(reqwest::header::HeaderName::from_bytes(name.as_bytes()).unwrap(), value.parse().unwrap());
+            retry_after(&h)
+        };
+        for huge in ["1e20", "1e19", "1e13", "18446744073709551615", "1e308", "3601"] {
+            assert_eq!(one("retry-after", huge), Some(MAX_RETRY_AFTER), "{huge}");
+        }
+        assert_eq!(one("retry-after-ms", "1e20"), Some(MAX_RETRY_AFTER));
+        assert_eq!(one("retry-after", "Fri, 31 Dec 9999 23:59:59 GMT"), Some(MAX_RETRY_AFTER));
+        for junk in ["-1", "NaN", "inf", "-inf", "1e400", "0x10", ""] {
+            assert_eq!(one("retry-after", junk), None, "{junk}");
+        }
+        assert_eq!(one("retry-after", "1e400"), None, "overflows f64 to inf");
+    }
+
+    use proptest::prelude::Strategy as _;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        /// Whatever an upstream sends, the parser returns at most the cap and never panics.
+        #[test]
+        fn retry_after_never_panics(
+            secs in proptest::prop_oneof![
+                proptest::num::f64::ANY.prop_map(|f| f.to_string()),
+                proptest::num::u64::ANY.prop_map(|n| n.to_string()),
+                proptest::num::i64::ANY.prop_map(|n| n.to_string()),
+                "[ -~]{0,40}",
+            ],
+            ms in proptest::option::of(proptest::num::f64::ANY.prop_map(|f| format!("{f:e}"))),
+        ) {
+            let mut h = reqwest::header::HeaderMap::new();
+            if let Ok(v) = secs.parse() {
+                h.insert("retry-after", v);
+            }
+            if let Some(Ok(v)) = ms.map(|m| m.parse()) {
+                h.insert("retry-after-ms", v);
+            }
+            if let Some(wait) = retry_after(&h) {
+                proptest::prop_assert!(wait <= MAX_RETRY_AFTER);
+            }
+        }
     }
 }

@@ -36,7 +36,7 @@ impl Engine {
         let can_wait = |wait: Duration| {
             retries < self.settings.max_retries
                 && target.admission != Admission::Probe
-                && Instant::now() + wait < cx.deadline
+                && Instant::now().checked_add(wait).is_some_and(|at| at < cx.deadline)
         };
         match failure.class {
             FailureClass::Credential => {

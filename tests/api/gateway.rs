@@ -237,6 +237,22 @@ async fn long_retry_after_cools_the_target_down_and_moves_on() {
 }
 
 #[tokio::test]
+async fn absurd_retry_after_values_cool_the_target_down_and_never_break_the_request() {
+    // Values found by probing: each one used to panic a worker (classifier, breaker arithmetic, cooldown date).
+    let gw = spawn_gateway().await;
+    for value in ["1e20", "1e19", "1e13", "18446744073709551615", "-5", "NaN", "inf", "Fri, 31 Dec 9999 23:59:59 GMT"] {
+        // A fresh key set per value: its key is a new breaker target.
+        let token = gw.key_set(&[K1], &["gpt-4o-mini"]).await;
+        gw.mock.script("gpt-4o", vec![Behavior::rate_limited(Some(value))]);
+        let a = gw.chat(&token, "gpt-4o").await;
+        assert_eq!(a.status, 200, "Retry-After: {value}");
+        assert_eq!(a.header("x-reliablegpt-model"), Some("gpt-4o-mini"), "Retry-After: {value}");
+        // The service still answers afterwards.
+        assert_eq!(gw.chat(&token, "gpt-4o-mini").await.status, 200, "Retry-After: {value}");
+    }
+}
+
+#[tokio::test]
 async fn last_used_at_is_recorded_off_the_request_path() {
     let gw = spawn_gateway().await;
     let token = gw.key_set(&[K1, K2], &[]).await;
