@@ -239,6 +239,18 @@ mod tests {
         let s = Settings::from_sources(None, env_of(&vars)).unwrap();
         assert_eq!(s.master_keys.active().1.expose(), &[2u8; 32]);
         assert_eq!(s.token_peppers.active().1.expose(), &[5u8; 32]);
+        assert!(s.alerts.smtp_password.is_none());
+
+        let smtp_file = dir.join("smtp_password");
+        std::fs::write(&smtp_file, "s3cret\r\n").unwrap();
+        let mut smtp = vars.clone();
+        smtp.extend([
+            (env::SMTP_URL, "smtp://alerts@mail.example.com:587".into()),
+            (env::SMTP_PASSWORD_FILE, path(&smtp_file)),
+        ]);
+        let s = Settings::from_sources(None, env_of(&smtp)).unwrap();
+        let url = s.alerts.smtp_connect_url().unwrap().unwrap();
+        assert_eq!(url.expose_secret(), "smtp://alerts:s3cret@mail.example.com:587");
 
         // Both the value and the file: refused, naming both, echoing neither.
         let mut both = vars.clone();

@@ -92,7 +92,7 @@ impl Keyring {
     }
 
     fn sorted(mut keys: Vec<(u32, Secret32)>) -> Self {
-        keys.sort_by(|a, b| b.0.cmp(&a.0));
+        keys.sort_by_key(|(version, _)| std::cmp::Reverse(*version));
         Self { keys }
     }
 
