@@ -31,8 +31,12 @@ enum Command {
     Secrets,
     /// Print the OpenAPI document (what `openapi/openapi.json` must contain).
     Openapi,
-    /// Show how many key sets each master key version still wraps (a version with none left can be retired).
+    /// Show how many key sets each master key version still wraps and how many tokens each pepper version hashes (a
+    /// version with none left can be retired).
     KeyringStatus,
+    /// Re-wrap every key set's data key under the active (highest) master key version, offline and without tokens, and
+    /// report counts. Afterwards older versions can be removed from RELIABLEGPT_MASTER_KEY (unless it lists some).
+    RotateMasterKey,
     /// Measure the semantic cache's matching on labelled pairs (JSON lines `{"a", "b", "same_answer"}`): the share of
     /// should-hit pairs served and of wrong-answer pairs served, per threshold, with and without the hit guards.
     CacheEval {
@@ -93,6 +97,12 @@ fn run_mock(listen: std::net::SocketAddr) -> Result<(), String> {
     runtime.block_on(reliablegpt::mock_upstream::run(listen)).map_err(|e| format!("mock upstream: {e}"))
 }
 
+async fn open_vault(settings: Settings) -> Result<reliablegpt::vault::Vault, String> {
+    let pool = db::connect(&settings).await.map_err(|e| format!("cannot connect to the database: {e}"))?;
+    db::check_schema(&pool).await.map_err(|e| e.to_string())?;
+    Ok(reliablegpt::vault::Vault::new(pool, std::sync::Arc::new(settings.master_keys), &settings.token_peppers))
+}
+
 fn run_async(command: Command, config: Option<PathBuf>) -> Result<(), String> {
     let settings = Settings::load(config.as_deref()).map_err(|e| e.to_string())?;
     telemetry::init();
@@ -111,18 +121,22 @@ fn run_async(command: Command, config: Option<PathBuf>) -> Result<(), String> {
                 Ok(())
             }
             Command::KeyringStatus => {
-                let pool = db::connect(&settings).await.map_err(|e| format!("cannot connect to the database: {e}"))?;
-                let vault = reliablegpt::vault::Vault::new(
-                    pool,
-                    std::sync::Arc::new(settings.master_keys),
-                    std::sync::Arc::new(settings.token_pepper),
-                );
+                let vault = open_vault(settings).await?;
                 let usage = vault.master_key_usage().await.map_err(|e| e.to_string())?;
-                let mut text = String::from("master_key_version\tkey_sets\n");
-                for (version, count) in usage {
+                let mut text = String::from("master_key_version\tkey_sets\tone_layer_key_sets\n");
+                for (version, two_layer, one_layer) in usage {
+                    text.push_str(&format!("v{version}\t{}\t{one_layer}\n", two_layer + one_layer));
+                }
+                text.push_str("\ntoken_pepper_version\tkey_sets\n");
+                for (version, count) in vault.pepper_usage().await.map_err(|e| e.to_string())? {
                     text.push_str(&format!("v{version}\t{count}\n"));
                 }
                 write_stdout(&text)
+            }
+            Command::RotateMasterKey => {
+                let vault = open_vault(settings).await?;
+                let report = vault.rotate_master_key().await.map_err(|e| e.to_string())?;
+                write_stdout(&report.render())
             }
             Command::Secrets | Command::Openapi | Command::MockUpstream { .. } | Command::CacheEval { .. } => Ok(()),
         }

@@ -68,7 +68,7 @@ impl Application {
         let vault = Vault::with_cache_ttl(
             pool.clone(),
             keyring.clone(),
-            Arc::new(settings.token_pepper),
+            &settings.token_peppers,
             settings.engine.key_set_cache,
         );
         let (events, event_rx) = EventSink::channel(EVENT_BUFFER);

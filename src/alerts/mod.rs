@@ -133,8 +133,8 @@ pub struct EventCounts {
 
 impl Alerts {
     pub fn new(pool: PgPool, vault: Vault, settings: AlertSettings) -> Result<Self, String> {
-        let mailer = match &settings.smtp_url {
-            Some(url) => Some(Mailer::new(url, &settings.from)?),
+        let mailer = match settings.smtp_connect_url()? {
+            Some(url) => Some(Mailer::new(&url, &settings.from)?),
             None => None,
         };
         Ok(Self { pool, vault, settings: Arc::new(settings), mailer })

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::{ConfigError, parse, settings};
 
@@ -34,6 +34,12 @@ settings! {
     pub struct AlertSettings: Default {
         /// Without it alerts are recorded (`GET /v1/alerts`) but not mailed, and `/readyz` says so.
         pub smtp_url: Option<SecretString> [SMTP_URL = "RELIABLEGPT_SMTP_URL", smtp_url, optional],
+        /// Replaces the password of `RELIABLEGPT_SMTP_URL` (which then names only the user), so the password can come
+        /// from a file: `RELIABLEGPT_SMTP_PASSWORD_FILE`.
+        pub smtp_password: Option<SecretString> [
+            SMTP_PASSWORD = "RELIABLEGPT_SMTP_PASSWORD" or file SMTP_PASSWORD_FILE = "RELIABLEGPT_SMTP_PASSWORD_FILE",
+            parse::secret_text, optional
+        ],
         pub from: String [
             ALERT_FROM = "RELIABLEGPT_ALERT_FROM", mailbox, default "reliablegpt <alerts@localhost>".to_owned()
         ],
@@ -72,6 +78,21 @@ settings! {
     }
 }
 
+impl AlertSettings {
+    /// The URL the mailer connects with: `smtp_url`, its password replaced by `smtp_password` when that is set.
+    pub fn smtp_connect_url(&self) -> Result<Option<SecretString>, String> {
+        let Some(url) = &self.smtp_url else { return Ok(None) };
+        let Some(password) = &self.smtp_password else { return Ok(Some(url.clone())) };
+        let needs_user = "RELIABLEGPT_SMTP_PASSWORD needs a user name in RELIABLEGPT_SMTP_URL (smtp://user@host:587)";
+        let mut parsed = url::Url::parse(url.expose_secret()).map_err(|_| needs_user.to_owned())?;
+        if parsed.username().is_empty() {
+            return Err(needs_user.to_owned());
+        }
+        parsed.set_password(Some(password.expose_secret())).map_err(|_| needs_user.to_owned())?;
+        Ok(Some(SecretString::from(String::from(parsed))))
+    }
+}
+
 fn hours(name: &'static str, text: &str) -> Result<Duration, ConfigError> {
     parse::positive(name, text).map(|h| Duration::from_secs(u64::from(h) * 3600))
 }
@@ -89,5 +110,27 @@ mod tests {
         assert!(!err.contains("hunter2"), "{err}");
         assert!(mailbox("X", "not an address").is_err());
         assert_eq!(mailbox("X", "alerts@example.com").unwrap(), "alerts@example.com");
+    }
+
+    #[test]
+    fn a_separate_smtp_password_replaces_the_urls() {
+        let url = |text| Some(smtp_url("X", text).unwrap());
+        let password = Some(SecretString::from("p@ss:w/rd"));
+        let settings = AlertSettings {
+            smtp_url: url("smtp://alerts@mail.example.com:587"),
+            smtp_password: password,
+            ..Default::default()
+        };
+        let connect = settings.smtp_connect_url().unwrap().unwrap();
+        let parsed = url::Url::parse(connect.expose_secret()).unwrap();
+        assert_eq!(parsed.username(), "alerts");
+        assert_eq!(parsed.password(), Some("p%40ss%3Aw%2Frd"));
+        assert!(!format!("{settings:?}").contains("p@ss"));
+        let no_user = AlertSettings { smtp_url: url("smtp://mail.example.com:587"), ..settings.clone() };
+        let err = no_user.smtp_connect_url().unwrap_err();
+        assert!(err.contains("user name") && !err.contains("p@ss"), "{err}");
+        // Without it the URL is used as given.
+        let plain = AlertSettings { smtp_password: None, ..settings };
+        assert_eq!(plain.smtp_connect_url().unwrap().unwrap().expose_secret(), "smtp://alerts@mail.example.com:587");
     }
 }

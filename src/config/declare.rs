@@ -55,6 +55,56 @@ pub fn required<T>(
     }
 }
 
+/// A secret's text from the variable `name` or from the file named by `file_name` (the Docker/Kubernetes secrets
+/// convention); setting both is an error. A file's trailing line break is dropped; errors name the path, never the
+/// content.
+pub fn secret_text(
+    source: &Source<'_>,
+    name: &'static str,
+    file_name: &'static str,
+) -> Result<Option<zeroize::Zeroizing<String>>, ConfigError> {
+    match (source.get(name), source.get(file_name)) {
+        (Some(_), Some(_)) => {
+            Err(ConfigError::Malformed { name, reason: format!("set either {name} or {file_name}, not both") })
+        }
+        (Some(text), None) => Ok(Some(zeroize::Zeroizing::new(text))),
+        (None, Some(path)) => {
+            let mut text = zeroize::Zeroizing::new(std::fs::read_to_string(&path).map_err(|e| ConfigError::File {
+                path: format!("{path} ({file_name})"),
+                reason: e.kind().to_string(),
+            })?);
+            while text.ends_with(['\n', '\r']) {
+                text.pop();
+            }
+            Ok(Some(text))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+#[doc(hidden)]
+pub fn required_secret<T>(
+    source: &Source<'_>,
+    name: &'static str,
+    file_name: &'static str,
+    rule: impl Fn(&'static str, &str) -> Result<T, ConfigError>,
+) -> Result<T, ConfigError> {
+    match secret_text(source, name, file_name)? {
+        None => Err(ConfigError::Missing(name)),
+        Some(text) => rule(name, &text),
+    }
+}
+
+#[doc(hidden)]
+pub fn optional_secret<T>(
+    source: &Source<'_>,
+    name: &'static str,
+    file_name: &'static str,
+    rule: impl Fn(&'static str, &str) -> Result<T, ConfigError>,
+) -> Result<Option<T>, ConfigError> {
+    secret_text(source, name, file_name)?.map(|text| rule(name, &text)).transpose()
+}
+
 #[doc(hidden)]
 pub fn optional<T>(
     source: &Source<'_>,
@@ -81,7 +131,12 @@ pub fn or_default<T>(
 ///
 /// `pub field: Type [CONST = "ENV_NAME", rule, required | optional | default EXPR]`
 ///
-/// (`rule` is one of [`parse`](crate::config::parse)'s; `optional` fields are `Option<Type>`), or a nested group
+/// (`rule` is one of [`parse`](crate::config::parse)'s; `optional` fields are `Option<Type>`), or a secret that may
+/// also come from a file (`ENV_NAME_FILE` holds its path)
+///
+/// `pub field: Type [CONST = "ENV_NAME" or file FILE_CONST = "ENV_NAME_FILE", rule, required | optional]`
+///
+/// or a nested group
 ///
 /// `pub field: Type [group crate::path::to::its::module]` (the module holding `Type`'s `env`).
 ///
@@ -146,6 +201,12 @@ pub(crate) use settings;
 
 /// One field of [`settings!`]; not for direct use.
 macro_rules! setting {
+    (@load $source:ident, $ty:ty; $c:ident = $env:literal or file $fc:ident = $fenv:literal, $rule:expr, required) => {
+        $crate::config::declare::required_secret($source, $env, $fenv, $rule)
+    };
+    (@load $source:ident, $ty:ty; $c:ident = $env:literal or file $fc:ident = $fenv:literal, $rule:expr, optional) => {
+        $crate::config::declare::optional_secret($source, $env, $fenv, $rule)
+    };
     (@load $source:ident, $ty:ty; $c:ident = $env:literal, $rule:expr, required) => {
         $crate::config::declare::required($source, $env, $rule)
     };
@@ -159,6 +220,9 @@ macro_rules! setting {
         <$ty as $crate::config::Group>::load($source)
     };
 
+    (@names $out:ident, $ty:ty; $c:ident = $env:literal or file $fc:ident = $fenv:literal, $($rest:tt)*) => {
+        $out.extend([$env, $fenv])
+    };
     (@names $out:ident, $ty:ty; $c:ident = $env:literal, $($rest:tt)*) => {
         $out.push($env)
     };
@@ -166,6 +230,9 @@ macro_rules! setting {
         <$ty as $crate::config::Group>::names($out)
     };
 
+    (@default $ty:ty; $c:ident = $env:literal or file $fc:ident = $fenv:literal, $rule:expr, optional) => {
+        None
+    };
     (@default $ty:ty; $c:ident = $env:literal, $rule:expr, optional) => {
         None
     };
@@ -176,6 +243,10 @@ macro_rules! setting {
         <$ty as Default>::default()
     };
 
+    (@env $c:ident = $env:literal or file $fc:ident = $fenv:literal, $($rest:tt)*) => {
+        pub const $c: &str = $env;
+        pub const $fc: &str = $fenv;
+    };
     (@env $c:ident = $env:literal, $($rest:tt)*) => {
         pub const $c: &str = $env;
     };

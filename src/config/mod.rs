@@ -21,7 +21,7 @@ use crate::egress::EgressPolicy;
 pub use crate::engine::settings::EngineSettings;
 pub use declare::{Group, Source};
 pub(crate) use declare::{setting, settings};
-pub use secret::{MasterKeyring, Secret32};
+pub use secret::{Keyring, MasterKeyring, Secret32};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
@@ -44,8 +44,17 @@ settings! {
     #[derive(Debug)]
     pub struct Settings {
         pub database_url: SecretString [DATABASE_URL = "DATABASE_URL", parse::secret_text, required],
-        pub master_keys: MasterKeyring [MASTER_KEY = "RELIABLEGPT_MASTER_KEY", parse::keyring, required],
-        pub token_pepper: Secret32 [TOKEN_PEPPER = "RELIABLEGPT_TOKEN_PEPPER", parse::secret32, required],
+        /// `BASE64` or `v1:BASE64,v2:BASE64`; the highest version is active. Or a file: `RELIABLEGPT_MASTER_KEY_FILE`.
+        pub master_keys: MasterKeyring [
+            MASTER_KEY = "RELIABLEGPT_MASTER_KEY" or file MASTER_KEY_FILE = "RELIABLEGPT_MASTER_KEY_FILE",
+            parse::keyring, required
+        ],
+        /// Same keyring format: tokens hashed under an older pepper still authenticate and are re-hashed under the
+        /// highest version on use. Or a file: `RELIABLEGPT_TOKEN_PEPPER_FILE`.
+        pub token_peppers: Keyring [
+            TOKEN_PEPPER = "RELIABLEGPT_TOKEN_PEPPER" or file TOKEN_PEPPER_FILE = "RELIABLEGPT_TOKEN_PEPPER_FILE",
+            parse::keyring, required
+        ],
         pub listen: String [LISTEN = "RELIABLEGPT_LISTEN", parse::host_port, default DEFAULT_LISTEN.to_owned()],
         pub egress: EgressPolicy [group crate::config::egress],
         pub engine: EngineSettings [group crate::engine::settings],
@@ -119,7 +128,7 @@ fn parse_toml(text: &str) -> Result<HashMap<String, String>, ConfigError> {
 /// `export` lines with a freshly generated master key and token pepper (for `reliablegpt secrets`).
 pub fn generate_secrets() -> String {
     format!(
-        "export {}=v1:{}\nexport {}={}\n",
+        "export {}=v1:{}\nexport {}=v1:{}\n",
         env::MASTER_KEY,
         Secret32::random().to_base64(),
         env::TOKEN_PEPPER,
@@ -189,13 +198,74 @@ mod tests {
     }
 
     #[test]
-    fn keyring_last_entry_is_active() {
-        let ring = MasterKeyring::parse(&format!("v1:{},v7:{}", key(1), key(7))).unwrap();
-        assert_eq!(ring.versions(), vec![1, 7]);
+    fn keyring_highest_version_is_active_wherever_listed() {
+        let ring =
+            MasterKeyring::parse(env::MASTER_KEY, &format!("v7:{},v1:{},v3:{}", key(7), key(1), key(3))).unwrap();
+        assert_eq!(ring.versions(), vec![7, 3, 1]);
         assert_eq!(ring.active().0, 7);
         assert_eq!(ring.active().1.expose(), &[7u8; 32]);
         assert_eq!(ring.get(1).unwrap().expose(), &[1u8; 32]);
         assert!(ring.get(2).is_none());
+    }
+
+    #[test]
+    fn the_token_pepper_is_a_keyring_too() {
+        let mut vars = minimal();
+        vars[2].1 = format!("v1:{},v2:{}", key(2), key(9));
+        let s = Settings::from_sources(None, env_of(&vars)).unwrap();
+        assert_eq!(s.token_peppers.versions(), vec![2, 1]);
+        assert_eq!(s.token_peppers.active().1.expose(), &[9u8; 32]);
+        // A bare value (how it was set before) is version 1.
+        let s = Settings::from_sources(None, env_of(&minimal())).unwrap();
+        assert_eq!(s.token_peppers.versions(), vec![1]);
+        vars[2].1 = format!("v1:{},v1:{}", key(2), key(9));
+        let err = Settings::from_sources(None, env_of(&vars)).unwrap_err().to_string();
+        assert!(err.starts_with(env::TOKEN_PEPPER), "{err}");
+    }
+
+    #[test]
+    fn secrets_can_come_from_files() {
+        let dir = std::env::temp_dir().join(format!("reliablegpt-secrets-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (master_file, pepper_file) = (dir.join("master_key"), dir.join("token_pepper"));
+        std::fs::write(&master_file, format!("v1:{},v2:{}\n", key(1), key(2))).unwrap();
+        std::fs::write(&pepper_file, key(5)).unwrap();
+        let path = |p: &std::path::Path| p.display().to_string();
+        let vars = vec![
+            (env::DATABASE_URL, "postgres://u:p@localhost/db".to_string()),
+            (env::MASTER_KEY_FILE, path(&master_file)),
+            (env::TOKEN_PEPPER_FILE, path(&pepper_file)),
+        ];
+        let s = Settings::from_sources(None, env_of(&vars)).unwrap();
+        assert_eq!(s.master_keys.active().1.expose(), &[2u8; 32]);
+        assert_eq!(s.token_peppers.active().1.expose(), &[5u8; 32]);
+        assert!(s.alerts.smtp_password.is_none());
+
+        let smtp_file = dir.join("smtp_password");
+        std::fs::write(&smtp_file, "s3cret\r\n").unwrap();
+        let mut smtp = vars.clone();
+        smtp.extend([
+            (env::SMTP_URL, "smtp://alerts@mail.example.com:587".into()),
+            (env::SMTP_PASSWORD_FILE, path(&smtp_file)),
+        ]);
+        let s = Settings::from_sources(None, env_of(&smtp)).unwrap();
+        let url = s.alerts.smtp_connect_url().unwrap().unwrap();
+        assert_eq!(url.expose_secret(), "smtp://alerts:s3cret@mail.example.com:587");
+
+        // Both the value and the file: refused, naming both, echoing neither.
+        let mut both = vars.clone();
+        both.push((env::MASTER_KEY, key(3)));
+        let err = Settings::from_sources(None, env_of(&both)).unwrap_err().to_string();
+        assert!(err.contains(env::MASTER_KEY_FILE) && !err.contains(&key(3)), "{err}");
+        // A missing file names its path and variable; a malformed one never echoes its content.
+        let mut missing = vars.clone();
+        missing[2].1 = path(&dir.join("nope"));
+        let err = Settings::from_sources(None, env_of(&missing)).unwrap_err().to_string();
+        assert!(err.contains("nope") && err.contains(env::TOKEN_PEPPER_FILE), "{err}");
+        std::fs::write(&pepper_file, "not-base64-secret!!").unwrap();
+        let err = Settings::from_sources(None, env_of(&vars)).unwrap_err().to_string();
+        assert!(err.starts_with(env::TOKEN_PEPPER) && !err.contains("not-base64-secret"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -262,7 +332,7 @@ mod tests {
             vars.push((name, value.to_string()));
         }
         let s = Settings::from_sources(None, env_of(&vars)).unwrap();
-        assert_ne!(s.master_keys.active().1.expose(), s.token_pepper.expose());
+        assert_ne!(s.master_keys.active().1.expose(), s.token_peppers.active().1.expose());
     }
 
     /// The variables named in README.md's Configuration table. A cell like `` `RELIABLEGPT_A_MS` / `_B_MS` `` names

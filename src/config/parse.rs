@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
-use super::{ConfigError, MasterKeyring, Secret32, malformed};
+use super::{ConfigError, Keyring, malformed};
 use crate::egress::HostPattern;
 
 /// Any text, as given.
@@ -22,17 +22,9 @@ pub fn secret_text(name: &'static str, text: &str) -> Result<SecretString, Confi
     Ok(SecretString::from(text))
 }
 
-/// Base64 of 32 bytes; blank counts as not set.
-pub fn secret32(name: &'static str, text: &str) -> Result<Secret32, ConfigError> {
-    if text.trim().is_empty() {
-        return Err(ConfigError::Missing(name));
-    }
-    Secret32::parse_base64(name, text)
-}
-
-/// A master keyring (see [`MasterKeyring::parse`]).
-pub fn keyring(_name: &'static str, text: &str) -> Result<MasterKeyring, ConfigError> {
-    MasterKeyring::parse(text)
+/// A keyring: `BASE64` (version 1) or `v1:BASE64,v2:BASE64` (see [`Keyring::parse`]).
+pub fn keyring(name: &'static str, text: &str) -> Result<Keyring, ConfigError> {
+    Keyring::parse(name, text)
 }
 
 /// `host:port`.

@@ -1,4 +1,4 @@
-//! The master keyring and the token pepper: 256-bit secrets whose `Debug` never shows them.
+//! The master keyring and the token peppers: versioned 256-bit secrets whose `Debug` never shows them.
 
 use std::fmt;
 
@@ -6,7 +6,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use secrecy::{ExposeSecret, SecretBox};
 
-use super::{ConfigError, env, malformed};
+use super::{ConfigError, malformed};
 
 /// A 256-bit secret. `Debug` never shows the bytes.
 pub struct Secret32(SecretBox<[u8; 32]>);
@@ -47,15 +47,19 @@ impl fmt::Debug for Secret32 {
     }
 }
 
-/// Master keys by version. The last entry is the active one; older ones only unwrap data keys until they are re-wrapped.
-pub struct MasterKeyring {
+/// Versioned 256-bit secrets (the master keys, the token peppers). The highest version is the active one, wherever it
+/// is listed; older ones only read what was written under them until it is moved to the active one.
+pub struct Keyring {
+    /// Sorted by version, highest first.
     keys: Vec<(u32, Secret32)>,
 }
 
-impl MasterKeyring {
-    /// Parses `BASE64` (version 1) or `v1:BASE64,v2:BASE64,...`.
-    pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let name = env::MASTER_KEY;
+/// The master keyring (`RELIABLEGPT_MASTER_KEY`).
+pub type MasterKeyring = Keyring;
+
+impl Keyring {
+    /// Parses `BASE64` (version 1) or `v1:BASE64,v2:BASE64,...` for the variable `name`.
+    pub fn parse(name: &'static str, text: &str) -> Result<Self, ConfigError> {
         let text = text.trim();
         if text.is_empty() {
             return Err(ConfigError::Missing(name));
@@ -80,17 +84,22 @@ impl MasterKeyring {
                 keys.push((version, Secret32::parse_base64(name, key)?));
             }
         }
-        Ok(Self { keys })
+        Ok(Self::sorted(keys))
     }
 
     pub fn from_keys(keys: Vec<(u32, Secret32)>) -> Option<Self> {
-        if keys.is_empty() { None } else { Some(Self { keys }) }
+        if keys.is_empty() { None } else { Some(Self::sorted(keys)) }
     }
 
-    /// The key new data keys are wrapped under.
+    fn sorted(mut keys: Vec<(u32, Secret32)>) -> Self {
+        keys.sort_by_key(|(version, _)| std::cmp::Reverse(*version));
+        Self { keys }
+    }
+
+    /// The highest version: what new data is written under.
     pub fn active(&self) -> (u32, &Secret32) {
         // `parse`/`from_keys` guarantee at least one entry.
-        let (version, key) = &self.keys[self.keys.len() - 1];
+        let (version, key) = &self.keys[0];
         (*version, key)
     }
 
@@ -98,13 +107,19 @@ impl MasterKeyring {
         self.keys.iter().find(|(v, _)| *v == version).map(|(_, k)| k)
     }
 
+    /// Every version, highest (active) first.
     pub fn versions(&self) -> Vec<u32> {
         self.keys.iter().map(|(v, _)| *v).collect()
     }
+
+    /// Every `(version, key)`, highest (active) first.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &Secret32)> {
+        self.keys.iter().map(|(v, k)| (*v, k))
+    }
 }
 
-impl fmt::Debug for MasterKeyring {
+impl fmt::Debug for Keyring {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MasterKeyring").field("versions", &self.versions()).field("keys", &"[REDACTED]").finish()
+        f.debug_struct("Keyring").field("versions", &self.versions()).field("keys", &"[REDACTED]").finish()
     }
 }

@@ -439,7 +439,8 @@ mod testing {
     pub(super) fn engine(settings: EngineSettings) -> Arc<Engine> {
         let pool = sqlx::PgPool::connect_lazy("postgres://nobody@127.0.0.1:1/none").unwrap();
         let keyring = crate::config::MasterKeyring::from_keys(vec![(1, crate::config::Secret32::random())]).unwrap();
-        let vault = Vault::new(pool, Arc::new(keyring), Arc::new(crate::config::Secret32::random()));
+        let peppers = crate::config::Keyring::from_keys(vec![(1, crate::config::Secret32::random())]).unwrap();
+        let vault = Vault::new(pool, Arc::new(keyring), &peppers);
         let (events, _) = EventSink::channel(16);
         Arc::new(Engine::new(settings, EgressPolicy::new(Vec::new(), true), vault, events).unwrap())
     }

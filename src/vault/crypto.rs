@@ -1,8 +1,14 @@
-//! The vault's cryptographic core: AES-256-GCM sealing with versioned blobs, and the key derivation that binds a key set's
-//! data key to both the master key and the customer's token.
+//! The vault's cryptographic core: AES-256-GCM sealing with versioned blobs, and the key derivations that bind a key
+//! set's data key to both the master key and the customer's token.
 //!
-//! Blob layout (version 1): `0x01 || nonce (12 bytes) || ciphertext || tag (16 bytes)`. The version byte lets us change
-//! the format later while old rows still read.
+//! Blob layout: `version || nonce (12 bytes) || ciphertext || tag (16 bytes)`. Version 1 authenticates the caller's AAD
+//! as given; version 2 (written since) authenticates `version || AAD`, so a blob cannot be relabelled as another
+//! format. Both still read.
+//!
+//! Data keys, format 2 (two layers): the data key is sealed under a key derived from the token alone (inner), and that
+//! blob is sealed again under a key derived from one master key version (outer). A database dump plus the master key
+//! still opens nothing without the token, and rotating the master key re-seals only the outer layer, without any token.
+//! Format 1 (older rows): one layer under HKDF(master key, token); upgraded when its token next authenticates.
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
@@ -14,6 +20,8 @@ use uuid::Uuid;
 use zeroize::Zeroizing;
 
 pub const BLOB_V1: u8 = 1;
+/// The version byte is part of the authenticated data.
+pub const BLOB_V2: u8 = 2;
 const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
 
@@ -36,6 +44,8 @@ pub enum Purpose {
     CacheResponse,
     /// Queued mail (alerts' outbox).
     Outbox,
+    /// The outer layer of a format-2 wrapped data key (under a master key version).
+    MasterWrap,
 }
 
 impl Purpose {
@@ -46,6 +56,7 @@ impl Purpose {
             Self::CacheQuestion => b"cache-question",
             Self::CacheResponse => b"cache-response",
             Self::Outbox => b"outbox",
+            Self::MasterWrap => b"master-wrap",
         }
     }
 }
@@ -91,36 +102,39 @@ impl AeadKey {
     pub fn seal(&self, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
         let mut nonce = [0u8; NONCE_LEN];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
-        self.seal_with_nonce(&nonce, plaintext, aad)
+        self.seal_with_nonce(BLOB_V2, &nonce, plaintext, aad)
     }
 
-    fn seal_with_nonce(&self, nonce: &[u8; NONCE_LEN], plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
+    fn seal_with_nonce(&self, version: u8, nonce: &[u8; NONCE_LEN], plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(1 + NONCE_LEN + plaintext.len() + TAG_LEN);
-        out.push(BLOB_V1);
+        out.push(version);
         out.extend_from_slice(nonce);
+        let aad = versioned_aad(version, aad);
         // Encryption with a valid key and in-memory buffers cannot fail; an empty body would only make `open` fail loudly.
         let sealed =
-            self.cipher().encrypt(Nonce::from_slice(nonce), Payload { msg: plaintext, aad }).unwrap_or_default();
+            self.cipher().encrypt(Nonce::from_slice(nonce), Payload { msg: plaintext, aad: &aad }).unwrap_or_default();
         out.extend_from_slice(&sealed);
         out
     }
 
+    /// Opens a blob of either version.
     pub fn open(&self, blob: &[u8], aad: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
         let (&version, rest) = blob.split_first().ok_or(CryptoError::Truncated)?;
-        if version != BLOB_V1 {
+        if version != BLOB_V1 && version != BLOB_V2 {
             return Err(CryptoError::UnknownVersion(version));
         }
         if rest.len() < NONCE_LEN + TAG_LEN {
             return Err(CryptoError::Truncated);
         }
         let (nonce, body) = rest.split_at(NONCE_LEN);
+        let aad = versioned_aad(version, aad);
         self.cipher()
-            .decrypt(Nonce::from_slice(nonce), Payload { msg: body, aad })
+            .decrypt(Nonce::from_slice(nonce), Payload { msg: body, aad: &aad })
             .map(Zeroizing::new)
             .map_err(|_| CryptoError::Forged)
     }
 
-    /// Wraps (seals) this key under a key-encryption key.
+    /// Wraps (seals) this key under a key-encryption key (one layer: format 1, and the inner layer of format 2).
     pub fn wrap(&self, kek: &AeadKey, key_set_id: Uuid) -> Vec<u8> {
         kek.seal(self.0.expose_secret(), &aad(Purpose::DataKey, key_set_id, key_set_id))
     }
@@ -138,8 +152,137 @@ impl std::fmt::Debug for AeadKey {
     }
 }
 
-/// The key-encryption key for one key set: HKDF-SHA256 with the token as salt and the master key as input keying
-/// material. Neither alone (a database dump plus the master key, or a stolen token) yields it.
+fn versioned_aad(version: u8, aad: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if version == BLOB_V1 {
+        return aad.into();
+    }
+    let mut out = Vec::with_capacity(1 + aad.len());
+    out.push(version);
+    out.extend_from_slice(aad);
+    out.into()
+}
+
+/// The format (version byte) of a sealed blob.
+pub fn blob_version(blob: &[u8]) -> Option<u8> {
+    blob.first().copied()
+}
+
+/// Seals a provider key under its key set's data key, bound to its key set, record, provider and routing target
+/// (`target_digest`, see `KeyTarget::digest`): a row pointed at another provider or host no longer opens.
+pub fn seal_provider_key(
+    dek: &AeadKey,
+    secret: &[u8],
+    key_set_id: Uuid,
+    key_id: Uuid,
+    provider: &str,
+    target_digest: &[u8; 32],
+) -> Vec<u8> {
+    dek.seal(secret, &provider_key_aad(key_set_id, key_id, provider, target_digest))
+}
+
+/// Opens a provider key sealed by [`seal_provider_key`]; a version-1 blob (bound to key set and record only) opens
+/// only when `legacy_allowed` (a key set not yet upgraded), so an old blob replayed into an upgraded set is refused.
+pub fn open_provider_key(
+    dek: &AeadKey,
+    blob: &[u8],
+    key_set_id: Uuid,
+    key_id: Uuid,
+    provider: &str,
+    target_digest: &[u8; 32],
+    legacy_allowed: bool,
+) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+    match blob_version(blob) {
+        Some(BLOB_V1) if legacy_allowed => dek.open(blob, &aad(Purpose::ProviderKey, key_set_id, key_id)),
+        Some(BLOB_V1) => Err(CryptoError::Forged),
+        _ => dek.open(blob, &provider_key_aad(key_set_id, key_id, provider, target_digest)),
+    }
+}
+
+fn provider_key_aad(key_set_id: Uuid, key_id: Uuid, provider: &str, target_digest: &[u8; 32]) -> Vec<u8> {
+    let mut out = aad(Purpose::ProviderKey, key_set_id, key_id);
+    out.extend_from_slice(provider.as_bytes());
+    out.push(0);
+    out.extend_from_slice(target_digest);
+    out
+}
+
+/// Format-2 inner key-encryption key: from the token alone (256 random bits, so HKDF needs no salt). The master key
+/// comes in through the outer layer.
+fn token_kek(token: &[u8], key_set_id: Uuid) -> AeadKey {
+    expand_key(token, b"reliablegpt/v2/token-kek", key_set_id)
+}
+
+/// Format-2 outer key: from one master key version, per key set.
+fn master_kek(master_key: &[u8; 32], key_set_id: Uuid) -> AeadKey {
+    expand_key(master_key, b"reliablegpt/v2/master-kek", key_set_id)
+}
+
+fn expand_key(ikm: &[u8], label: &[u8], key_set_id: Uuid) -> AeadKey {
+    let hk = Hkdf::<Sha256>::new(None, ikm);
+    let mut info = Vec::with_capacity(label.len() + 16);
+    info.extend_from_slice(label);
+    info.extend_from_slice(key_set_id.as_bytes());
+    let mut okm = Zeroizing::new([0u8; 32]);
+    // 32 bytes is far below HKDF-SHA256's 8160-byte limit, so expand cannot fail.
+    let _ = hk.expand(&info, okm.as_mut());
+    AeadKey::from_bytes(&okm)
+}
+
+fn outer_aad(key_set_id: Uuid, master_version: u32) -> Vec<u8> {
+    let mut out = aad(Purpose::MasterWrap, key_set_id, key_set_id);
+    out.extend_from_slice(&master_version.to_be_bytes());
+    out
+}
+
+/// Format 2: the data key under the token (inner), then under master key `master_version` (outer).
+pub fn wrap_two_layers(
+    dek: &AeadKey,
+    token: &[u8],
+    master_key: &[u8; 32],
+    master_version: u32,
+    key_set_id: Uuid,
+) -> Vec<u8> {
+    let inner = dek.wrap(&token_kek(token, key_set_id), key_set_id);
+    seal_outer(&inner, master_key, master_version, key_set_id)
+}
+
+pub fn unwrap_two_layers(
+    wrapped: &[u8],
+    token: &[u8],
+    master_key: &[u8; 32],
+    master_version: u32,
+    key_set_id: Uuid,
+) -> Result<AeadKey, CryptoError> {
+    let inner = open_outer(wrapped, master_key, master_version, key_set_id)?;
+    AeadKey::unwrap(&inner, &token_kek(token, key_set_id), key_set_id)
+}
+
+/// Moves a format-2 wrapped data key to another master key version without the token: only the outer layer changes.
+pub fn rewrap_outer(
+    wrapped: &[u8],
+    key_set_id: Uuid,
+    from: (u32, &[u8; 32]),
+    to: (u32, &[u8; 32]),
+) -> Result<Vec<u8>, CryptoError> {
+    let inner = open_outer(wrapped, from.1, from.0, key_set_id)?;
+    Ok(seal_outer(&inner, to.1, to.0, key_set_id))
+}
+
+fn seal_outer(inner: &[u8], master_key: &[u8; 32], master_version: u32, key_set_id: Uuid) -> Vec<u8> {
+    master_kek(master_key, key_set_id).seal(inner, &outer_aad(key_set_id, master_version))
+}
+
+fn open_outer(
+    wrapped: &[u8],
+    master_key: &[u8; 32],
+    master_version: u32,
+    key_set_id: Uuid,
+) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+    master_kek(master_key, key_set_id).open(wrapped, &outer_aad(key_set_id, master_version))
+}
+
+/// Format 1 (older rows): the key-encryption key for one key set, HKDF-SHA256 with the token as salt and the master
+/// key as input keying material. Neither alone (a database dump plus the master key, or a stolen token) yields it.
 pub fn derive_kek(master_key: &[u8; 32], token: &[u8], key_set_id: Uuid) -> AeadKey {
     let hk = Hkdf::<Sha256>::new(Some(token), master_key);
     let mut info = Vec::with_capacity(48);
@@ -250,7 +393,7 @@ mod tests {
         for (key, nonce, plain, aad, cipher, tag) in cases {
             let key = key_of(&key);
             let nonce: [u8; 12] = hex(&nonce).try_into().unwrap();
-            let blob = key.seal_with_nonce(&nonce, &hex(&plain), &hex(&aad));
+            let blob = key.seal_with_nonce(BLOB_V1, &nonce, &hex(&plain), &hex(&aad));
             let mut expected = vec![BLOB_V1];
             expected.extend(nonce);
             expected.extend(hex(&cipher));
@@ -353,6 +496,61 @@ mod tests {
         assert!(derive_cache_keys(&[7u8; 32], Uuid::new_v4()).seal.open(&blob, &aad).is_err());
         assert!(derive_cache_keys(&[8u8; 32], set).seal.open(&blob, &aad).is_err());
         assert_eq!(format!("{keys:?}"), "CacheKeys([REDACTED])");
+    }
+
+    #[test]
+    fn a_version_2_blob_relabelled_as_version_1_fails() {
+        let key = AeadKey::random();
+        let mut blob = key.seal(b"secret", b"aad");
+        assert_eq!(blob_version(&blob), Some(BLOB_V2));
+        blob[0] = BLOB_V1;
+        assert_eq!(key.open(&blob, b"aad").unwrap_err(), CryptoError::Forged);
+        // Version 1 blobs (older rows) still open.
+        let old = key.seal_with_nonce(BLOB_V1, &[3u8; 12], b"secret", b"aad");
+        assert_eq!(key.open(&old, b"aad").unwrap().as_slice(), b"secret");
+    }
+
+    #[test]
+    fn a_provider_key_is_bound_to_its_provider_and_target() {
+        let dek = AeadKey::random();
+        let (set, id) = (Uuid::new_v4(), Uuid::new_v4());
+        let (target, other) = ([1u8; 32], [2u8; 32]);
+        let blob = seal_provider_key(&dek, b"sk-1", set, id, "openai", &target);
+        let open =
+            |blob: &[u8], provider, digest, legacy| open_provider_key(&dek, blob, set, id, provider, digest, legacy);
+        assert_eq!(open(&blob, "openai", &target, false).unwrap().as_slice(), b"sk-1");
+        assert_eq!(open(&blob, "openai", &other, false).unwrap_err(), CryptoError::Forged);
+        assert_eq!(open(&blob, "azure", &target, false).unwrap_err(), CryptoError::Forged);
+        assert!(open_provider_key(&dek, &blob, set, Uuid::new_v4(), "openai", &target, false).is_err());
+
+        // A format-1 blob (bound to set and record only) opens only while its key set is not upgraded.
+        let legacy = dek.seal_with_nonce(BLOB_V1, &[5u8; 12], b"sk-1", &aad(Purpose::ProviderKey, set, id));
+        assert_eq!(open(&legacy, "openai", &other, true).unwrap().as_slice(), b"sk-1");
+        assert_eq!(open(&legacy, "openai", &target, false).unwrap_err(), CryptoError::Forged);
+    }
+
+    #[test]
+    fn two_layers_need_token_and_master_key_and_rotate_without_the_token() {
+        let set = Uuid::new_v4();
+        let (v1, v2) = ([1u8; 32], [2u8; 32]);
+        let dek = AeadKey::random();
+        let wrapped = wrap_two_layers(&dek, b"rgpt_token_a", &v1, 1, set);
+        let back = unwrap_two_layers(&wrapped, b"rgpt_token_a", &v1, 1, set).unwrap();
+        assert_eq!(back.0.expose_secret(), dek.0.expose_secret());
+        assert!(unwrap_two_layers(&wrapped, b"rgpt_token_b", &v1, 1, set).is_err());
+        assert!(unwrap_two_layers(&wrapped, b"rgpt_token_a", &v2, 1, set).is_err());
+        assert!(unwrap_two_layers(&wrapped, b"rgpt_token_a", &v1, 2, set).is_err(), "version is bound");
+        assert!(unwrap_two_layers(&wrapped, b"rgpt_token_a", &v1, 1, Uuid::new_v4()).is_err());
+
+        // Rotation: no token involved; afterwards only the new master key version opens it.
+        let rotated = rewrap_outer(&wrapped, set, (1, &v1), (2, &v2)).unwrap();
+        let back = unwrap_two_layers(&rotated, b"rgpt_token_a", &v2, 2, set).unwrap();
+        assert_eq!(back.0.expose_secret(), dek.0.expose_secret());
+        assert!(unwrap_two_layers(&rotated, b"rgpt_token_a", &v1, 1, set).is_err());
+        assert!(rewrap_outer(&wrapped, set, (1, &v2), (2, &v2)).is_err(), "wrong old master key");
+        // The outer layer alone (master key, no token) is not the data key.
+        let inner = open_outer(&rotated, &v2, 2, set).unwrap();
+        assert!(!inner.windows(32).any(|w| w == dek.0.expose_secret()));
     }
 
     #[test]

@@ -264,6 +264,42 @@ pub struct KeyTarget {
     pub deployments: Option<BTreeMap<String, String>>,
 }
 
+impl KeyTarget {
+    /// SHA-256 of an unambiguous encoding of every routing field (each present/absent, length-prefixed; deployments in
+    /// key order). Bound into a provider key's ciphertext, so a row whose target was changed in the database no longer
+    /// decrypts.
+    pub fn digest(&self) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        fn field(h: &mut Sha256, value: Option<&str>) {
+            match value {
+                None => h.update([0u8]),
+                Some(text) => {
+                    h.update([1u8]);
+                    h.update((text.len() as u64).to_be_bytes());
+                    h.update(text.as_bytes());
+                }
+            }
+        }
+        let mut h = Sha256::new();
+        h.update(b"reliablegpt/v2/key-target\0");
+        field(&mut h, self.base_url.as_deref());
+        field(&mut h, self.endpoint.as_deref());
+        field(&mut h, self.api_version.as_deref());
+        match &self.deployments {
+            None => h.update([0u8]),
+            Some(map) => {
+                h.update([1u8]);
+                h.update((map.len() as u64).to_be_bytes());
+                for (model, deployment) in map {
+                    field(&mut h, Some(model));
+                    field(&mut h, Some(deployment));
+                }
+            }
+        }
+        h.finalize().into()
+    }
+}
+
 /// A validated provider key, secret held in a zeroizing type.
 #[derive(Debug)]
 pub struct ProviderKeySpec {
@@ -826,5 +862,35 @@ mod tests {
         assert_eq!(KeySetChanges::parse(req, &egress()).unwrap_err().param, "remove_keys[1]");
         let empty = KeySetChanges::parse(UpdateKeySetRequest::default(), &egress()).unwrap();
         assert!(empty.add_keys.is_empty() && empty.policy.is_none() && empty.order.is_none());
+    }
+
+    #[test]
+    fn target_digest_changes_with_every_routing_field() {
+        let base = KeyTarget {
+            base_url: None,
+            endpoint: Some("https://a.openai.azure.com".into()),
+            api_version: Some("2024-10-21".into()),
+            deployments: Some(BTreeMap::from([("gpt-4o".into(), "d1".into())])),
+        };
+        let mut variants = vec![KeyTarget::default()];
+        let mut t = base.clone();
+        t.endpoint = Some("https://b.openai.azure.com".into());
+        variants.push(t);
+        let mut t = base.clone();
+        t.api_version = Some("2025-01-01-preview".into());
+        variants.push(t);
+        let mut t = base.clone();
+        t.deployments = Some(BTreeMap::from([("gpt-4o".into(), "d2".into())]));
+        variants.push(t);
+        let mut t = base.clone();
+        t.deployments = Some(BTreeMap::from([("gpt-4od".into(), "1".into())]));
+        variants.push(t);
+        let mut t = base.clone();
+        t.base_url = t.endpoint.take();
+        variants.push(t);
+        for v in &variants {
+            assert_ne!(v.digest(), base.digest(), "{v:?}");
+        }
+        assert_eq!(base.clone().digest(), base.digest());
     }
 }

@@ -1,13 +1,16 @@
 //! The key vault: special tokens, envelope encryption, key sets and their provider keys.
 //!
 //! A key set is a tenant. Its provider keys are sealed with a random per-set data key (AES-256-GCM, AAD = set + key +
-//! purpose); the data key is wrapped under HKDF(master key, token), so the database plus the master key decrypt nothing
-//! without the customer's token. Revocation deletes the wrapped data key and every ciphertext.
+//! purpose + provider + target digest); the data key is wrapped under a key derived from the token, and that under a key
+//! derived from the master key (see `crypto`), so the database plus the master key decrypt nothing without the
+//! customer's token, and the master key rotates without tokens (`rotation`). Revocation deletes the wrapped data key
+//! and every ciphertext, by token hash alone.
 
 mod cache;
 pub mod crypto;
 pub mod input;
 mod queries;
+mod rotation;
 pub mod scoped;
 pub mod token;
 
@@ -21,14 +24,16 @@ use sqlx::PgPool;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::config::{MasterKeyring, Secret32};
-use crypto::{AeadKey, CryptoError, Purpose, aad, derive_kek};
+use crate::config::{Keyring, MasterKeyring};
+use crypto::{AeadKey, BLOB_V1, CryptoError, Purpose, aad, blob_version, derive_kek};
 pub use input::{
     CreateKeySetRequest, Invalid, KeySetChanges, KeyTarget, NewKeySet, Policy, Provider, UpdateKeySetRequest,
 };
 use input::{MAX_KEYS, ProviderKeySpec, check_policy_against_keys, invalid};
 use queries::SealedKey;
+pub use rotation::RotationReport;
 pub use token::Token;
+use token::{Peppers, TokenHash};
 
 /// PostgreSQL NOTIFY channel carrying the id of each changed or revoked key set, so every replica drops what it cached.
 const AT_REST_PURPOSE: &[u8] = b"reliablegpt/v1/at-rest";
@@ -57,6 +62,9 @@ pub enum KeyStatus {
     Active,
     Invalid,
     CoolingDown,
+    /// The stored key cannot be decrypted, or failed its integrity check (its row was changed outside the service): it
+    /// is never used. `last_error` says which; remove it and add it again.
+    Error,
 }
 
 /// A provider key as shown to its owner: never the key itself.
@@ -99,11 +107,29 @@ fn expose_token<S: serde::Serializer>(token: &Token, s: S) -> Result<S::Ok, S::E
     s.serialize_str(token.expose())
 }
 
-/// An authenticated caller: the key set id and its unwrapped data key (zeroized on drop).
+/// An authenticated caller (its token's hash matched): the key set id and its unwrapped data key (zeroized on drop), or
+/// why the data key could not be unwrapped: revoking and reading the key set need no data key.
 #[derive(Debug)]
 pub struct KeySetSession {
     pub key_set_id: Uuid,
-    dek: AeadKey,
+    dek: Result<AeadKey, Locked>,
+}
+
+/// Why a session has no data key.
+#[derive(Debug, Clone, Copy)]
+enum Locked {
+    MasterKeyMissing(u32),
+    Crypto(CryptoError),
+}
+
+impl KeySetSession {
+    fn dek(&self) -> Result<&AeadKey, VaultError> {
+        match &self.dek {
+            Ok(dek) => Ok(dek),
+            Err(Locked::MasterKeyMissing(version)) => Err(VaultError::MasterKeyMissing(*version)),
+            Err(Locked::Crypto(e)) => Err(VaultError::Crypto(*e)),
+        }
+    }
 }
 
 /// A decrypted provider key, for the engine's use while serving one request.
@@ -151,7 +177,7 @@ impl OpenKeySet {
 pub struct Vault {
     pool: PgPool,
     keyring: Arc<MasterKeyring>,
-    pepper: Arc<Secret32>,
+    peppers: Arc<Peppers>,
     cache: Arc<cache::KeySetCache>,
 }
 
@@ -162,24 +188,25 @@ impl std::fmt::Debug for Vault {
 }
 
 impl Vault {
-    pub fn new(pool: PgPool, keyring: Arc<MasterKeyring>, pepper: Arc<Secret32>) -> Self {
-        Self::with_cache_ttl(pool, keyring, pepper, std::time::Duration::ZERO)
+    pub fn new(pool: PgPool, keyring: Arc<MasterKeyring>, peppers: &Keyring) -> Self {
+        Self::with_cache_ttl(pool, keyring, peppers, std::time::Duration::ZERO)
     }
 
     /// A vault that keeps opened key sets in memory for `ttl` (zero disables the cache).
     pub fn with_cache_ttl(
         pool: PgPool,
         keyring: Arc<MasterKeyring>,
-        pepper: Arc<Secret32>,
+        peppers: &Keyring,
         ttl: std::time::Duration,
     ) -> Self {
-        Self { pool, keyring, pepper, cache: Arc::new(cache::KeySetCache::new(ttl)) }
+        let peppers = Arc::new(Peppers::new(peppers));
+        Self { pool, keyring, peppers, cache: Arc::new(cache::KeySetCache::new(ttl)) }
     }
 
     /// The request path: the token's key set with its provider keys decrypted, from memory when fresh.
     pub async fn open_for_request(&self, token_text: &str) -> Result<Arc<OpenKeySet>, VaultError> {
         let token = Token::parse(token_text).map_err(|_| VaultError::Unauthenticated)?;
-        let hash = token.hash(self.pepper.expose());
+        let (_, hash) = self.peppers.active(&token);
         if let Some(opened) = self.cache.get(&hash.0) {
             return Ok(opened);
         }
@@ -257,20 +284,20 @@ impl Vault {
         let token = Token::generate();
         let dek = AeadKey::random();
         let (version, master) = self.keyring.active();
-        let wrapped = dek.wrap(&derive_kek(master.expose(), token.expose().as_bytes(), key_set_id), key_set_id);
-        let token_hash = token.hash(self.pepper.expose());
+        let wrapped = crypto::wrap_two_layers(&dek, token.expose().as_bytes(), master.expose(), version, key_set_id);
+        let (pepper_version, token_hash) = self.peppers.active(&token);
 
         let mut tx = self.pool.begin().await?;
-        queries::insert_key_set(
-            &mut tx,
-            key_set_id,
-            &token_hash.0,
-            &wrapped,
-            version_i32(version),
-            new.user_email.as_str(),
-            &new.policy,
-        )
-        .await?;
+        let row = queries::NewKeySetRow {
+            id: key_set_id,
+            token_hash: &token_hash.0,
+            pepper_version: version_i32(pepper_version),
+            wrapped_dek: &wrapped,
+            master_key_version: version_i32(version),
+            user_email: new.user_email.as_str(),
+            policy: &new.policy,
+        };
+        queries::insert_key_set(&mut tx, row).await?;
         queries::insert_keys(&mut tx, key_set_id, 0, seal_keys(&dek, key_set_id, new.keys)).await?;
         let key_set = describe_in(&mut tx, key_set_id).await?.ok_or(VaultError::Unauthenticated)?;
         tx.commit().await?;
@@ -279,36 +306,129 @@ impl Vault {
     }
 
     /// Checks a bearer token (shape and checksum first, with no database access) and unwraps the key set's data key.
-    /// A data key still wrapped under an older master key version is re-wrapped under the active one.
+    /// A token hashed under an older pepper is re-hashed under the active one; a data key under an older master key
+    /// version is re-wrapped under the active one; a format-1 key set is upgraded to format 2. The session is returned
+    /// even when the data key cannot be unwrapped (revoking needs only the token's hash).
     pub async fn authenticate(&self, token_text: &str) -> Result<KeySetSession, VaultError> {
         let token = Token::parse(token_text).map_err(|_| VaultError::Unauthenticated)?;
-        let token_hash = token.hash(self.pepper.expose());
+        let (_, token_hash) = self.peppers.active(&token);
         self.unlock(&token, &token_hash).await
     }
 
-    async fn unlock(&self, token: &Token, token_hash: &token::TokenHash) -> Result<KeySetSession, VaultError> {
-        let row = queries::find_by_token_hash(&self.pool, &token_hash.0).await?.ok_or(VaultError::Unauthenticated)?;
-        let version = u32::try_from(row.master_key_version).map_err(|_| CryptoError::Forged)?;
-        let master = self.keyring.get(version).ok_or(VaultError::MasterKeyMissing(version))?;
-        let kek = derive_kek(master.expose(), token.expose().as_bytes(), row.id);
-        let dek = AeadKey::unwrap(&row.wrapped_dek, &kek, row.id)?;
-
-        let (active_version, active) = self.keyring.active();
-        if version != active_version {
-            let rewrapped = dek.wrap(&derive_kek(active.expose(), token.expose().as_bytes(), row.id), row.id);
-            let done =
-                queries::rewrap(&self.pool, row.id, row.master_key_version, version_i32(active_version), &rewrapped)
-                    .await?;
-            if done {
-                tracing::info!(key_set_id = %row.id, from = version, to = active_version, "data key re-wrapped");
+    async fn unlock(&self, token: &Token, token_hash: &TokenHash) -> Result<KeySetSession, VaultError> {
+        let row = self.find_token(token, token_hash).await?;
+        let dek = self.unwrap_dek(&row, token);
+        match &dek {
+            Ok(dek) if row.format == 1 => self.upgrade(row.id, token, dek).await?,
+            Ok(_) => self.rewrap_if_old(&row).await?,
+            Err(locked) => {
+                tracing::error!(key_set_id = %row.id, reason = ?locked, "a key set's data key cannot be unwrapped")
             }
         }
         Ok(KeySetSession { key_set_id: row.id, dek })
     }
 
+    /// One indexed query under the active pepper; only on a miss, one more for the older peppers' hashes (then the
+    /// row moves to the active pepper).
+    async fn find_token(&self, token: &Token, token_hash: &TokenHash) -> Result<queries::KeySetSecretRow, VaultError> {
+        if let Some(row) = queries::find_by_token_hash(&self.pool, &token_hash.0).await? {
+            return Ok(row);
+        }
+        let older = self.peppers.older(token);
+        if older.is_empty() {
+            return Err(VaultError::Unauthenticated);
+        }
+        let hashes: Vec<Vec<u8>> = older.iter().map(|(_, h)| h.0.to_vec()).collect();
+        let mut row = queries::find_by_any_token_hash(&self.pool, &hashes).await?.ok_or(VaultError::Unauthenticated)?;
+        let (active_version, _) = self.peppers.active(token);
+        if queries::rehash_token(&self.pool, row.id, &row.token_hash, &token_hash.0, version_i32(active_version))
+            .await?
+        {
+            tracing::info!(key_set_id = %row.id, to = active_version, "token re-hashed under the active pepper");
+        }
+        row.token_hash = token_hash.0.to_vec();
+        Ok(row)
+    }
+
+    fn unwrap_dek(&self, row: &queries::KeySetSecretRow, token: &Token) -> Result<AeadKey, Locked> {
+        let version = u32::try_from(row.master_key_version).map_err(|_| Locked::Crypto(CryptoError::Forged))?;
+        let master = self.keyring.get(version).ok_or(Locked::MasterKeyMissing(version))?;
+        let token = token.expose().as_bytes();
+        let dek = match row.format {
+            1 => AeadKey::unwrap(&row.wrapped_dek, &derive_kek(master.expose(), token, row.id), row.id),
+            2 => crypto::unwrap_two_layers(&row.wrapped_dek, token, master.expose(), version, row.id),
+            _ => Err(CryptoError::Forged),
+        };
+        dek.map_err(Locked::Crypto)
+    }
+
+    /// Format 2 under an older master key version: moves the outer layer to the active version.
+    async fn rewrap_if_old(&self, row: &queries::KeySetSecretRow) -> Result<(), VaultError> {
+        let (active_version, active) = self.keyring.active();
+        let Ok(version) = u32::try_from(row.master_key_version) else { return Ok(()) };
+        let Some(old) = self.keyring.get(version).filter(|_| version != active_version) else { return Ok(()) };
+        let rewrapped =
+            crypto::rewrap_outer(&row.wrapped_dek, row.id, (version, old.expose()), (active_version, active.expose()))?;
+        if queries::rewrap(&self.pool, row.id, row.master_key_version, version_i32(active_version), &rewrapped).await? {
+            tracing::info!(key_set_id = %row.id, from = version, to = active_version, "data key re-wrapped");
+        }
+        Ok(())
+    }
+
+    /// Format 1 → 2, once, while the token is at hand: the data key in two layers under the active master key, and
+    /// every provider key re-sealed with its current provider and target bound. A key that fails to open is left as it
+    /// is: format 2 refuses it, so it shows as an error and is never used.
+    async fn upgrade(&self, id: Uuid, token: &Token, dek: &AeadKey) -> Result<(), VaultError> {
+        let mut tx = self.pool.begin().await?;
+        if queries::lock_format(&mut tx, id).await? != Some(1) {
+            return Ok(());
+        }
+        let mut ids = Vec::new();
+        let mut resealed = Vec::new();
+        for row in queries::ciphertexts(&mut *tx, id).await? {
+            if blob_version(&row.ciphertext) != Some(BLOB_V1) {
+                continue;
+            }
+            match dek.open(&row.ciphertext, &aad(Purpose::ProviderKey, id, row.id)) {
+                Ok(plain) => {
+                    ids.push(row.id);
+                    let digest = row.target.0.digest();
+                    resealed.push(crypto::seal_provider_key(dek, &plain, id, row.id, &row.provider, &digest));
+                }
+                Err(_) => {
+                    tracing::error!(key_set_id = %id, key_id = %row.id, "a stored provider key failed to decrypt")
+                }
+            }
+        }
+        queries::reseal_keys(&mut tx, id, &ids, &resealed).await?;
+        let (version, master) = self.keyring.active();
+        let wrapped = crypto::wrap_two_layers(dek, token.expose().as_bytes(), master.expose(), version, id);
+        queries::set_two_layer_wrap(&mut tx, id, &wrapped, version_i32(version)).await?;
+        tx.commit().await?;
+        tracing::info!(key_set_id = %id, keys = ids.len(), master_key_version = version, "key set upgraded to format 2");
+        Ok(())
+    }
+
+    /// The key set as its owner sees it; a key that cannot be decrypted, or fails its integrity check, shows as `error`.
     pub async fn describe(&self, session: &KeySetSession) -> Result<KeySetView, VaultError> {
         let mut conn = self.pool.acquire().await?;
-        describe_in(&mut conn, session.key_set_id).await?.ok_or(VaultError::Unauthenticated)
+        let mut view = describe_in(&mut conn, session.key_set_id).await?.ok_or(VaultError::Unauthenticated)?;
+        let unusable: Vec<(Uuid, &str)> = match session.dek() {
+            Ok(dek) => queries::ciphertexts(&mut *conn, session.key_set_id)
+                .await?
+                .iter()
+                .filter(|row| open_provider_key(dek, session.key_set_id, row).is_err())
+                .map(|row| (row.id, "the stored key failed its integrity check; it is not used"))
+                .collect(),
+            Err(_) => view.keys.iter().map(|k| (k.id, "the key set's data key cannot be unwrapped")).collect(),
+        };
+        for key in view.keys.iter_mut() {
+            if let Some((_, reason)) = unusable.iter().find(|(id, _)| *id == key.id) {
+                key.status = KeyStatus::Error;
+                key.last_error = Some((*reason).to_owned());
+            }
+        }
+        Ok(view)
     }
 
     /// Applies a PATCH atomically: on any violation nothing changes.
@@ -360,7 +480,7 @@ impl Vault {
         queries::set_positions(&mut tx, id, &ordered).await?;
         if !changes.add_keys.is_empty() {
             let first = i32::try_from(ordered.len()).unwrap_or(i32::MAX);
-            queries::insert_keys(&mut tx, id, first, seal_keys(&session.dek, id, changes.add_keys)).await?;
+            queries::insert_keys(&mut tx, id, first, seal_keys(session.dek()?, id, changes.add_keys)).await?;
         }
         if !changes.revive_keys.is_empty() {
             queries::revive_keys(&mut tx, id, &changes.revive_keys).await?;
@@ -378,7 +498,8 @@ impl Vault {
         Ok(view)
     }
 
-    /// Crypto-shredding: the wrapped data key and every ciphertext are deleted; the token stops working at once.
+    /// Crypto-shredding: the wrapped data key and every ciphertext are deleted; the token stops working at once. Needs
+    /// only the token's hash (the session), not the data key: it works when the master key version is gone.
     pub async fn revoke(&self, session: &KeySetSession) -> Result<(), VaultError> {
         let mut tx = self.pool.begin().await?;
         let deleted = queries::delete_key_set(&mut tx, session.key_set_id).await?;
@@ -397,15 +518,19 @@ impl Vault {
         // Taken before the reads: a key mark made after this instant is newer than what we read.
         let loaded_at = std::time::Instant::now();
         let policy = queries::key_set(&self.pool, id, false).await?.ok_or(VaultError::Unauthenticated)?.policy.0;
+        let dek = session.dek()?;
         let rows = queries::ciphertexts(&self.pool, id).await?;
         let mut keys = Vec::with_capacity(rows.len());
         for row in rows {
-            let plain = session.dek.open(&row.ciphertext, &aad(Purpose::ProviderKey, id, row.id))?;
-            let secret = std::str::from_utf8(&plain).map_err(|_| CryptoError::Forged)?;
+            // A key whose provider or target was changed outside the service fails here and is never sent anywhere.
+            let Ok((provider, secret)) = open_provider_key(dek, id, &row) else {
+                tracing::error!(key_set_id = %id, key_id = %row.id, "a stored provider key failed its integrity check; not used");
+                continue;
+            };
             keys.push(ProviderKey {
                 id: row.id,
-                provider: Provider::parse(&row.provider).ok_or(CryptoError::Forged)?,
-                secret: SecretString::from(secret.to_owned()),
+                provider,
+                secret,
                 target: row.target.0,
                 invalid_since: row.invalid_since,
             });
@@ -453,9 +578,20 @@ impl Vault {
         Ok(queries::mark_email_verified(&self.pool, key_set_id, email).await?)
     }
 
-    /// Key sets per master key version; a version with no key sets left can be removed from the keyring.
-    pub async fn master_key_usage(&self) -> Result<Vec<(u32, u64)>, VaultError> {
+    /// Per master key version: `(version, two-layer key sets, one-layer key sets)`. A version with none left can be
+    /// removed from the keyring; `rotate-master-key` moves the two-layer ones.
+    pub async fn master_key_usage(&self) -> Result<Vec<(u32, u64, u64)>, VaultError> {
+        let n = |n: i64| u64::try_from(n).unwrap_or(0);
         Ok(queries::master_key_usage(&self.pool)
+            .await?
+            .into_iter()
+            .map(|(v, two, one)| (u32::try_from(v).unwrap_or(0), n(two), n(one)))
+            .collect())
+    }
+
+    /// Tokens per pepper version: `(version, key sets)`. A version with none left can be removed.
+    pub async fn pepper_usage(&self) -> Result<Vec<(u32, u64)>, VaultError> {
+        Ok(queries::pepper_usage(&self.pool)
             .await?
             .into_iter()
             .map(|(v, n)| (u32::try_from(v).unwrap_or(0), u64::try_from(n).unwrap_or(0)))
@@ -467,14 +603,35 @@ fn version_i32(version: u32) -> i32 {
     i32::try_from(version).unwrap_or(i32::MAX)
 }
 
+/// Opens one stored provider key of a format-2 key set (which every session's key set is: `unlock` upgrades older ones).
+fn open_provider_key(
+    dek: &AeadKey,
+    key_set_id: Uuid,
+    row: &queries::CiphertextRow,
+) -> Result<(Provider, SecretString), CryptoError> {
+    let digest = row.target.0.digest();
+    let plain = crypto::open_provider_key(dek, &row.ciphertext, key_set_id, row.id, &row.provider, &digest, false)?;
+    let provider = Provider::parse(&row.provider).ok_or(CryptoError::Forged)?;
+    let secret = std::str::from_utf8(&plain).map_err(|_| CryptoError::Forged)?;
+    Ok((provider, SecretString::from(secret.to_owned())))
+}
+
 fn seal_keys(dek: &AeadKey, key_set_id: Uuid, keys: Vec<ProviderKeySpec>) -> Vec<SealedKey> {
     keys.into_iter()
         .map(|key| {
             let id = Uuid::new_v4();
+            let (provider, digest) = (key.provider.as_str(), key.target.digest());
             SealedKey {
                 id,
-                provider: key.provider.as_str(),
-                ciphertext: dek.seal(key.secret.expose_secret().as_bytes(), &aad(Purpose::ProviderKey, key_set_id, id)),
+                provider,
+                ciphertext: crypto::seal_provider_key(
+                    dek,
+                    key.secret.expose_secret().as_bytes(),
+                    key_set_id,
+                    id,
+                    provider,
+                    &digest,
+                ),
                 masked: key.masked(),
                 target: key.target,
             }

@@ -10,6 +10,17 @@ use super::input::{KeyTarget, Policy};
 #[derive(sqlx::FromRow)]
 pub struct KeySetSecretRow {
     pub id: Uuid,
+    pub token_hash: Vec<u8>,
+    pub wrapped_dek: Vec<u8>,
+    pub master_key_version: i32,
+    /// 1: one-layer wrap, provider keys bound to set and record only; 2: two layers, keys bound to their target.
+    pub format: i16,
+}
+
+/// A format-2 wrapped data key, for offline master key rotation.
+#[derive(sqlx::FromRow)]
+pub struct WrappedRow {
+    pub id: Uuid,
     pub wrapped_dek: Vec<u8>,
     pub master_key_version: i32,
 }
@@ -51,32 +62,67 @@ pub struct SealedKey {
     pub target: KeyTarget,
 }
 
+const SECRET_COLUMNS: &str = "id, token_hash, wrapped_dek, master_key_version, format";
+
+/// The hot path's one indexed lookup (hashes under the active pepper).
 pub async fn find_by_token_hash(pool: &PgPool, token_hash: &[u8]) -> sqlx::Result<Option<KeySetSecretRow>> {
-    sqlx::query_as("SELECT id, wrapped_dek, master_key_version FROM vault_key_sets WHERE token_hash = $1")
+    sqlx::query_as(&format!("SELECT {SECRET_COLUMNS} FROM vault_key_sets WHERE token_hash = $1"))
         .bind(token_hash)
         .fetch_optional(pool)
         .await
 }
 
-pub async fn insert_key_set(
-    conn: &mut PgConnection,
+/// After a miss: the same token's hashes under every older pepper, in one query on the same index.
+pub async fn find_by_any_token_hash(pool: &PgPool, token_hashes: &[Vec<u8>]) -> sqlx::Result<Option<KeySetSecretRow>> {
+    sqlx::query_as(&format!("SELECT {SECRET_COLUMNS} FROM vault_key_sets WHERE token_hash = ANY($1) LIMIT 1"))
+        .bind(token_hashes)
+        .fetch_optional(pool)
+        .await
+}
+
+/// Moves a token's hash to the active pepper, unless another replica already did.
+pub async fn rehash_token(
+    pool: &PgPool,
     id: Uuid,
-    token_hash: &[u8],
-    wrapped_dek: &[u8],
-    master_key_version: i32,
-    user_email: &str,
-    policy: &Policy,
-) -> sqlx::Result<()> {
+    old_hash: &[u8],
+    new_hash: &[u8],
+    pepper_version: i32,
+) -> sqlx::Result<bool> {
+    let done =
+        sqlx::query("UPDATE vault_key_sets SET token_hash = $3, pepper_version = $4 WHERE id = $1 AND token_hash = $2")
+            .bind(id)
+            .bind(old_hash)
+            .bind(new_hash)
+            .bind(pepper_version)
+            .execute(pool)
+            .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// The key set being inserted (always format 2).
+pub struct NewKeySetRow<'a> {
+    pub id: Uuid,
+    pub token_hash: &'a [u8],
+    pub pepper_version: i32,
+    pub wrapped_dek: &'a [u8],
+    pub master_key_version: i32,
+    pub user_email: &'a str,
+    pub policy: &'a Policy,
+}
+
+pub async fn insert_key_set(conn: &mut PgConnection, row: NewKeySetRow<'_>) -> sqlx::Result<()> {
     sqlx::query(
-        "INSERT INTO vault_key_sets (id, token_hash, wrapped_dek, master_key_version, user_email, policy) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO vault_key_sets \
+             (id, token_hash, pepper_version, wrapped_dek, master_key_version, format, user_email, policy) \
+         VALUES ($1, $2, $3, $4, $5, 2, $6, $7)",
     )
-    .bind(id)
-    .bind(token_hash)
-    .bind(wrapped_dek)
-    .bind(master_key_version)
-    .bind(user_email)
-    .bind(Json(policy))
+    .bind(row.id)
+    .bind(row.token_hash)
+    .bind(row.pepper_version)
+    .bind(row.wrapped_dek)
+    .bind(row.master_key_version)
+    .bind(row.user_email)
+    .bind(Json(row.policy))
     .execute(conn)
     .await
     .map(|_| ())
@@ -121,6 +167,7 @@ pub async fn insert_keys(
     .map(|_| ())
 }
 
+/// Replaces a format-2 data key's outer layer, unless someone else moved it first.
 pub async fn rewrap(
     pool: &PgPool,
     id: Uuid,
@@ -130,7 +177,7 @@ pub async fn rewrap(
 ) -> sqlx::Result<bool> {
     let done = sqlx::query(
         "UPDATE vault_key_sets SET wrapped_dek = $3, master_key_version = $4 \
-         WHERE id = $1 AND master_key_version = $2",
+         WHERE id = $1 AND master_key_version = $2 AND format = 2",
     )
     .bind(id)
     .bind(old_version)
@@ -166,14 +213,72 @@ pub async fn provider_keys<'c>(conn: impl sqlx::PgExecutor<'c>, key_set_id: Uuid
     .await
 }
 
-pub async fn ciphertexts(pool: &PgPool, key_set_id: Uuid) -> sqlx::Result<Vec<CiphertextRow>> {
+/// Format-2 key sets not under `active_version`, in id order after `after` (a page for `rotate-master-key`).
+pub async fn wrapped_not_under(
+    pool: &PgPool,
+    active_version: i32,
+    after: Uuid,
+    limit: i64,
+) -> sqlx::Result<Vec<WrappedRow>> {
+    sqlx::query_as(
+        "SELECT id, wrapped_dek, master_key_version FROM vault_key_sets \
+         WHERE format = 2 AND master_key_version <> $1 AND id > $2 ORDER BY id LIMIT $3",
+    )
+    .bind(active_version)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Locks a key set for its one-time upgrade; its format, or `None` when revoked meanwhile.
+pub async fn lock_format(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<i16>> {
+    sqlx::query_scalar("SELECT format FROM vault_key_sets WHERE id = $1 FOR UPDATE").bind(id).fetch_optional(conn).await
+}
+
+/// Stores a data key wrapped in two layers (format 2).
+pub async fn set_two_layer_wrap(
+    conn: &mut PgConnection,
+    id: Uuid,
+    wrapped_dek: &[u8],
+    master_key_version: i32,
+) -> sqlx::Result<()> {
+    sqlx::query("UPDATE vault_key_sets SET wrapped_dek = $2, master_key_version = $3, format = 2 WHERE id = $1")
+        .bind(id)
+        .bind(wrapped_dek)
+        .bind(master_key_version)
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
+/// Replaces provider keys' ciphertexts (re-sealed with their target bound).
+pub async fn reseal_keys(
+    conn: &mut PgConnection,
+    key_set_id: Uuid,
+    ids: &[Uuid],
+    ciphertexts: &[Vec<u8>],
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE vault_provider_keys AS k SET ciphertext = u.ciphertext \
+         FROM UNNEST($2::uuid[], $3::bytea[]) AS u(id, ciphertext) WHERE k.key_set_id = $1 AND k.id = u.id",
+    )
+    .bind(key_set_id)
+    .bind(ids)
+    .bind(ciphertexts)
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
+pub async fn ciphertexts<'c>(conn: impl sqlx::PgExecutor<'c>, key_set_id: Uuid) -> sqlx::Result<Vec<CiphertextRow>> {
     sqlx::query_as(
         "SELECT id, provider, ciphertext, target, \
                 CASE WHEN status = 'invalid' THEN coalesce(invalid_since, now()) END AS invalid_since \
          FROM vault_provider_keys WHERE key_set_id = $1 ORDER BY position",
     )
     .bind(key_set_id)
-    .fetch_all(pool)
+    .fetch_all(conn)
     .await
 }
 
@@ -299,9 +404,19 @@ pub async fn notify_change(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<()
         .map(|_| ())
 }
 
-/// How many key sets each master key version still wraps (tells the operator when an old version can go).
-pub async fn master_key_usage(pool: &PgPool) -> sqlx::Result<Vec<(i32, i64)>> {
-    sqlx::query_as("SELECT master_key_version, count(*) FROM vault_key_sets GROUP BY master_key_version ORDER BY 1")
+/// Per master key version: key sets in two layers (format 2) and in one layer (format 1, which needs its token to move).
+pub async fn master_key_usage(pool: &PgPool) -> sqlx::Result<Vec<(i32, i64, i64)>> {
+    sqlx::query_as(
+        "SELECT master_key_version, count(*) FILTER (WHERE format = 2), count(*) FILTER (WHERE format = 1) \
+         FROM vault_key_sets GROUP BY master_key_version ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// How many tokens are hashed under each pepper version (an older version with none left can be removed).
+pub async fn pepper_usage(pool: &PgPool) -> sqlx::Result<Vec<(i32, i64)>> {
+    sqlx::query_as("SELECT pepper_version, count(*) FROM vault_key_sets GROUP BY pepper_version ORDER BY 1")
         .fetch_all(pool)
         .await
 }

@@ -1,5 +1,6 @@
 //! Special tokens: `rgpt_` + 256 random bits in base62 (43 chars) + a 6-char base62 CRC32 checksum, GitHub-style, so secret
-//! scanners recognise them and typos are rejected before any database access. Stored only as HMAC-SHA256(pepper, token).
+//! scanners recognise them and typos are rejected before any database access. Stored only as HMAC-SHA256(pepper, token),
+//! under the highest pepper version of `RELIABLEGPT_TOKEN_PEPPER`; older versions are only tried when that misses.
 
 use std::fmt;
 
@@ -8,6 +9,8 @@ use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
+
+use crate::config::Keyring;
 
 pub const PREFIX: &str = "rgpt_";
 const BODY_LEN: usize = 43;
@@ -75,12 +78,51 @@ impl Token {
         self.0.expose_secret()
     }
 
-    pub fn hash(&self, pepper: &[u8; 32]) -> TokenHash {
-        let Ok(mut mac) = <Hmac<Sha256> as Mac>::new_from_slice(pepper) else {
-            unreachable!("HMAC accepts keys of every length")
-        };
+    /// The hash under one pepper version's keyed HMAC (see [`Peppers`]).
+    fn hash_with(&self, keyed: &Hmac<Sha256>) -> TokenHash {
+        let mut mac = keyed.clone();
         mac.update(self.expose().as_bytes());
         TokenHash(mac.finalize().into_bytes().into())
+    }
+}
+
+/// The token peppers, each keyed into an HMAC once at start (cloning the keyed state per token skips re-keying).
+/// Highest version first: it is the active one.
+pub struct Peppers {
+    keyed: Vec<(u32, Hmac<Sha256>)>,
+}
+
+impl Peppers {
+    pub fn new(ring: &Keyring) -> Self {
+        let keyed = ring
+            .iter()
+            .map(|(version, pepper)| {
+                let Ok(mac) = <Hmac<Sha256> as Mac>::new_from_slice(pepper.expose()) else {
+                    unreachable!("HMAC accepts keys of every length")
+                };
+                (version, mac)
+            })
+            .collect();
+        Self { keyed }
+    }
+
+    /// The hash stored for new tokens and looked up first, with its pepper version.
+    pub fn active(&self, token: &Token) -> (u32, TokenHash) {
+        // A keyring has at least one entry.
+        let (version, keyed) = &self.keyed[0];
+        (*version, token.hash_with(keyed))
+    }
+
+    /// Hashes under every older pepper version (tried only when the active hash is not found).
+    pub fn older(&self, token: &Token) -> Vec<(u32, TokenHash)> {
+        self.keyed[1..].iter().map(|(version, keyed)| (*version, token.hash_with(keyed))).collect()
+    }
+}
+
+impl fmt::Debug for Peppers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let versions: Vec<u32> = self.keyed.iter().map(|(v, _)| *v).collect();
+        f.debug_struct("Peppers").field("versions", &versions).finish_non_exhaustive()
     }
 }
 
@@ -113,6 +155,7 @@ fn encode_base62(bytes: &[u8], width: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Secret32;
 
     #[test]
     fn generated_tokens_have_the_documented_shape_and_parse() {
@@ -168,21 +211,41 @@ mod tests {
         assert_eq!(encode_base62(&u32::MAX.to_be_bytes(), 6), "4gfFC3");
     }
 
+    fn peppers(keys: &[(u32, u8)]) -> Peppers {
+        Peppers::new(&Keyring::from_keys(keys.iter().map(|(v, b)| (*v, Secret32::new([*b; 32]))).collect()).unwrap())
+    }
+
     #[test]
     fn hash_depends_on_pepper_and_compares_in_constant_time() {
         let t = Token::generate();
-        let h1 = t.hash(&[1; 32]);
-        let h2 = t.hash(&[2; 32]);
+        let h1 = peppers(&[(1, 1)]).active(&t).1;
+        let h2 = peppers(&[(1, 2)]).active(&t).1;
         assert_ne!(h1, h2);
         assert!(h1.ct_eq(&h1.0));
         assert!(!h1.ct_eq(&h2.0));
         assert!(!h1.ct_eq(&h1.0[..31]));
+        // The keyed-once HMAC gives the plain HMAC-SHA256(pepper, token).
+        let mut plain = <Hmac<Sha256> as Mac>::new_from_slice(&[1; 32]).unwrap();
+        plain.update(t.expose().as_bytes());
+        assert_eq!(h1.0.as_slice(), plain.finalize().into_bytes().as_slice());
+    }
+
+    #[test]
+    fn the_highest_pepper_version_is_active_and_older_ones_follow() {
+        let t = Token::generate();
+        let ring = peppers(&[(2, 2), (7, 7), (1, 1)]);
+        assert_eq!(ring.active(&t), (7, peppers(&[(1, 7)]).active(&t).1));
+        let older: Vec<u32> = ring.older(&t).iter().map(|(v, _)| *v).collect();
+        assert_eq!(older, vec![2, 1]);
+        assert_eq!(ring.older(&t)[1].1, peppers(&[(1, 1)]).active(&t).1);
+        assert!(peppers(&[(1, 1)]).older(&t).is_empty());
+        assert!(!format!("{ring:?}").contains("[7, 7"));
     }
 
     #[test]
     fn debug_is_redacted() {
         let t = Token::generate();
-        let debug = format!("{t:?} {:?}", t.hash(&[0; 32]));
+        let debug = format!("{t:?} {:?}", peppers(&[(1, 0)]).active(&t).1);
         assert!(!debug.contains(&t.expose()[5..]));
     }
 }

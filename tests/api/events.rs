@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use reliablegpt::config::{EngineSettings, MasterKeyring, Secret32};
+use reliablegpt::config::{EngineSettings, MasterKeyring, env};
 use reliablegpt::egress::{EgressPolicy, HostPattern};
 use reliablegpt::engine::events::{
     AttemptEvent, AttemptResult, AttemptRole, Event, EventSink, OutcomeEvent, RequestOutcome,
@@ -40,8 +40,8 @@ async fn harness_with(tweak: impl FnOnce(&mut EngineSettings), answers: Option<A
     let db = TestDatabase::create().await;
     let vault = Vault::new(
         db.pool().await,
-        Arc::new(MasterKeyring::parse(&random_secret()).unwrap()),
-        Arc::new(Secret32::random()),
+        Arc::new(MasterKeyring::parse(env::MASTER_KEY, &random_secret()).unwrap()),
+        &MasterKeyring::parse(env::TOKEN_PEPPER, &random_secret()).unwrap(),
     );
     let mut settings = EngineSettings {
         openai_base_url: mock.base_url(),

@@ -3,7 +3,7 @@
 use reliablegpt::config::env;
 use serde_json::{Value, json};
 
-use crate::helpers::{assert_absent, canary_key, error_of, spawn_app, token_of};
+use crate::helpers::{assert_absent, canary_key, error_of, random_secret, spawn_app, token_of};
 
 fn azure_key(secret: &str) -> Value {
     json!({"provider": "azure", "key": secret, "endpoint": "https://myres.openai.azure.com",
@@ -188,8 +188,10 @@ async fn invalid_key_is_visible_and_a_patch_revives_it() {
     let key_id = created["keys"][0]["id"].as_str().unwrap().parse().unwrap();
     let vault = reliablegpt::vault::Vault::new(
         app.pool.clone(),
-        std::sync::Arc::new(reliablegpt::config::MasterKeyring::parse(&app.env["RELIABLEGPT_MASTER_KEY"]).unwrap()),
-        std::sync::Arc::new(reliablegpt::config::Secret32::random()),
+        std::sync::Arc::new(
+            reliablegpt::config::Keyring::parse("RELIABLEGPT_MASTER_KEY", &app.env["RELIABLEGPT_MASTER_KEY"]).unwrap(),
+        ),
+        &reliablegpt::config::Keyring::parse("RELIABLEGPT_TOKEN_PEPPER", &random_secret()).unwrap(),
     );
     assert!(vault.mark_key_invalid(set_id, key_id, "invalid_api_key: Incorrect API key provided").await.unwrap());
     let listed: Value = app.get_keys(&token).await.json().await.unwrap();

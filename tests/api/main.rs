@@ -13,6 +13,7 @@ mod keys;
 mod logs;
 mod models;
 mod openapi;
+mod rotation;
 mod secrets;
 mod startup;
 mod streaming;

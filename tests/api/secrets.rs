@@ -3,9 +3,9 @@
 use std::process::Command;
 use std::sync::Arc;
 
-use reliablegpt::config::{MasterKeyring, Secret32, env};
-use reliablegpt::vault::Vault;
-use reliablegpt::vault::crypto::{AeadKey, Purpose, aad, derive_kek};
+use reliablegpt::config::{Keyring, env};
+use reliablegpt::vault::crypto::{AeadKey, derive_kek, open_provider_key, unwrap_two_layers};
+use reliablegpt::vault::{KeyTarget, Vault};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use sqlx::Row;
@@ -72,11 +72,11 @@ async fn database_plus_master_key_without_the_token_decrypts_nothing() {
     let k = canary_key();
     let created = app.create_key_set(json!([k])).await;
     let token = token_of(&created);
-    let keyring = MasterKeyring::parse(&app.env[env::MASTER_KEY]).unwrap();
+    let keyring = Keyring::parse(env::MASTER_KEY, &app.env[env::MASTER_KEY]).unwrap();
     let master = keyring.active().1.expose();
 
     let row = sqlx::query(
-        "SELECT s.id, s.wrapped_dek, k.id AS key_id, k.ciphertext FROM vault_key_sets s \
+        "SELECT s.id, s.wrapped_dek, k.id AS key_id, k.ciphertext, k.target FROM vault_key_sets s \
          JOIN vault_provider_keys k ON k.key_set_id = s.id",
     )
     .fetch_one(&app.pool)
@@ -84,22 +84,22 @@ async fn database_plus_master_key_without_the_token_decrypts_nothing() {
     .unwrap();
     let (set_id, wrapped, key_id, ciphertext): (uuid::Uuid, Vec<u8>, uuid::Uuid, Vec<u8>) =
         (row.get("id"), row.get("wrapped_dek"), row.get("key_id"), row.get("ciphertext"));
+    let target: sqlx::types::Json<KeyTarget> = row.get("target");
 
     // Every guess short of the token fails: no token, another valid token, the token hash, the key set id.
     let other_token = reliablegpt::vault::Token::generate();
     let token_hash: Vec<u8> =
         sqlx::query_scalar("SELECT token_hash FROM vault_key_sets").fetch_one(&app.pool).await.unwrap();
     for guess in [&b""[..], other_token.expose().as_bytes(), &token_hash, set_id.as_bytes()] {
-        let kek = derive_kek(master, guess, set_id);
-        assert!(AeadKey::unwrap(&wrapped, &kek, set_id).is_err());
+        assert!(unwrap_two_layers(&wrapped, guess, master, 1, set_id).is_err());
     }
-    // The master key used directly as a key-encryption key or data key fails too.
-    let master_as_key = AeadKey::unwrap(&wrapped, &derive_kek(&[0; 32], master, set_id), set_id);
-    assert!(master_as_key.is_err());
+    // The master key used as if the data key were in one layer under it fails too.
+    assert!(AeadKey::unwrap(&wrapped, &derive_kek(master, token.as_bytes(), set_id), set_id).is_err());
+    assert!(AeadKey::unwrap(&wrapped, &derive_kek(&[0; 32], master, set_id), set_id).is_err());
 
     // With the token, the same data decrypts: the test above could have failed.
-    let dek = AeadKey::unwrap(&wrapped, &derive_kek(master, token.as_bytes(), set_id), set_id).unwrap();
-    let plain = dek.open(&ciphertext, &aad(Purpose::ProviderKey, set_id, key_id)).unwrap();
+    let dek = unwrap_two_layers(&wrapped, token.as_bytes(), master, 1, set_id).unwrap();
+    let plain = open_provider_key(&dek, &ciphertext, set_id, key_id, "openai", &target.0.digest(), false).unwrap();
     assert_eq!(plain.as_slice(), k.as_bytes());
 }
 
@@ -141,21 +141,20 @@ async fn master_key_rotation_rewraps_on_use_then_the_old_key_can_go() {
     assert_eq!(only_v2.get_keys(&token).await.status(), 200);
     let vault = Vault::new(
         app.pool.clone(),
-        Arc::new(MasterKeyring::parse(&v2).unwrap()),
-        Arc::new(Secret32::new(pepper_of(&app))),
+        Arc::new(Keyring::parse(env::MASTER_KEY, &v2).unwrap()),
+        &Keyring::parse(env::TOKEN_PEPPER, &app.env[env::TOKEN_PEPPER]).unwrap(),
     );
     let session = vault.authenticate(&token).await.unwrap();
     let opened = vault.open_key_set(&session).await.unwrap();
     assert_eq!(opened.keys[0].secret.expose_secret(), k);
-    let res = only_v2.get_keys(&token_of(&untouched)).await;
-    let error = error_of(res, 500).await;
+    // The other one cannot be decrypted here: its owner sees that, and serving it fails without a secret in the answer.
+    let listed: Value = only_v2.get_keys(&token_of(&untouched)).await.json().await.unwrap();
+    assert_eq!(listed["keys"][0]["status"], "error", "{listed}");
+    let res = only_v2.client.post(only_v2.url("/v1/chat/completions")).bearer_auth(token_of(&untouched));
+    let res = res.json(&json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]})).send().await;
+    let error = error_of(res.unwrap(), 500).await;
     assert_eq!(error["code"], "internal_error");
-    assert_eq!(vault.master_key_usage().await.unwrap(), vec![(1, 1), (2, 1)]);
-}
-
-fn pepper_of(app: &crate::helpers::TestApp) -> [u8; 32] {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.decode(&app.env[env::TOKEN_PEPPER]).unwrap().try_into().unwrap()
+    assert_eq!(vault.master_key_usage().await.unwrap(), vec![(1, 1, 0), (2, 1, 0)]);
 }
 
 #[tokio::test]
