@@ -31,21 +31,36 @@ pub enum EgressError {
     PrivateAddress,
     #[error("host could not be resolved")]
     Unresolvable,
+    #[error(
+        "port {0} is not allowed: upstreams are reached on 443 unless the operator's RELIABLEGPT_ALLOWED_UPSTREAM_HOSTS \
+         entry for the host names the port (host:port)"
+    )]
+    PortNotAllowed(u16),
 }
 
-/// An allowlist entry: an exact host (`api.openai.com`) or a wildcard for any subdomain (`*.openai.azure.com`).
+/// An allowlist entry: an exact host (`api.openai.com`) or a wildcard for any subdomain (`*.openai.azure.com`), with
+/// the one port it may be reached on (`gateway.example.com:8443`); without one, only 443.
 #[derive(Clone, PartialEq, Eq)]
-pub enum HostPattern {
-    Exact(String),
-    AnySubdomainOf(String),
+pub struct HostPattern {
+    host: String,
+    any_subdomain: bool,
+    port: Option<u16>,
 }
 
 impl HostPattern {
     pub fn parse(text: &str) -> Result<Self, String> {
-        let text = text.trim().trim_end_matches('.').to_ascii_lowercase();
-        let (wild, host) = match text.strip_prefix("*.") {
+        let text = text.trim().to_ascii_lowercase();
+        let (name, port) = match text.rsplit_once(':') {
+            Some((name, port)) => match port.parse::<u16>() {
+                Ok(p) if p > 0 => (name, Some(p)),
+                _ => return Err(format!("`{text}` has an invalid port")),
+            },
+            None => (text.as_str(), None),
+        };
+        let name = name.trim_end_matches('.');
+        let (any_subdomain, host) = match name.strip_prefix("*.") {
             Some(rest) => (true, rest.to_owned()),
-            None => (false, text.clone()),
+            None => (false, name.to_owned()),
         };
         let valid = !host.is_empty()
             && host.len() <= 253
@@ -53,26 +68,26 @@ impl HostPattern {
                 .split('.')
                 .all(|l| !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
         if !valid {
-            return Err(format!("`{text}` is not a host name or *.domain pattern"));
+            return Err(format!("`{text}` is not a host name or *.domain pattern (with an optional :port)"));
         }
-        Ok(if wild { Self::AnySubdomainOf(host) } else { Self::Exact(host) })
+        Ok(Self { host, any_subdomain, port })
     }
 
     fn matches(&self, host: &str) -> bool {
-        match self {
-            Self::Exact(h) => h == host,
-            Self::AnySubdomainOf(suffix) => {
-                host.strip_suffix(suffix.as_str()).is_some_and(|prefix| prefix.len() > 1 && prefix.ends_with('.'))
-            }
+        if self.any_subdomain {
+            host.strip_suffix(self.host.as_str()).is_some_and(|prefix| prefix.len() > 1 && prefix.ends_with('.'))
+        } else {
+            self.host == host
         }
     }
 }
 
 impl fmt::Debug for HostPattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Exact(h) => write!(f, "{h}"),
-            Self::AnySubdomainOf(h) => write!(f, "*.{h}"),
+        let wild = if self.any_subdomain { "*." } else { "" };
+        match self.port {
+            Some(port) => write!(f, "{wild}{}:{port}", self.host),
+            None => write!(f, "{wild}{}", self.host),
         }
     }
 }
@@ -136,7 +151,18 @@ impl EgressPolicy {
         if !self.host_allowed(&host_text) {
             return Err(EgressError::HostNotAllowed(host_text));
         }
+        // Upstreams are HTTPS on 443; another port only where the allowlist entry names it (local demos and tests,
+        // with private upstreams allowed, may use any).
+        let port = url.port_or_known_default().unwrap_or(0);
+        if !self.allow_private && port != 443 && !self.port_allowed(&host_text, port) {
+            return Err(EgressError::PortNotAllowed(port));
+        }
         Ok(())
+    }
+
+    fn port_allowed(&self, host: &str, port: u16) -> bool {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        self.allowed_hosts.iter().any(|p| p.port == Some(port) && p.matches(&host))
     }
 
     /// Refuses non-public addresses unless private upstreams are allowed.
@@ -181,6 +207,7 @@ fn is_public_v4(ip: Ipv4Addr) -> bool {
         || (a == 100 && (64..128).contains(&b)) // CGNAT, including Alibaba's 100.100.100.200 metadata service
         || (a == 192 && b == 0 && c == 0) // IETF protocol assignments
         || (a == 198 && (b == 18 || b == 19)) // benchmarking
+        || (a == 192 && b == 88 && c == 99) // 6to4 relay anycast
         || a >= 240) // reserved
 }
 
@@ -197,7 +224,11 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         || (seg[0] & 0xffc0) == 0xfe80 // link-local fe80::/10
         || (seg[0] & 0xffc0) == 0xfec0 // deprecated site-local
         || (seg[0] == 0x2001 && seg[1] == 0x0db8) // documentation
-        || (seg[0] == 0x0064 && seg[1] == 0xff9b) // NAT64 can reach IPv4 private space
+        || (seg[0] == 0x0064 && seg[1] == 0xff9b) // NAT64 64:ff9b::/96 and 64:ff9b:1::/48 reach IPv4 private space
+        || seg[0] == 0x2002 // 6to4 2002::/16 embeds any IPv4 address
+        || (seg[0] == 0x2001 && seg[1] == 0) // Teredo 2001::/32 tunnels to IPv4
+        || (seg[0..4] == [0, 0, 0, 0] && seg[4] == 0xffff && seg[5] == 0) // SIIT ::ffff:0:0:0/96
+        || (seg[0] == 0x0100 && seg[1..4] == [0, 0, 0]) // discard-only 100::/64
         || (seg[0] == 0 && seg[1] == 0 && seg[2] == 0 && seg[3] == 0 && seg[4] == 0 && seg[5] == 0)) // IPv4-compatible
 }
 
@@ -236,6 +267,8 @@ mod tests {
             ("https://user:pw@api.openai.com/", EgressError::Shape),
             ("https://api.openai.com/v1?x=1", EgressError::Shape),
             ("not a url", EgressError::Unparsable),
+            ("https://api.openai.com:22/v1", EgressError::PortNotAllowed(22)),
+            ("https://x.openai.azure.com:8443/", EgressError::PortNotAllowed(8443)),
         ];
         for (url, expected) in cases {
             assert_eq!(p.check_url(url).as_ref().err(), Some(expected), "{url}");
@@ -248,6 +281,18 @@ mod tests {
         assert!(p.check_url("https://api.openai.com/v1").is_ok());
         assert!(p.check_url("https://my-res.openai.azure.com").is_ok());
         assert!(p.check_url("https://MY-RES.OpenAI.Azure.com.").is_ok());
+        assert!(p.check_url("https://api.openai.com:443/v1").is_ok());
+    }
+
+    #[test]
+    fn other_ports_only_where_the_allowlist_names_them() {
+        let p = policy(&["api.openai.com", "gw.example.com:8443", "*.corp.example:9443"], false);
+        assert!(p.check_url("https://gw.example.com:8443/v1").is_ok());
+        assert!(p.check_url("https://gw.example.com/v1").is_ok());
+        assert_eq!(p.check_url("https://gw.example.com:8444/v1").unwrap_err(), EgressError::PortNotAllowed(8444));
+        assert!(p.check_url("https://a.corp.example:9443/v1").is_ok());
+        assert_eq!(p.check_url("https://api.openai.com:8443/v1").unwrap_err(), EgressError::PortNotAllowed(8443));
+        assert_eq!(format!("{:?}", HostPattern::parse("*.Corp.example:9443").unwrap()), "*.corp.example:9443");
     }
 
     #[test]
@@ -282,6 +327,12 @@ mod tests {
             "fd12:3456::1",
             "::ffff:8.8.8.8",
             "64:ff9b::a00:1",
+            "64:ff9b:1::a00:1",
+            "2002:a00:1::1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "::ffff:0:a00:1",
+            "100::1",
+            "192.88.99.1",
             "::127.0.0.1",
         ] {
             assert!(!is_public(private.parse().unwrap()), "{private} must not be public");
@@ -303,7 +354,7 @@ mod tests {
 
     #[test]
     fn bad_patterns_are_refused() {
-        for bad in ["", "*.", "exa mple.com", "*.*.com", "http://x.com"] {
+        for bad in ["", "*.", "exa mple.com", "*.*.com", "http://x.com", "x.com:0", "x.com:99999", "x.com:", ":443"] {
             assert!(HostPattern::parse(bad).is_err(), "{bad}");
         }
     }

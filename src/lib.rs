@@ -9,6 +9,7 @@ pub mod db;
 pub mod egress;
 pub mod engine;
 pub mod mock_upstream;
+pub mod object;
 pub mod startup;
 pub mod telemetry;
 pub mod vault;

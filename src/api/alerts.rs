@@ -1,5 +1,6 @@
 //! `/v1/alerts`, `/v1/alerts/settings`, `/v1/alerts/verify` and `/v1/events`.
 
+use crate::object::Object;
 use actix_web::http::header::ContentType;
 use actix_web::{HttpResponse, web};
 use chrono::{DateTime, Utc};
@@ -37,9 +38,10 @@ pub async fn get_settings(state: web::Data<AppState>, auth: Authenticated) -> Re
 pub async fn put_settings(
     state: web::Data<AppState>,
     auth: Authenticated,
-    body: web::Json<AlertSettingsRequest>,
+    body: web::Json<Object<AlertSettingsRequest>>,
 ) -> Result<HttpResponse, ApiError> {
-    let new = NewAlertSettings::parse(body.into_inner()).map_err(|i| ApiError::invalid(i.param, i.message))?;
+    let new =
+        NewAlertSettings::parse(body.into_inner().into_inner()).map_err(|i| ApiError::invalid(i.param, i.message))?;
     Ok(HttpResponse::Ok().json(state.alerts.put_settings(auth.0.key_set_id, new).await?))
 }
 
@@ -75,10 +77,8 @@ pub async fn verify(
             state.alerts.verify(&token).await?
         }
     };
-    if !confirmed {
-        if let Err(wait) = state.auth_failure_limiter.check(ip) {
-            return Err(ApiError::rate_limited(super::rate_limit::retry_after_secs(wait)));
-        }
+    if !confirmed && let Err(wait) = state.auth_failure_limiter.check(ip) {
+        return Err(ApiError::rate_limited(super::rate_limit::retry_after_secs(wait)));
     }
     let (mut res, title, text) = if confirmed {
         (

@@ -1,5 +1,6 @@
 //! The cache endpoints (`/v1/cache`, `/v1/cache/lookup`) and scoped tokens (`/v1/tokens`).
 
+use crate::object::Object;
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -211,9 +212,9 @@ pub async fn get(state: web::Data<AppState>, reader: CacheReader, req: HttpReque
 pub async fn lookup(
     state: web::Data<AppState>,
     reader: CacheReader,
-    body: web::Json<LookupRequest>,
+    body: web::Json<Object<LookupRequest>>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = body.into_inner();
+    let body = body.into_inner().into_inner();
     let (key_set_id, instance_id, matching) = reader_scope(&reader, body.instance_id)?;
     let matching = threshold(body.threshold, matching)?;
     let conversation = conversation(body.query.as_deref(), body.messages.as_deref())?;
@@ -228,9 +229,9 @@ pub async fn lookup(
         (status = 413, body = ErrorBody), (status = 429, body = ErrorBody)
     )
 )]
-pub async fn store(gw: Gateway, body: web::Json<StoreRequest>) -> Result<HttpResponse, ApiError> {
+pub async fn store(gw: Gateway, body: web::Json<Object<StoreRequest>>) -> Result<HttpResponse, ApiError> {
     let Gateway(set, state) = gw;
-    let body = body.into_inner();
+    let body = body.into_inner().into_inner();
     let instance_id = instance(body.instance_id)?;
     let conversation = conversation(body.query.as_deref(), body.messages.as_deref())?;
     if body.response.is_empty() || body.response.len() > MAX_RESPONSE_BYTES {
@@ -282,9 +283,9 @@ pub async fn purge(gw: Gateway, req: HttpRequest) -> Result<HttpResponse, ApiErr
     post, path = "/v1/tokens", tag = "cache", security(("token" = [])), request_body = TokenRequest,
     responses((status = 200, body = TokenResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody))
 )]
-pub async fn mint_token(gw: Gateway, body: web::Json<TokenRequest>) -> Result<HttpResponse, ApiError> {
+pub async fn mint_token(gw: Gateway, body: web::Json<Object<TokenRequest>>) -> Result<HttpResponse, ApiError> {
     let Gateway(set, state) = gw;
-    let body = body.into_inner();
+    let body = body.into_inner().into_inner();
     if body.scope != CACHE_READ {
         return Err(ApiError::invalid("scope", format!("must be `{CACHE_READ}`")));
     }

@@ -36,6 +36,8 @@ pub struct ApiError {
     status: StatusCode,
     detail: ErrorDetail,
     retry_after_secs: Option<u64>,
+    /// The `Allow` header of a 405.
+    allow: Option<&'static str>,
 }
 
 const INVALID_REQUEST: &str = "invalid_request_error";
@@ -46,6 +48,7 @@ impl ApiError {
             status,
             detail: ErrorDetail { message: message.into(), kind, code: Some(code), param: None },
             retry_after_secs: None,
+            allow: None,
         }
     }
 
@@ -114,12 +117,24 @@ impl ApiError {
         )
     }
 
-    pub fn method_not_allowed(req: &HttpRequest) -> Self {
-        Self::new(
+    /// 405; `allow` becomes the `Allow` header (RFC 9110).
+    pub fn method_not_allowed(req: &HttpRequest, allow: &'static str) -> Self {
+        let mut e = Self::new(
             StatusCode::METHOD_NOT_ALLOWED,
             INVALID_REQUEST,
             "method_not_allowed",
-            format!("Method {} is not allowed on {}", req.method(), req.path()),
+            format!("Method {} is not allowed on {} (allowed: {allow})", req.method(), req.path()),
+        );
+        e.allow = Some(allow);
+        e
+    }
+
+    pub fn unsupported_media_type() -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            INVALID_REQUEST,
+            "unsupported_media_type",
+            "Send the body as JSON with `Content-Type: application/json`.",
         )
     }
 
@@ -174,6 +189,9 @@ impl ResponseError for ApiError {
         if let Some(secs) = self.retry_after_secs {
             res.insert_header((header::RETRY_AFTER, HeaderValue::from(secs)));
         }
+        if let Some(allow) = self.allow {
+            res.insert_header((header::ALLOW, allow));
+        }
         res.json(ErrorBody {
             error: ErrorDetail {
                 message: self.detail.message.clone(),
@@ -221,7 +239,7 @@ pub fn json_error(err: actix_web::error::JsonPayloadError, limit: usize) -> ApiE
                 _ => "syntax error",
             }
         )),
-        E::ContentType => ApiError::bad_json("Expected a JSON body"),
+        E::ContentType => ApiError::unsupported_media_type(),
         other => ApiError::bad_json(format!("Could not read the request body: {other}")),
     }
 }

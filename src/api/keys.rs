@@ -1,5 +1,6 @@
 //! `/v1/keys`: create, read, change and revoke a key set.
 
+use crate::object::Object;
 use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::auth::{Authenticated, client_ip};
@@ -22,15 +23,17 @@ use crate::vault::{CreateKeySetRequest, CreatedKeySet, KeySetChanges, KeySetView
 pub async fn create(
     state: web::Data<AppState>,
     req: HttpRequest,
-    body: web::Json<CreateKeySetRequest>,
+    body: web::Json<Object<CreateKeySetRequest>>,
 ) -> Result<HttpResponse, ApiError> {
     if let Err(wait) = state.key_set_limiter.check(client_ip(&req)) {
         return Err(ApiError::rate_limited(retry_after_secs(wait)));
     }
-    let new = NewKeySet::parse(body.into_inner(), &state.egress).map_err(|i| ApiError::invalid(i.param, i.message))?;
+    let new = NewKeySet::parse(body.into_inner().into_inner(), &state.egress)
+        .map_err(|i| ApiError::invalid(i.param, i.message))?;
     let created = state.vault.create_key_set(new).await?;
     welcome(&state, &created.key_set).await;
-    Ok(HttpResponse::Created().json(created))
+    // The body holds the token: no cache (browser, proxy, CDN) may keep it.
+    Ok(HttpResponse::Created().insert_header(("cache-control", "no-store")).json(created))
 }
 
 /// The key set of the bearer token: masked keys with their status, and the policy.
@@ -58,10 +61,10 @@ pub async fn get(state: web::Data<AppState>, auth: Authenticated) -> Result<Http
 pub async fn update(
     state: web::Data<AppState>,
     auth: Authenticated,
-    body: web::Json<UpdateKeySetRequest>,
+    body: web::Json<Object<UpdateKeySetRequest>>,
 ) -> Result<HttpResponse, ApiError> {
-    let changes =
-        KeySetChanges::parse(body.into_inner(), &state.egress).map_err(|i| ApiError::invalid(i.param, i.message))?;
+    let changes = KeySetChanges::parse(body.into_inner().into_inner(), &state.egress)
+        .map_err(|i| ApiError::invalid(i.param, i.message))?;
     let view = state.vault.update(&auth.0, changes).await?;
     welcome(&state, &view).await;
     Ok(HttpResponse::Ok().json(view))

@@ -50,75 +50,65 @@ pub struct AppState {
     pub alerts: crate::alerts::Alerts,
 }
 
+/// JSON bodies of the management endpoints: `Content-Type: application/json` (or `…+json`) is required, so a browser
+/// form cannot post one without a CORS preflight.
+fn json_config(limit: usize) -> web::JsonConfig {
+    web::JsonConfig::default()
+        .limit(limit)
+        .content_type_required(true)
+        .error_handler(move |err, _req| error::json_error(err, limit).into())
+}
+
+/// A route's resource whose other methods get 405 with `Allow` (`HEAD` is served wherever `GET` is).
+fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(move |req: actix_web::HttpRequest| async move {
+        Err::<HttpResponse, _>(ApiError::method_not_allowed(&req, allow))
+    }))
+}
+
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    let keys_json = web::JsonConfig::default()
-        .limit(KEYS_BODY_LIMIT)
-        .content_type_required(false)
-        .error_handler(|err, _req| error::json_error(err, KEYS_BODY_LIMIT).into());
-    let cache_json = web::JsonConfig::default()
-        .limit(CACHE_BODY_LIMIT)
-        .content_type_required(false)
-        .error_handler(|err, _req| error::json_error(err, CACHE_BODY_LIMIT).into());
-    cfg.route("/healthz", web::get().to(health::healthz))
-        .route("/readyz", web::get().to(health::readyz))
-        .route("/metrics", web::get().to(proxy::metrics))
-        .route("/docs", web::get().to(docs_slash))
+    let keys_json = json_config(KEYS_BODY_LIMIT);
+    let cache_json = json_config(CACHE_BODY_LIMIT);
+    cfg.service(resource("/healthz", "GET, HEAD").route(web::get().to(health::healthz)))
+        .service(resource("/readyz", "GET, HEAD").route(web::get().to(health::readyz)))
+        .service(resource("/metrics", "GET, HEAD").route(web::get().to(proxy::metrics)))
+        .service(resource("/docs", "GET, HEAD").route(web::get().to(docs_slash)))
         .service(
-            web::resource("/v1/keys")
+            resource("/v1/keys", "GET, HEAD, POST, PATCH, DELETE")
                 .app_data(keys_json.clone())
                 .route(web::post().to(keys::create))
                 .route(web::get().to(keys::get))
                 .route(web::patch().to(keys::update))
-                .route(web::delete().to(keys::revoke))
-                .default_service(web::to(method_not_allowed)),
+                .route(web::delete().to(keys::revoke)),
         )
         .service(
-            web::resource("/v1/cache")
+            resource("/v1/cache", "GET, HEAD, POST, DELETE")
                 .app_data(cache_json.clone())
                 .route(web::get().to(cache::get))
                 .route(web::post().to(cache::store))
-                .route(web::delete().to(cache::purge))
-                .default_service(web::to(method_not_allowed)),
+                .route(web::delete().to(cache::purge)),
         )
+        .service(resource("/v1/cache/lookup", "POST").app_data(cache_json.clone()).route(web::post().to(cache::lookup)))
+        .service(resource("/v1/tokens", "POST").app_data(cache_json).route(web::post().to(cache::mint_token)))
         .service(
-            web::resource("/v1/cache/lookup")
-                .app_data(cache_json.clone())
-                .route(web::post().to(cache::lookup))
-                .default_service(web::to(method_not_allowed)),
-        )
-        .service(
-            web::resource("/v1/tokens")
-                .app_data(cache_json)
-                .route(web::post().to(cache::mint_token))
-                .default_service(web::to(method_not_allowed)),
-        )
-        .service(
-            web::resource("/v1/alerts/settings")
-                .app_data(keys_json.clone())
+            resource("/v1/alerts/settings", "GET, HEAD, PUT")
+                .app_data(keys_json)
                 .route(web::get().to(alerts::get_settings))
-                .route(web::put().to(alerts::put_settings))
-                .default_service(web::to(method_not_allowed)),
+                .route(web::put().to(alerts::put_settings)),
         )
-        .service(web::resource("/v1/alerts/verify").route(web::get().to(alerts::verify)))
-        .service(web::resource("/v1/alerts").route(web::get().to(alerts::list)))
-        .service(web::resource("/v1/events").route(web::get().to(alerts::events)))
-        .service(
-            web::scope("/v1")
-                .route("/chat/completions", web::post().to(proxy::chat))
-                .route("/completions", web::post().to(proxy::completions))
-                .route("/embeddings", web::post().to(proxy::embeddings))
-                .route("/models", web::get().to(models::list))
-                // Fine-tuned and custom model ids contain `/` and `:`; SDKs may also send them percent-encoded.
-                .route("/models/{model:.+}", web::get().to(models::retrieve)),
-        );
+        .service(resource("/v1/alerts/verify", "GET, HEAD").route(web::get().to(alerts::verify)))
+        .service(resource("/v1/alerts", "GET, HEAD").route(web::get().to(alerts::list)))
+        .service(resource("/v1/events", "GET, HEAD").route(web::get().to(alerts::events)))
+        .service(resource("/v1/chat/completions", "POST").route(web::post().to(proxy::chat)))
+        .service(resource("/v1/completions", "POST").route(web::post().to(proxy::completions)))
+        .service(resource("/v1/embeddings", "POST").route(web::post().to(proxy::embeddings)))
+        .service(resource("/v1/models", "GET, HEAD").route(web::get().to(models::list)))
+        // Fine-tuned and custom model ids contain `/` and `:`; SDKs may also send them percent-encoded.
+        .service(resource("/v1/models/{model:.+}", "GET, HEAD").route(web::get().to(models::retrieve)));
 }
 
 pub async fn not_found(req: actix_web::HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
     Err(ApiError::not_found(&req))
-}
-
-async fn method_not_allowed(req: actix_web::HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
-    Err(ApiError::method_not_allowed(&req))
 }
 
 /// Swagger UI is served under `/docs/` (its page links its assets relatively), so the bare path redirects there.

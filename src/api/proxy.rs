@@ -164,9 +164,9 @@ async fn read_json(http: &HttpRequest, mut payload: web::Payload, limit: usize) 
         buffer.extend_from_slice(&chunk);
     }
     let raw = buffer.freeze();
-    let value = serde_json::from_slice(&raw)
+    let value = serde_json::from_slice::<crate::object::UniqueKeys>(&raw)
         .map_err(|e| super::error::json_error(actix_web::error::JsonPayloadError::Deserialize(e), limit))?;
-    Ok((raw, value))
+    Ok((raw, Value::Object(value.0)))
 }
 
 fn parse(http: &HttpRequest, raw: Bytes, body: Value, endpoint: Endpoint) -> Result<GatewayRequest, ApiError> {

@@ -27,6 +27,9 @@ pub enum FailureClass {
     ContentFilter,
     /// Not an upstream answer: the target's circuit breaker is open, so it was skipped without a call.
     BreakerOpen,
+    /// Not an upstream answer: the egress policy refused the address the target's host resolved to. A policy refusal
+    /// is final for the target (no retry); the next target is tried.
+    Refused,
 }
 
 impl FailureClass {
@@ -41,10 +44,11 @@ impl FailureClass {
             Self::CallerFault => "caller_fault",
             Self::ContentFilter => "content_filter",
             Self::BreakerOpen => "breaker_open",
+            Self::Refused => "egress_refused",
         }
     }
 
-    pub const ALL: [FailureClass; 9] = [
+    pub const ALL: [FailureClass; 10] = [
         Self::Transient,
         Self::RateLimited,
         Self::Credential,
@@ -54,6 +58,7 @@ impl FailureClass {
         Self::CallerFault,
         Self::ContentFilter,
         Self::BreakerOpen,
+        Self::Refused,
     ];
 
     /// Whether the caller must see the upstream's own answer (no retry, no fallback).

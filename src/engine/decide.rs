@@ -87,7 +87,7 @@ impl Engine {
                 }
                 Next::MoveOn
             }
-            FailureClass::ModelNotFound | FailureClass::BreakerOpen => {
+            FailureClass::ModelNotFound | FailureClass::BreakerOpen | FailureClass::Refused => {
                 self.breakers.release_probe(breaker);
                 Next::MoveOn
             }

@@ -198,7 +198,9 @@ fn ordered_steps(set: &OpenKeySet, input: &PlanInput<'_>, catalog: &Catalog) -> 
         } else {
             set.policy.azure_fallback_strategy.clone()
         };
-        for deployment in deployments {
+        // Checked when stored; checked again here because the row may predate the rule or have been changed in the
+        // database: a name is a single path segment, never a way to another path on the host.
+        for deployment in deployments.into_iter().filter(|d| crate::vault::input::is_deployment_name(d)) {
             push_grouped(
                 &mut steps,
                 azure.iter().filter_map(|(i, key)| {
@@ -320,6 +322,20 @@ mod tests {
             ]
         );
         assert_eq!(steps[0].url, "https://api.openai.com/v1/chat/completions");
+    }
+
+    #[test]
+    fn a_stored_deployment_name_that_leaves_its_path_segment_is_never_planned() {
+        let s = set(
+            vec![
+                azure("https://r.openai.azure.com", &[("gpt-4o", "../../v1"), ("gpt-4o-mini", "a/b")]),
+                key(Provider::Openai, KeyTarget::default()),
+            ],
+            Policy { fallback_strategy: vec!["gpt-4o-mini".into()], ..Default::default() },
+        );
+        let steps = plan(&s, &input("gpt-4o"), &Catalog::shipped(), |_| true).steps;
+        assert!(steps.iter().all(|step| step.provider != ProviderKind::Azure), "{:?}", summary(&steps));
+        assert!(steps.iter().all(|step| !step.url.contains("..")));
     }
 
     #[test]

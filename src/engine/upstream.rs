@@ -40,6 +40,8 @@ pub fn build_client(settings: &EngineSettings, egress: EgressPolicy) -> reqwest:
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(512)
         .redirect(reqwest::redirect::Policy::none())
+        // HTTP(S)_PROXY / ALL_PROXY would hand the connection to a proxy that resolves names itself, past the guard.
+        .no_proxy()
         .dns_resolver(Arc::new(GuardedResolver { egress }))
         .build()
 }
@@ -177,6 +179,19 @@ fn usage_in_body(body: &[u8]) -> Option<Usage> {
 }
 
 fn transport_error(e: &reqwest::Error) -> AttemptFailure {
+    // The guarded resolver's refusal reaches us wrapped in the connect error.
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(cause) = source {
+        if let Some(refusal) = cause.downcast_ref::<crate::egress::EgressError>()
+            && *refusal != crate::egress::EgressError::Unresolvable
+        {
+            return AttemptFailure::transport(
+                FailureClass::Refused,
+                "refused by the egress policy (non-public address)",
+            );
+        }
+        source = cause.source();
+    }
     if e.is_timeout() {
         return AttemptFailure::transport(FailureClass::Timeout, "timed out");
     }

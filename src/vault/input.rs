@@ -48,7 +48,7 @@ pub struct CreateKeySetRequest {
     #[schema(value_type = Vec<KeyInput>)]
     pub keys: Vec<serde_json::Value>,
     /// Optional; every field has a default.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::object::optional_object")]
     pub policy: Option<Policy>,
 }
 
@@ -71,6 +71,7 @@ pub struct UpdateKeySetRequest {
     #[serde(default)]
     pub revive_keys: Vec<Uuid>,
     /// Replaces the whole policy.
+    #[serde(default, deserialize_with = "crate::object::optional_object")]
     pub policy: Option<Policy>,
 }
 
@@ -524,10 +525,16 @@ fn parse_key(param: &str, value: serde_json::Value, egress: &EgressPolicy) -> Re
                 ));
             }
             for (model, deployment) in &deployments {
-                if !is_name(model) || !is_name(deployment) {
+                if !is_name(model) {
                     return Err(invalid(
                         format!("{param}.deployments"),
-                        "model and deployment names must be 1-128 characters of letters, digits, `.`, `_`, `-`, `:`",
+                        "model names must be 1-128 characters of letters, digits, `.`, `_`, `-`, `:`, `/`",
+                    ));
+                }
+                if !is_deployment_name(deployment) {
+                    return Err(invalid(
+                        format!("{param}.deployments.{model}"),
+                        "deployment names must be 1-128 characters of letters, digits, `.`, `_`, `-`, without `..`",
                     ));
                 }
             }
@@ -581,6 +588,15 @@ fn is_name(text: &str) -> bool {
     !text.is_empty()
         && text.len() <= MAX_NAME_LEN
         && text.chars().all(|c| c.is_ascii_alphanumeric() || "._-:/".contains(c))
+}
+
+/// An Azure deployment name: one URL path segment (`/openai/deployments/{name}`), so no `/`, no `..` and nothing that
+/// needs escaping.
+pub fn is_deployment_name(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= MAX_NAME_LEN
+        && !text.contains("..")
+        && text.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
 }
 
 fn is_api_version(text: &str) -> bool {

@@ -39,16 +39,45 @@ async fn malformed_json_is_a_400_naming_the_problem() {
     assert!(!error["message"].as_str().unwrap().contains("sk-looks-secret"), "{error}");
     let error = error_of(send("[]").await.unwrap(), 400).await;
     assert_eq!(error["code"], "invalid_json");
-    // curl -d sends a form content type; the body is still JSON and is accepted.
-    let res = app
+}
+
+#[tokio::test]
+async fn management_bodies_must_be_declared_json() {
+    let app = spawn_app().await;
+    let body = json!({"user_email": "a@b.co", "keys": ["sk-0123456789012345678901234567890"]}).to_string();
+    // A browser form (or curl -d without a header) could otherwise create key sets cross-site without a preflight.
+    for content_type in [Some("application/x-www-form-urlencoded"), Some("text/plain"), Some(";;;"), None] {
+        let mut req = app.client.post(app.url("/v1/keys")).body(body.clone());
+        if let Some(value) = content_type {
+            req = req.header("content-type", value);
+        }
+        let error = error_of(req.send().await.unwrap(), 415).await;
+        assert_eq!(error["code"], "unsupported_media_type", "{content_type:?}");
+    }
+    assert_eq!(app.count("vault_key_sets").await, 0);
+    for content_type in ["application/json", "application/json; charset=utf-8", "application/merge-patch+json"] {
+        let res = app.client.post(app.url("/v1/keys")).header("content-type", content_type).body(body.clone());
+        assert_eq!(res.send().await.unwrap().status(), 201, "{content_type}");
+    }
+}
+
+#[tokio::test]
+async fn duplicate_model_fields_are_refused_not_guessed() {
+    let gw = crate::helpers::spawn_gateway().await;
+    let token = gw.key_set(&["sk-dup"], &[]).await;
+    let res = gw
+        .app
         .client
-        .post(app.url("/v1/keys"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(json!({"user_email": "a@b.co", "keys": ["sk-0123456789012345678901234567890"]}).to_string())
+        .post(gw.app.url("/v1/chat/completions"))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body(r#"{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "model": "gpt-4o"}"#)
         .send()
         .await
         .unwrap();
-    assert_eq!(res.status(), 201);
+    let error = error_of(res, 400).await;
+    assert!(error["message"].as_str().unwrap().contains("duplicate field `model`"), "{error}");
+    assert!(gw.mock.requests().is_empty());
 }
 
 #[tokio::test]
@@ -65,8 +94,26 @@ async fn unknown_routes_and_methods_answer_in_the_error_shape() {
     let app = spawn_app().await;
     let error = error_of(app.client.get(app.url("/v1/nope")).send().await.unwrap(), 404).await;
     assert_eq!(error["code"], "unknown_url");
-    let error = error_of(app.client.put(app.url("/v1/keys")).send().await.unwrap(), 405).await;
-    assert_eq!(error["code"], "method_not_allowed");
+    let res = app.client.put(app.url("/v1/keys")).send().await.unwrap();
+    assert_eq!(res.headers()["allow"], "GET, HEAD, POST, PATCH, DELETE");
+    assert_eq!(error_of(res, 405).await["code"], "method_not_allowed");
+    // Every route, the gateway's included, answers other methods (TRACE too) with 405 and `Allow`.
+    for (path, allow) in [
+        ("/v1/chat/completions", "POST"),
+        ("/v1/embeddings", "POST"),
+        ("/v1/models", "GET, HEAD"),
+        ("/v1/models/gpt-4o", "GET, HEAD"),
+        ("/v1/cache/lookup", "POST"),
+        ("/healthz", "GET, HEAD"),
+        ("/v1/keys", "GET, HEAD, POST, PATCH, DELETE"),
+    ] {
+        for method in ["TRACE", "PUT", "OPTIONS"] {
+            let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+            let res = app.client.request(method.clone(), app.url(path)).send().await.unwrap();
+            assert_eq!(res.headers().get("allow").map(|v| v.to_str().unwrap()), Some(allow), "{method} {path}");
+            assert_eq!(error_of(res, 405).await["code"], "method_not_allowed", "{method} {path}");
+        }
+    }
 }
 
 #[tokio::test]
@@ -104,19 +151,20 @@ async fn head_answers_like_get_without_a_body() {
         assert!(res.bytes().await.unwrap().is_empty(), "{path}");
     }
 
-    // Routes without GET keep answering as before: HEAD is no way in.
-    for path in ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/nope"] {
+    // Routes without GET answer GET and HEAD alike (405 with `Allow`): HEAD is no way in.
+    for (path, status) in
+        [("/v1/chat/completions", 405), ("/v1/completions", 405), ("/v1/embeddings", 405), ("/v1/nope", 404)]
+    {
         let get = app.client.get(app.url(path)).send().await.unwrap().status();
         let head = app.client.head(app.url(path)).send().await.unwrap();
-        assert_eq!((get.as_u16(), head.status().as_u16()), (404, 404), "{path}");
+        assert_eq!((get.as_u16(), head.status().as_u16()), (status, status), "{path}");
         assert!(head.bytes().await.unwrap().is_empty(), "{path}");
     }
     for path in ["/healthz", "/v1/models", "/v1/models/gpt-4o", "/docs"] {
-        let error = error_of(app.client.post(app.url(path)).send().await.unwrap(), 404).await;
-        assert_eq!(error["code"], "unknown_url", "{path}");
+        let res = app.client.post(app.url(path)).send().await.unwrap();
+        assert_eq!(res.headers()["allow"], "GET, HEAD", "{path}");
+        assert_eq!(error_of(res, 405).await["code"], "method_not_allowed", "{path}");
     }
-    let error = error_of(app.client.put(app.url("/v1/keys")).send().await.unwrap(), 405).await;
-    assert_eq!(error["code"], "method_not_allowed");
 }
 
 #[tokio::test]

@@ -22,6 +22,7 @@ async fn create_returns_a_token_and_masked_keys_only() {
         }))
         .await;
     assert_eq!(res.status(), 201);
+    assert_eq!(res.headers()["cache-control"], "no-store");
     let text = res.text().await.unwrap();
     for k in [&k1, &k2, &k3] {
         assert_absent(&text, k, "POST /v1/keys response");
@@ -93,6 +94,22 @@ async fn invalid_bodies_name_the_field_and_store_nothing() {
             json!({"user_email": "a@example.com", "keys": [k], "policy": {"max_concurrency": 0}}),
             "policy.max_concurrency",
         ),
+        // A deployment name is one path segment: these would send the key to another path on the host.
+        (
+            json!({"user_email": "a@example.com", "keys": [{"provider": "azure", "key": k, "endpoint": "https://myres.openai.azure.com",
+            "api_version": "2024-10-21", "deployments": {"gpt-4o": "../../v1"}}]}),
+            "keys[0].deployments.gpt-4o",
+        ),
+        (
+            json!({"user_email": "a@example.com", "keys": [{"provider": "azure", "key": k, "endpoint": "https://myres.openai.azure.com",
+            "api_version": "2024-10-21", "deployments": {"gpt-4o": "prod/chat"}}]}),
+            "keys[0].deployments.gpt-4o",
+        ),
+        // Upstreams listen on 443 unless the operator's allowlist entry names another port.
+        (
+            json!({"user_email": "a@example.com", "keys": [{"provider": "openai", "key": k, "base_url": "https://api.openai.com:22/v1"}]}),
+            "keys[0].base_url",
+        ),
     ];
     for (body, param) in cases {
         let res = app.post_keys(&body).await;
@@ -112,8 +129,28 @@ async fn invalid_bodies_name_the_field_and_store_nothing() {
         assert!(message.contains(&format!("{}=true", env::ALLOW_PRIVATE_UPSTREAMS)), "{message}");
         assert!(message.contains("never in production"), "{message}");
     }
+    // serde would read a struct from an array of its fields; a key set must be an object.
+    let error = error_of(app.post_keys(&json!(["a@example.com", [k]])).await, 400).await;
+    assert!(error["message"].as_str().unwrap().contains("JSON object"), "{error}");
     assert_eq!(app.count("vault_key_sets").await, 0);
     assert_eq!(app.count("vault_provider_keys").await, 0);
+}
+
+#[tokio::test]
+async fn a_policy_must_be_an_object_and_patch_with_an_array_changes_nothing() {
+    let app = spawn_app().await;
+    let created = app
+        .post_keys(&json!({"user_email": "a@example.com", "keys": [canary_key()], "policy": {"fallback_strategy": ["gpt-4o-mini"]}}))
+        .await;
+    let token = token_of(&created.json().await.unwrap());
+    for policy in [json!([]), json!(["gpt-4o"]), json!("default")] {
+        let error = error_of(app.patch_keys(&token, &json!({"policy": policy})).await, 400).await;
+        assert!(error["message"].as_str().unwrap().contains("JSON object"), "{policy}: {error}");
+    }
+    let listed: Value = app.get_keys(&token).await.json().await.unwrap();
+    assert_eq!(listed["policy"]["fallback_strategy"], json!(["gpt-4o-mini"]));
+    let res = app.post_keys(&json!({"user_email": "a@example.com", "keys": [canary_key()], "policy": []})).await;
+    error_of(res, 400).await;
 }
 
 #[tokio::test]

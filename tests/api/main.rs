@@ -5,6 +5,7 @@ mod abuse;
 mod alerts;
 mod cache;
 mod cache_gateway;
+mod egress;
 mod events;
 mod gateway;
 mod helpers;
