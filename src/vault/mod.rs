@@ -239,7 +239,10 @@ impl Vault {
                 _ = outage.wait_for(Option::is_some) => {}
             }
         }
-        tokio::time::timeout(OUTAGE_DEADLINE, work).await.unwrap_or(Err(VaultError::Unavailable)).map_err(as_unavailable)
+        tokio::time::timeout(OUTAGE_DEADLINE, work)
+            .await
+            .unwrap_or(Err(VaultError::Unavailable))
+            .map_err(as_unavailable)
     }
 
     /// While the change listener has lost the database: since when, and how long cached key sets keep serving.

@@ -13,6 +13,7 @@ mod keys;
 mod logs;
 mod models;
 mod openapi;
+mod outage;
 mod secrets;
 mod startup;
 mod streaming;
