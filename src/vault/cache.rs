@@ -428,7 +428,7 @@ mod tests {
         let leader = {
             let cache = cache.clone();
             tokio::spawn(async move {
-                cache.get_or_load(hash(4), || std::future::pending::<Result<OpenKeySet, VaultError>>()).await
+                cache.get_or_load(hash(4), std::future::pending::<Result<OpenKeySet, VaultError>>).await
             })
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
