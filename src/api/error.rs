@@ -11,6 +11,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::alerts::AlertsError;
+use crate::cache::CacheError;
 use crate::vault::VaultError;
 use crate::vault::input::describe_serde_error;
 
@@ -206,6 +207,18 @@ impl From<VaultError> for ApiError {
             VaultError::Invalid(i) => Self::invalid(i.param, i.message),
             other if other.is_unavailable() => {
                 tracing::warn!(error = %other, "database unreachable");
+                Self::database_unavailable()
+            }
+            other => Self::internal(&other),
+        }
+    }
+}
+
+impl From<CacheError> for ApiError {
+    fn from(e: CacheError) -> Self {
+        match e {
+            CacheError::Database(d) if crate::db::is_unreachable(&d) => {
+                tracing::warn!(error = %d, "database unreachable");
                 Self::database_unavailable()
             }
             other => Self::internal(&other),

@@ -479,7 +479,7 @@ impl Vault {
     pub async fn open_key_set(&self, session: &KeySetSession) -> Result<OpenKeySet, VaultError> {
         let id = session.key_set_id;
         // Taken before the reads: a key mark made after this instant is newer than what we read.
-        let loaded_at = Instant::now();
+        let loaded_at = std::time::Instant::now();
         let policy = queries::key_set(&self.pool, id, false).await?.ok_or(VaultError::Unauthenticated)?.policy.0;
         let rows = queries::ciphertexts(&self.pool, id).await?;
         let mut keys = Vec::with_capacity(rows.len());

@@ -317,6 +317,22 @@ async fn warm_key_sets_keep_serving_through_a_database_outage_and_cold_ones_get_
     assert_eq!((status, ready["status"].as_str()), (200, Some("degraded")), "{ready}");
     assert!(ready["grace_left_secs"].as_u64().unwrap() > 50, "{ready}");
 
+    // The cache API needs the database too: it waits for the pool (5 s), then gets the same 503, not a 500.
+    let cache_lookup = {
+        let (client, a, warm) = (client.clone(), a.clone(), warm.clone());
+        tokio::spawn(async move {
+            let res = client
+                .post(format!("{a}/v1/cache/lookup"))
+                .bearer_auth(&warm)
+                .json(&json!({"query": "hi"}))
+                .send()
+                .await
+                .unwrap();
+            let retry_after = res.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+            (res.status().as_u16(), retry_after, res.json::<Value>().await.unwrap())
+        })
+    };
+
     // A key set that is not in memory needs the database: a quick 503 the SDKs retry, not a 5 s wait and a 500.
     let (status, retry_after, body, cold_took) = chat(&client, &a, &cold).await;
     assert_unavailable(status, retry_after, &body, cold_took, "cold key set");
@@ -331,6 +347,9 @@ async fn warm_key_sets_keep_serving_through_a_database_outage_and_cold_ones_get_
     let (status, retry_after, body, took) = chat(&client, &b, &warm).await;
     assert_unavailable(status, retry_after, &body, took, "warm key set past the grace");
     assert_eq!(readyz(&client, &b).await.0, 503);
+
+    let (status, retry_after, body) = cache_lookup.await.unwrap();
+    assert_unavailable(status, retry_after, &body, Duration::ZERO, "POST /v1/cache/lookup");
 
     tokio::time::sleep(stopped_at + Duration::from_secs(8) - Instant::now()).await;
     let cluster = pg.clone();
