@@ -43,6 +43,20 @@ pub async fn connect(settings: &Settings) -> Result<PgPool, sqlx::Error> {
         .await
 }
 
+/// Whether an error says the database cannot be reached (down, restarting, refusing connections, the pool could not
+/// connect in time), as opposed to a query that failed: the first kind is answered `503` with `Retry-After`.
+pub fn is_unreachable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => true,
+        sqlx::Error::WorkerCrashed => true,
+        // Class 08: connection exception; 57P01-57P03: admin/crash shutdown, cannot connect now.
+        sqlx::Error::Database(e) => {
+            e.code().is_some_and(|c| c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03"))
+        }
+        _ => false,
+    }
+}
+
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     MIGRATOR.run(pool).await
 }

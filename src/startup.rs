@@ -65,11 +65,12 @@ impl Application {
             listener.local_addr().map_err(|source| StartError::Bind { addr: settings.listen.clone(), source })?;
         let keyring = Arc::new(settings.master_keys);
         let scoped_tokens = ScopedTokens::new(&keyring).map_err(|e| StartError::Cache(e.to_string()))?;
-        let vault = Vault::with_cache_ttl(
+        let vault = Vault::with_cache(
             pool.clone(),
             keyring.clone(),
             &settings.token_peppers,
             settings.engine.key_set_cache,
+            settings.engine.db_outage_grace,
         );
         let (events, event_rx) = EventSink::channel(EVENT_BUFFER);
         let engine = Engine::new(settings.engine, settings.egress.clone(), vault.clone(), events)?;

@@ -177,7 +177,7 @@ async fn answer(
     matching: Matching,
 ) -> Result<HttpResponse, ApiError> {
     let scope = Scope { key_set_id, instance: instance_id };
-    let hit = state.cache.lookup(scope, conversation, matching).await.map_err(|e| ApiError::internal(&e))?;
+    let hit = state.cache.lookup(scope, conversation, matching).await.map_err(ApiError::from)?;
     Ok(HttpResponse::Ok().json(LookupResponse::from(hit)))
 }
 
@@ -254,7 +254,7 @@ pub async fn store(gw: Gateway, body: web::Json<Object<StoreRequest>>) -> Result
         .cache
         .store(scope, &conversation, &body.response, body.model.as_deref(), retention)
         .await
-        .map_err(|e| ApiError::internal(&e))?;
+        .map_err(ApiError::from)?;
     let expires_at = Utc::now() + chrono::Duration::seconds(i64::from(retention.ttl_seconds));
     Ok(HttpResponse::Created().json(StoreResponse { stored: true, instance_id, expires_at }))
 }
@@ -271,8 +271,7 @@ pub async fn purge(gw: Gateway, req: HttpRequest) -> Result<HttpResponse, ApiErr
         return Err(ApiError::invalid("query_string", "DELETE /v1/cache takes only instance_id"));
     }
     let instance_id = params.instance_id.map(|id| instance(Some(id))).transpose()?;
-    let deleted =
-        state.cache.purge(set.key_set_id, instance_id.as_deref()).await.map_err(|e| ApiError::internal(&e))?;
+    let deleted = state.cache.purge(set.key_set_id, instance_id.as_deref()).await.map_err(ApiError::from)?;
     tracing::info!(deleted, whole_key_set = instance_id.is_none(), "cache purged");
     Ok(HttpResponse::NoContent().finish())
 }

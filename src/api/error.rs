@@ -11,6 +11,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::alerts::AlertsError;
+use crate::cache::CacheError;
 use crate::vault::VaultError;
 use crate::vault::input::describe_serde_error;
 
@@ -41,6 +42,9 @@ pub struct ApiError {
 }
 
 const INVALID_REQUEST: &str = "invalid_request_error";
+
+/// `Retry-After` of a `503` for an unreachable database: the change listener retries every second.
+const DATABASE_RETRY_AFTER_SECS: u64 = 2;
 
 impl ApiError {
     fn new(status: StatusCode, kind: &'static str, code: &'static str, message: impl Into<String>) -> Self {
@@ -142,6 +146,17 @@ impl ApiError {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", "not_ready", message)
     }
 
+    /// The database cannot be reached: the client may retry shortly (OpenAI SDKs honour `Retry-After`).
+    pub fn database_unavailable() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "service_unavailable",
+            "reliablegpt cannot reach its database right now. Retry shortly.",
+        )
+        .with_retry_after(DATABASE_RETRY_AFTER_SECS)
+    }
+
     /// Logs the error with its whole cause chain; the client learns only that something failed on our side.
     pub fn internal(error: &(dyn std::error::Error + 'static)) -> Self {
         let mut chain = Vec::new();
@@ -208,6 +223,22 @@ impl From<VaultError> for ApiError {
         match e {
             VaultError::Unauthenticated => Self::unauthenticated(),
             VaultError::Invalid(i) => Self::invalid(i.param, i.message),
+            other if other.is_unavailable() => {
+                tracing::warn!(error = %other, "database unreachable");
+                Self::database_unavailable()
+            }
+            other => Self::internal(&other),
+        }
+    }
+}
+
+impl From<CacheError> for ApiError {
+    fn from(e: CacheError) -> Self {
+        match e {
+            CacheError::Database(d) if crate::db::is_unreachable(&d) => {
+                tracing::warn!(error = %d, "database unreachable");
+                Self::database_unavailable()
+            }
             other => Self::internal(&other),
         }
     }

@@ -73,6 +73,11 @@ pub fn secs(name: &'static str, text: &str) -> Result<Duration, ConfigError> {
     positive(name, text).map(|n| Duration::from_secs(u64::from(n)))
 }
 
+/// Seconds, zero included (zero turns the feature off).
+pub fn secs_or_zero(name: &'static str, text: &str) -> Result<Duration, ConfigError> {
+    count(name, text).map(|n| Duration::from_secs(u64::from(n)))
+}
+
 /// A comma list of host names or `*.domain` patterns (a TOML list of strings works too).
 pub fn host_patterns(name: &'static str, text: &str) -> Result<Vec<HostPattern>, ConfigError> {
     text.split(',')

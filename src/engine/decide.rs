@@ -49,11 +49,10 @@ impl Engine {
                 let reason = format!("{} ({})", failure.class.as_str(), failure.detail);
                 tokio::spawn(
                     async move {
+                        // On success every replica drops its cached copy of the set and reloads it with the mark.
                         if let Err(e) = vault.mark_key_invalid(set_id, key_id, &reason).await {
                             tracing::warn!(error = %e, "could not mark a key invalid");
                         }
-                        // Evict only after the write, so a reload sees the key as invalid.
-                        vault.evict_cached(set_id);
                     }
                     .in_current_span(),
                 );

@@ -415,7 +415,6 @@ impl Engine {
                     if let Err(e) = vault.mark_key_active(set_id, key_id).await {
                         tracing::warn!(error = %e, "could not mark a key active again");
                     }
-                    vault.evict_cached(set_id);
                 }
                 .in_current_span(),
             );

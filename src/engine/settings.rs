@@ -48,9 +48,14 @@ settings! {
         pub rate_limit_cooldown: Duration [
             RATE_LIMIT_COOLDOWN_MS = "RELIABLEGPT_RATE_LIMIT_COOLDOWN_MS", parse::millis, default Duration::from_secs(10)
         ],
-        /// How long an opened key set stays in memory (revocation evicts it at once on every replica).
+        /// How long an opened key set stays in memory (revocation evicts it at once on every replica); zero: not at all.
         pub key_set_cache: Duration [
-            KEY_SET_CACHE_SECS = "RELIABLEGPT_KEY_SET_CACHE_SECS", parse::secs, default Duration::from_secs(30)
+            KEY_SET_CACHE_SECS = "RELIABLEGPT_KEY_SET_CACHE_SECS", parse::secs_or_zero, default Duration::from_secs(30)
+        ],
+        /// How long cached key sets keep serving after the revocation listener lost the database (no token can be
+        /// revoked meanwhile); then requests that need the database get `503` until it is back. Zero: stop at once.
+        pub db_outage_grace: Duration [
+            DB_OUTAGE_GRACE_SECS = "RELIABLEGPT_DB_OUTAGE_GRACE_SECS", parse::secs_or_zero, default Duration::from_secs(60)
         ],
     }
 }

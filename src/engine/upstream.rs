@@ -94,7 +94,9 @@ pub async fn attempt(
     let secret = key.secret.expose_secret();
     let auth = match step.provider {
         ProviderKind::Azure => HeaderValue::from_str(secret).map(|v| ("api-key", v)),
-        _ => HeaderValue::from_str(&format!("Bearer {secret}")).map(|v| (AUTHORIZATION.as_str(), v)),
+        // The formatted header is wiped when dropped; the copy `HeaderValue` makes is marked sensitive below.
+        _ => HeaderValue::from_str(&zeroize::Zeroizing::new(format!("Bearer {secret}")))
+            .map(|v| (AUTHORIZATION.as_str(), v)),
     };
     match auth {
         Ok((name, mut value)) => {

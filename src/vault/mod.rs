@@ -16,11 +16,13 @@ pub mod token;
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use sqlx::PgPool;
+use sqlx::postgres::PgListener;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -53,6 +55,36 @@ pub enum VaultError {
     Crypto(#[from] CryptoError),
     #[error("database error")]
     Database(#[from] sqlx::Error),
+    /// The database cannot be reached, or did not answer in time while the change listener knew it was gone.
+    #[error("the database is unreachable")]
+    Unavailable,
+}
+
+impl VaultError {
+    /// The database is down or unreachable (answered `503` with `Retry-After`), rather than a request or data fault.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            VaultError::Unavailable => true,
+            VaultError::Database(e) => crate::db::is_unreachable(e),
+            _ => false,
+        }
+    }
+}
+
+/// How long a request's database work may take while the change listener knows the database is gone: enough for a
+/// database that is back but the listener has not noticed yet, short enough that the caller gets its `503` at once.
+const OUTAGE_DEADLINE: Duration = Duration::from_millis(500);
+
+/// Pause between the change listener's attempts to get its connection back.
+const RECONNECT_EVERY: Duration = Duration::from_secs(1);
+
+/// The change listener has lost the database (`/readyz` reports it).
+#[derive(Debug, Clone, Copy)]
+pub struct DatabaseOutage {
+    /// How long ago the listener lost its connection.
+    pub lasted: Duration,
+    /// How much longer cached key sets keep serving (zero: requests that need the database get `503`).
+    pub grace_left: Duration,
 }
 
 /// Status of a provider key as the owner sees it.
@@ -189,31 +221,62 @@ impl std::fmt::Debug for Vault {
 
 impl Vault {
     pub fn new(pool: PgPool, keyring: Arc<MasterKeyring>, peppers: &Keyring) -> Self {
-        Self::with_cache_ttl(pool, keyring, peppers, std::time::Duration::ZERO)
+        Self::with_cache(pool, keyring, peppers, Duration::ZERO, Duration::ZERO)
     }
 
-    /// A vault that keeps opened key sets in memory for `ttl` (zero disables the cache).
-    pub fn with_cache_ttl(
+    /// A vault that keeps opened key sets in memory for `ttl` (zero disables the cache), and for `outage_grace` after
+    /// the change listener lost the database (zero: not at all).
+    pub fn with_cache(
         pool: PgPool,
         keyring: Arc<MasterKeyring>,
         peppers: &Keyring,
-        ttl: std::time::Duration,
+        ttl: Duration,
+        outage_grace: Duration,
     ) -> Self {
         let peppers = Arc::new(Peppers::new(peppers));
-        Self { pool, keyring, peppers, cache: Arc::new(cache::KeySetCache::new(ttl)) }
+        Self { pool, keyring, peppers, cache: Arc::new(cache::KeySetCache::new(ttl, outage_grace)) }
     }
 
-    /// The request path: the token's key set with its provider keys decrypted, from memory when fresh.
+    /// The request path: the token's key set with its provider keys decrypted, from memory when fresh. Concurrent
+    /// misses on one token share one database read.
     pub async fn open_for_request(&self, token_text: &str) -> Result<Arc<OpenKeySet>, VaultError> {
         let token = Token::parse(token_text).map_err(|_| VaultError::Unauthenticated)?;
         let (_, hash) = self.peppers.active(&token);
-        if let Some(opened) = self.cache.get(&hash.0) {
-            return Ok(opened);
+        let (token, hash) = (&token, &hash);
+        self.cache
+            .get_or_load(hash.0, || {
+                self.while_reachable(async move {
+                    let session = self.unlock(token, hash).await?;
+                    self.open_key_set(&session).await
+                })
+            })
+            .await
+    }
+
+    /// Runs a request's database work. While the change listener knows the database is gone, the work gets
+    /// [`OUTAGE_DEADLINE`] (work already waiting when the loss is noticed too), so the caller gets `503` at once
+    /// instead of waiting out the pool's acquire timeout. Connection failures become [`VaultError::Unavailable`].
+    async fn while_reachable<T>(&self, work: impl Future<Output = Result<T, VaultError>>) -> Result<T, VaultError> {
+        let as_unavailable = |e: VaultError| if e.is_unavailable() { VaultError::Unavailable } else { e };
+        let mut outage = self.cache.watch_outage();
+        let mut work = std::pin::pin!(work);
+        if outage.borrow_and_update().is_none() {
+            tokio::select! {
+                result = &mut work => return result.map_err(as_unavailable),
+                _ = outage.wait_for(Option::is_some) => {}
+            }
         }
-        let session = self.unlock(&token, &hash).await?;
-        let opened = Arc::new(self.open_key_set(&session).await?);
-        self.cache.insert(hash.0, opened.clone());
-        Ok(opened)
+        tokio::time::timeout(OUTAGE_DEADLINE, work)
+            .await
+            .unwrap_or(Err(VaultError::Unavailable))
+            .map_err(as_unavailable)
+    }
+
+    /// While the change listener has lost the database: since when, and how long cached key sets keep serving.
+    pub fn database_outage(&self) -> Option<DatabaseOutage> {
+        let (since, until) = self.cache.outage()?;
+        let now = Instant::now();
+        Some(DatabaseOutage { lasted: now.duration_since(since), grace_left: until.saturating_duration_since(now) })
     }
 
     /// Seals data the service keeps for itself (queued mail) under a key derived from the active master key; returns the
@@ -239,7 +302,7 @@ impl Vault {
 
     /// A key set's policy without its token (scoped tokens), or `None` once it is revoked.
     pub async fn policy(&self, key_set_id: Uuid) -> Result<Option<Policy>, VaultError> {
-        Ok(queries::policy(&self.pool, key_set_id).await?)
+        self.while_reachable(async { Ok(queries::policy(&self.pool, key_set_id).await?) }).await
     }
 
     /// Drops cached key sets past their TTL, so decrypted keys leave memory even when nobody asks for them again.
@@ -248,35 +311,56 @@ impl Vault {
     }
 
     /// Evicts key sets from this replica's cache when any replica changes or revokes them. Returns once listening (so
-    /// no change is missed after start); the task runs until the process ends and, after a lost connection, clears the
-    /// whole cache (notifications may have been missed) and reconnects.
+    /// no change is missed after start); the task runs until the process ends. When its connection is lost, cached key
+    /// sets keep serving for the outage grace (nobody can revoke a token meanwhile), and once it reconnects the whole
+    /// cache is dropped (notifications may have been missed).
     pub async fn start_change_listener(&self) -> Result<tokio::task::JoinHandle<()>, VaultError> {
-        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
+        let listener = self.listen_for_changes().await?;
+        Ok(tokio::spawn(self.clone().follow_changes(listener)))
+    }
+
+    async fn listen_for_changes(&self) -> Result<PgListener, sqlx::Error> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        // `recv()` reconnects behind the caller's back; without eager reconnection `try_recv()` reports every loss.
+        listener.eager_reconnect(false);
         listener.listen(CHANGE_CHANNEL).await?;
-        let vault = self.clone();
-        Ok(tokio::spawn(async move {
-            loop {
-                while let Ok(note) = listener.recv().await {
-                    match note.payload().parse::<Uuid>() {
-                        Ok(id) => vault.cache.evict_key_set(id),
-                        Err(_) => vault.cache.clear(),
-                    }
+        Ok(listener)
+    }
+
+    async fn follow_changes(self, mut listener: PgListener) {
+        loop {
+            let reason = loop {
+                match listener.try_recv().await {
+                    Ok(Some(note)) => match note.payload().parse::<Uuid>() {
+                        Ok(id) => self.cache.evict_key_set(id),
+                        Err(_) => self.cache.clear(),
+                    },
+                    Ok(None) => break "connection lost".to_owned(),
+                    Err(e) => break e.to_string(),
                 }
-                tracing::warn!("vault change listener lost its connection; reconnecting");
-                loop {
-                    vault.cache.clear();
-                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                    if let Ok(mut l) = sqlx::postgres::PgListener::connect_with(&vault.pool).await
-                        && l.listen(CHANGE_CHANNEL).await.is_ok()
-                    {
-                        vault.cache.clear();
-                        listener = l;
-                        break;
-                    }
-                    tracing::warn!("vault change listener cannot reconnect yet");
+            };
+            // A fresh listener below, never a silent reconnect of this one.
+            drop(listener);
+            let lost_at = Instant::now();
+            let kept = self.cache.begin_outage(lost_at);
+            tracing::warn!(%reason, kept, "vault change listener lost the database; cached key sets serve for the grace");
+            let mut first = true;
+            listener = loop {
+                if !first {
+                    tokio::time::sleep(RECONNECT_EVERY).await;
                 }
-            }
-        }))
+                first = false;
+                match self.listen_for_changes().await {
+                    Ok(listener) => break listener,
+                    Err(e) => tracing::debug!(error = %e, "vault change listener cannot reconnect yet"),
+                }
+            };
+            self.cache.end_outage();
+            tracing::info!(
+                outage_ms = u64::try_from(lost_at.elapsed().as_millis()).unwrap_or(u64::MAX),
+                "vault change listener reconnected; cached key sets dropped (changes may have been missed)"
+            );
+        }
     }
 
     pub async fn create_key_set(&self, new: NewKeySet) -> Result<CreatedKeySet, VaultError> {
@@ -312,7 +396,7 @@ impl Vault {
     pub async fn authenticate(&self, token_text: &str) -> Result<KeySetSession, VaultError> {
         let token = Token::parse(token_text).map_err(|_| VaultError::Unauthenticated)?;
         let (_, token_hash) = self.peppers.active(&token);
-        self.unlock(&token, &token_hash).await
+        self.while_reachable(self.unlock(&token, &token_hash)).await
     }
 
     async fn unlock(&self, token: &Token, token_hash: &TokenHash) -> Result<KeySetSession, VaultError> {
@@ -541,17 +625,27 @@ impl Vault {
     }
 
     /// Takes a key out of rotation after a genuine credential error; `reason` is shown to the owner.
+    /// Every replica then reloads the set and skips the key.
     pub async fn mark_key_invalid(&self, key_set_id: Uuid, key_id: Uuid, reason: &str) -> Result<bool, VaultError> {
-        Ok(queries::mark_key_invalid(&self.pool, key_set_id, key_id, reason).await?)
+        let marked = queries::mark_key_invalid(&self.pool, key_set_id, key_id, reason).await?;
+        if marked {
+            self.announce_change(key_set_id).await?;
+        }
+        Ok(marked)
     }
 
-    /// Drops this replica's cached copy of a key set (the engine calls it after it changed a key's stored status).
-    pub fn evict_cached(&self, key_set_id: Uuid) {
-        self.cache.evict_key_set(key_set_id);
-    }
-
+    /// Puts a key that answered again back into rotation, on every replica.
     pub async fn mark_key_active(&self, key_set_id: Uuid, key_id: Uuid) -> Result<(), VaultError> {
-        Ok(queries::mark_key_active(&self.pool, key_set_id, key_id).await?)
+        queries::mark_key_active(&self.pool, key_set_id, key_id).await?;
+        self.announce_change(key_set_id).await
+    }
+
+    /// After a key's stored status changed: drops this replica's copy at once and tells the others. Only after a
+    /// successful write, so a failed one (the database is down) leaves warm sets serving.
+    async fn announce_change(&self, key_set_id: Uuid) -> Result<(), VaultError> {
+        self.cache.evict_key_set(key_set_id);
+        let mut conn = self.pool.acquire().await?;
+        Ok(queries::notify_change(&mut conn, key_set_id).await?)
     }
 
     pub async fn touch_keys(&self, used: &[(Uuid, DateTime<Utc>)]) -> Result<(), VaultError> {

@@ -14,6 +14,7 @@ mod keys;
 mod logs;
 mod models;
 mod openapi;
+mod outage;
 mod rotation;
 mod secrets;
 mod startup;
