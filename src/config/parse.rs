@@ -86,3 +86,11 @@ pub fn host_patterns(name: &'static str, text: &str) -> Result<Vec<HostPattern>,
         .map(|s| HostPattern::parse(s).map_err(|reason| malformed(name, reason)))
         .collect()
 }
+
+/// A size in bytes, at least 1 KiB (smaller limits would refuse ordinary answers).
+pub fn byte_count(name: &'static str, text: &str) -> Result<usize, ConfigError> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if n >= 1024 => Ok(n),
+        _ => Err(malformed(name, "must be a number of bytes, at least 1024")),
+    }
+}

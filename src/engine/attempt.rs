@@ -117,6 +117,8 @@ impl Engine {
             first_byte_by: (Instant::now() + self.settings.first_byte_timeout).min(deadline),
             deadline,
             idle: self.settings.stream_idle_timeout,
+            max_body: self.settings.max_upstream_body,
+            max_event: self.settings.max_sse_event,
         }
     }
 

@@ -27,8 +27,8 @@ pub enum FailureClass {
     ContentFilter,
     /// Not an upstream answer: the target's circuit breaker is open, so it was skipped without a call.
     BreakerOpen,
-    /// Not an upstream answer: the egress policy refused the address the target's host resolved to. A policy refusal
-    /// is final for the target (no retry); the next target is tried.
+    /// The gateway refused the target: its host resolved to an address the egress policy forbids, or its answer (or
+    /// one stream event) was larger than the limit. Final for the target (no retry); the next target is tried.
     Refused,
 }
 
@@ -44,7 +44,7 @@ impl FailureClass {
             Self::CallerFault => "caller_fault",
             Self::ContentFilter => "content_filter",
             Self::BreakerOpen => "breaker_open",
-            Self::Refused => "egress_refused",
+            Self::Refused => "refused",
         }
     }
 

@@ -48,6 +48,14 @@ settings! {
         pub rate_limit_cooldown: Duration [
             RATE_LIMIT_COOLDOWN_MS = "RELIABLEGPT_RATE_LIMIT_COOLDOWN_MS", parse::millis, default Duration::from_secs(10)
         ],
+        /// Largest upstream JSON answer read into memory; a bigger one fails its attempt (the next target is tried).
+        pub max_upstream_body: usize [
+            MAX_UPSTREAM_BODY_BYTES = "RELIABLEGPT_MAX_UPSTREAM_BODY_BYTES", parse::byte_count, default 64 << 20
+        ],
+        /// Largest single server-sent event of an upstream stream; a bigger one counts as a broken stream.
+        pub max_sse_event: usize [
+            MAX_SSE_EVENT_BYTES = "RELIABLEGPT_MAX_SSE_EVENT_BYTES", parse::byte_count, default 4 << 20
+        ],
         /// How long an opened key set stays in memory (revocation evicts it at once on every replica); zero: not at all.
         pub key_set_cache: Duration [
             KEY_SET_CACHE_SECS = "RELIABLEGPT_KEY_SET_CACHE_SECS", parse::secs_or_zero, default Duration::from_secs(30)

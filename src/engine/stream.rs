@@ -134,12 +134,15 @@ impl StreamJob {
             progress.text.push_str(piece);
         }
         let idle = self.engine.settings.stream_idle_timeout;
+        // The stall timer runs from the last event that carried something: comments and empty events are not progress,
+        // so an upstream that only sends keep-alives still stalls.
+        let mut stalls_at = Instant::now() + idle;
         // A rescue's first event, handled like any other.
         let mut pending: Option<SseEvent> = None;
         let ended = loop {
             let next = match pending.take() {
                 Some(event) => Ok(Ok(Some(event))),
-                None => tokio::time::timeout(idle, reader.next_event()).await,
+                None => tokio::time::timeout_at(stalls_at.into(), reader.next_event()).await,
             };
             let step = self.step(next, &mut progress, &mut overlap, wants_usage);
             let fault = match step {
@@ -147,8 +150,11 @@ impl StreamJob {
                     if self.tx.send(bytes).await.is_err() {
                         break self.end(&mut progress, RequestOutcome::Cancelled, None);
                     }
+                    stalls_at = Instant::now() + idle;
                     continue;
                 }
+                // Nothing to send, so a client that left would go unnoticed: look.
+                Step::Skip if self.tx.is_closed() => break self.end(&mut progress, RequestOutcome::Cancelled, None),
                 Step::Skip => continue,
                 Step::Done => {
                     let _ = self.tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
@@ -174,6 +180,7 @@ impl StreamJob {
                     progress.given_chars = progress.text.chars().count();
                     overlap = rescue.instruction.then(|| Overlap::new(&progress.text));
                     pending = Some(rescue.first);
+                    stalls_at = Instant::now() + idle;
                 }
                 Err(why) => {
                     let message = format!(
@@ -199,7 +206,7 @@ impl StreamJob {
     /// Turns one read into what to do with it.
     fn step(
         &mut self,
-        next: Result<Result<Option<SseEvent>, String>, tokio::time::error::Elapsed>,
+        next: Result<Result<Option<SseEvent>, super::upstream::SseError>, tokio::time::error::Elapsed>,
         progress: &mut Progress,
         overlap: &mut Option<Overlap>,
         wants_usage: bool,

@@ -76,10 +76,43 @@ pub enum AttemptOk {
     },
 }
 
+/// Error bodies are read only this far (their code and message come first).
+const ERROR_BODY_LIMIT: usize = 64 * 1024;
+
 pub struct Limits {
     pub first_byte_by: Instant,
     pub deadline: Instant,
     pub idle: Duration,
+    /// Largest JSON answer read.
+    pub max_body: usize,
+    /// Largest single SSE event.
+    pub max_event: usize,
+}
+
+/// Reads a whole body, at most `max` bytes, by `deadline`.
+async fn read_body(response: reqwest::Response, max: usize, deadline: Instant) -> Result<Bytes, AttemptFailure> {
+    if response.content_length().is_some_and(|n| n > max as u64) {
+        return Err(too_large(max));
+    }
+    let read = async {
+        let mut stream = response.bytes_stream();
+        let mut body = actix_web::web::BytesMut::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| transport_error(&e))?;
+            if body.len() + chunk.len() > max {
+                return Err(too_large(max));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body.freeze())
+    };
+    tokio::time::timeout_at(deadline.into(), read).await.unwrap_or_else(|_| {
+        Err(AttemptFailure::transport(FailureClass::Timeout, "response body not complete before the deadline"))
+    })
+}
+
+fn too_large(max: usize) -> AttemptFailure {
+    AttemptFailure::transport(FailureClass::Refused, format!("response larger than {max} bytes"))
 }
 
 pub async fn attempt(
@@ -116,10 +149,9 @@ pub async fn attempt(
     let status = response.status().as_u16();
     if !response.status().is_success() {
         let wait = retry_after(response.headers());
-        let body = match tokio::time::timeout_at(limits.deadline.into(), response.bytes()).await {
-            Ok(Ok(b)) => b,
-            _ => Bytes::new(),
-        };
+        // An error body is only read for its code and message.
+        let body =
+            read_body(response, limits.max_body.min(ERROR_BODY_LIMIT), limits.deadline).await.unwrap_or_default();
         let class = classify_response(status, &body);
         return Err(AttemptFailure {
             class,
@@ -135,7 +167,7 @@ pub async fn attempt(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
     if stream && is_sse {
-        let mut reader = SseReader::new(response.bytes_stream());
+        let mut reader = SseReader::new(response.bytes_stream(), limits.max_event);
         loop {
             let next = tokio::time::timeout_at(limits.first_byte_by.into(), reader.next_event()).await;
             match next {
@@ -145,7 +177,15 @@ pub async fn attempt(
                         "no stream event before the first-byte limit",
                     ));
                 }
-                Ok(Err(detail)) => return Err(AttemptFailure::transport(FailureClass::Transient, detail)),
+                Ok(Err(SseError::TooLarge(max))) => {
+                    return Err(AttemptFailure::transport(
+                        FailureClass::Refused,
+                        format!("stream event larger than {max} bytes"),
+                    ));
+                }
+                Ok(Err(SseError::Broken)) => {
+                    return Err(AttemptFailure::transport(FailureClass::Transient, "stream connection broke"));
+                }
                 Ok(Ok(None)) => {
                     return Err(AttemptFailure::transport(FailureClass::Transient, "stream ended before any event"));
                 }
@@ -159,13 +199,8 @@ pub async fn attempt(
             }
         }
     }
-    match tokio::time::timeout_at(limits.deadline.into(), response.bytes()).await {
-        Err(_) => {
-            Err(AttemptFailure::transport(FailureClass::Timeout, "response body not complete before the deadline"))
-        }
-        Ok(Err(e)) => Err(transport_error(&e)),
-        Ok(Ok(body)) => Ok(AttemptOk::Body { status, usage: usage_in_body(&body), body }),
-    }
+    let body = read_body(response, limits.max_body, limits.deadline).await?;
+    Ok(AttemptOk::Body { status, usage: usage_in_body(&body), body })
 }
 
 /// The `usage` object of an OpenAI JSON answer, found without parsing the whole body (it comes last).
@@ -235,8 +270,18 @@ impl SseEvent {
 
 type ByteStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
 
+/// Why an upstream stream could not be read further.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SseError {
+    /// The connection broke.
+    Broken,
+    /// One event grew past this many bytes without ending.
+    TooLarge(usize),
+}
+
 pub struct SseReader {
     stream: ByteStream,
+    max_event: usize,
     buffer: Vec<u8>,
     /// Bytes of `buffer` already searched for an event's end (a long event arriving in pieces is scanned once).
     scanned: usize,
@@ -244,12 +289,14 @@ pub struct SseReader {
 }
 
 impl SseReader {
-    pub fn new(stream: impl Stream<Item = reqwest::Result<Bytes>> + Send + 'static) -> Self {
-        Self { stream: Box::pin(stream), buffer: Vec::with_capacity(4096), scanned: 0, ended: false }
+    /// Events larger than `max_event` bytes are refused, so a hostile upstream cannot grow the buffer without bound.
+    pub fn new(stream: impl Stream<Item = reqwest::Result<Bytes>> + Send + 'static, max_event: usize) -> Self {
+        Self { stream: Box::pin(stream), max_event, buffer: Vec::with_capacity(4096), scanned: 0, ended: false }
     }
 
-    /// The next complete event; `Ok(None)` at a clean end of stream; `Err` when the connection broke.
-    pub async fn next_event(&mut self) -> Result<Option<SseEvent>, String> {
+    /// The next complete event; `Ok(None)` at a clean end of stream; `Err` when the connection broke or an event
+    /// outgrew the limit.
+    pub async fn next_event(&mut self) -> Result<Option<SseEvent>, SseError> {
         loop {
             let from = self.scanned.saturating_sub(1).min(self.buffer.len());
             if let Some(end) = find_blank_line(&self.buffer[from..]).map(|i| i + from) {
@@ -266,9 +313,12 @@ impl SseReader {
                 self.scanned = 0;
                 return Ok(Some(parse_event(&raw)));
             }
+            if self.buffer.len() > self.max_event {
+                return Err(SseError::TooLarge(self.max_event));
+            }
             match self.stream.next().await {
                 None => self.ended = true,
-                Some(Err(_)) => return Err("stream connection broke".to_owned()),
+                Some(Err(_)) => return Err(SseError::Broken),
                 Some(Ok(chunk)) => self.buffer.extend(chunk.iter().filter(|b| **b != b'\r')),
             }
         }
@@ -313,7 +363,17 @@ mod tests {
     }
 
     fn reader(chunks: Vec<&'static str>) -> SseReader {
-        SseReader::new(futures_util::stream::iter(chunks.into_iter().map(|c| Ok(Bytes::from(c)))))
+        SseReader::new(futures_util::stream::iter(chunks.into_iter().map(|c| Ok(Bytes::from(c)))), 1 << 20)
+    }
+
+    #[tokio::test]
+    async fn an_event_larger_than_the_limit_is_refused_without_buffering_the_rest() {
+        let big = "x".repeat(5000);
+        let chunks = vec!["data: {\"a\":1}\n\n".to_owned(), format!("data: {big}"), big.clone(), "\n\n".to_owned()];
+        let mut r = SseReader::new(futures_util::stream::iter(chunks.into_iter().map(|c| Ok(Bytes::from(c)))), 4096);
+        assert_eq!(r.next_event().await.unwrap().unwrap().data, "{\"a\":1}");
+        assert_eq!(r.next_event().await.unwrap_err(), SseError::TooLarge(4096));
+        assert!(r.buffer.len() <= 4096 + 5006, "stops reading once over the limit: {}", r.buffer.len());
     }
 
     #[tokio::test]

@@ -48,6 +48,10 @@ pub enum Behavior {
     /// Streaming: `after_tokens` content chunks, then silence until the client leaves.
     /// Non-streaming: like [`Behavior::NoResponse`].
     StreamStall { after_tokens: u32 },
+    /// Streaming: `after_tokens` content chunks, then an SSE comment (`: keep-alive`) every `every_ms` and nothing else
+    /// until the client leaves (a hostile or broken upstream that looks alive). Non-streaming: like
+    /// [`Behavior::NoResponse`].
+    StreamKeepAlive { after_tokens: u32, every_ms: u64 },
     /// Streaming: after `at_token` content chunks, one `data: {not json` event, then the rest as usual.
     /// Non-streaming: healthy.
     MalformedChunk { at_token: u32 },

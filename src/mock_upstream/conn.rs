@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use super::answers::{self, DONE_EVENT, FULL_ANSWER, MALFORMED_EVENT, MODELS_BODY, StreamEvents};
 use super::behavior::{self, Behavior};
 use super::http::{self, BodyKind, Head, Method, ParseError};
-use super::{SeenRequest, Shared};
+use super::{SeenRequest, Shared, StreamGuard};
 
 const JSON: &str = "application/json";
 
@@ -239,6 +239,7 @@ enum Mode {
     Normal,
     Cut(u32),
     Stall(u32),
+    KeepAlive(u32, u64),
     Malformed(u32),
     MissingDone,
 }
@@ -617,6 +618,10 @@ impl Conn {
             Behavior::StreamCut { .. } => Action::Reset,
             Behavior::StreamStall { after_tokens } if stream => healthy(call, Mode::Stall(after_tokens)),
             Behavior::StreamStall { .. } => Action::Hang,
+            Behavior::StreamKeepAlive { after_tokens, every_ms } if stream => {
+                healthy(call, Mode::KeepAlive(after_tokens, every_ms))
+            }
+            Behavior::StreamKeepAlive { .. } => Action::Hang,
             Behavior::MalformedChunk { at_token } => healthy(call, Mode::Malformed(at_token)),
             Behavior::MissingDone => healthy(call, Mode::MissingDone),
             Behavior::RejectPrefill if call.last_is_assistant => {
@@ -796,7 +801,7 @@ impl Conn {
         for piece in answers::pieces(call.answer) {
             total += 1;
             match mode {
-                Mode::Cut(n) | Mode::Stall(n) if sent >= n => break,
+                Mode::Cut(n) | Mode::Stall(n) | Mode::KeepAlive(n, _) if sent >= n => break,
                 Mode::Malformed(at) if sent == at => {
                     self.ev.extend_from_slice(MALFORMED_EVENT);
                     self.send_event().await?;
@@ -816,6 +821,17 @@ impl Conn {
             Mode::Stall(_) => {
                 self.send_out().await?;
                 return self.hang().await;
+            }
+            Mode::KeepAlive(_, every_ms) => {
+                self.send_out().await?;
+                let _open = StreamGuard::open(&self.shared);
+                loop {
+                    tokio::time::sleep(Duration::from_millis(every_ms.max(1))).await;
+                    self.ev.extend_from_slice(b": keep-alive\n\n");
+                    if self.send_event().await.is_err() {
+                        return Ok(Flow::Close);
+                    }
+                }
             }
             Mode::Malformed(at) if at >= sent => {
                 self.ev.extend_from_slice(MALFORMED_EVENT);

@@ -30,7 +30,7 @@ mod http;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -133,6 +133,11 @@ impl MockUpstream {
         self.shared.lock().requests.iter().cloned().collect()
     }
 
+    /// Streams of [`Behavior::StreamKeepAlive`] whose client is still connected.
+    pub fn keep_alive_streams(&self) -> u64 {
+        self.shared.keep_alive_streams.load(Ordering::SeqCst)
+    }
+
     /// Forgets scripts, keys, targets that reject prefill and recorded requests.
     pub fn clear(&self) {
         self.shared.clear();
@@ -218,6 +223,24 @@ impl State {
 struct Shared {
     state: Mutex<State>,
     next_id: AtomicU64,
+    /// Streams of [`Behavior::StreamKeepAlive`] still sending comments (their client has not left).
+    keep_alive_streams: AtomicU64,
+}
+
+/// Counts a keep-alive stream while it lasts.
+struct StreamGuard(Arc<Shared>);
+
+impl StreamGuard {
+    fn open(shared: &Arc<Shared>) -> Self {
+        shared.keep_alive_streams.fetch_add(1, Ordering::SeqCst);
+        Self(Arc::clone(shared))
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.keep_alive_streams.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Shared {

@@ -253,6 +253,23 @@ async fn absurd_retry_after_values_cool_the_target_down_and_never_break_the_requ
 }
 
 #[tokio::test]
+async fn an_upstream_answer_over_the_size_limit_is_a_clear_502_not_a_memory_spike() {
+    let gw = crate::helpers::spawn_gateway_with(|e| {
+        e.insert(env::MAX_UPSTREAM_BODY_BYTES.to_owned(), "4096".to_owned());
+    })
+    .await;
+    let token = gw.key_set(&[K1], &[]).await;
+    // The mock's embedding answer (1,536 numbers) is far over 4 KiB; a chat answer is well under it.
+    let body = json!({"model": "text-embedding-3-small", "input": "hello"});
+    let a = gw.post("/v1/embeddings", &token, body, &[]).await;
+    assert_eq!(a.status, 502, "{}", a.text);
+    assert_eq!(a.body["error"]["code"], "upstream_failed");
+    assert!(a.body["error"]["message"].as_str().unwrap().contains("larger than 4096 bytes"), "{}", a.text);
+    assert_eq!(gw.mock.requests().len(), 1, "refused once, not retried");
+    assert_eq!(gw.chat(&token, "gpt-4o").await.status, 200);
+}
+
+#[tokio::test]
 async fn last_used_at_is_recorded_off_the_request_path() {
     let gw = spawn_gateway().await;
     let token = gw.key_set(&[K1, K2], &[]).await;

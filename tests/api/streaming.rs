@@ -78,6 +78,42 @@ async fn a_stalled_stream_is_continued_on_the_fallback() {
     assert_rescued(Behavior::StreamStall { after_tokens: 3 }, 3).await;
 }
 
+#[tokio::test]
+async fn a_stream_of_keep_alive_comments_only_is_a_stall() {
+    // Comments every 100 ms never count as progress: after 600 ms of them the stream is continued elsewhere.
+    assert_rescued(Behavior::StreamKeepAlive { after_tokens: 3, every_ms: 100 }, 3).await;
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_a_keep_alive_stream_releases_the_upstream() {
+    let gw = spawn_gateway().await;
+    gw.mock.script("gpt-4o", vec![Behavior::StreamKeepAlive { after_tokens: 2, every_ms: 50 }]);
+    let token = gw.key_set(&[K1], &[]).await;
+    let mut res = gw
+        .app
+        .client
+        .post(gw.app.url("/v1/chat/completions"))
+        .bearer_auth(&token)
+        .json(&stream_body("gpt-4o"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let first = res.chunk().await.unwrap().expect("a first chunk");
+    assert!(!first.is_empty());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while gw.mock.keep_alive_streams() == 0 {
+        assert!(std::time::Instant::now() < deadline, "the mock never reached its keep-alive phase");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    drop(res);
+    // The gateway notices the client is gone even though it has nothing to forward, and closes the upstream.
+    while gw.mock.keep_alive_streams() > 0 {
+        assert!(std::time::Instant::now() < deadline, "the upstream stream is still held open");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// The user turns of a request's messages.
 fn last_message(r: &reliablegpt::mock_upstream::SeenRequest) -> Value {
     r.body["messages"].as_array().unwrap().last().unwrap().clone()
