@@ -62,6 +62,8 @@ fn main() -> ExitCode {
         Command::CacheEval { pairs, model_dir } => cache_eval(&pairs, model_dir),
         command => run_async(command, cli.config),
     };
+    // Log lines still queued for the writer thread go out before the process ends.
+    telemetry::flush();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
