@@ -22,6 +22,9 @@ const RUN: Duration = Duration::from_secs(5);
 const WARMUP: Duration = Duration::from_secs(1);
 const CONNECTIONS: usize = 64;
 const CHAT: &str = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"Say the alphabet."}]}"#;
+const STREAM: &str = r#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"Say the alphabet."}]}"#;
+/// Distinct tokens for the round-robin rows (key-set cache hits and misses, token hashing per request).
+const TOKENS: usize = 1_000;
 
 fn ms(d: Duration) -> String {
     format!("{:.3}", d.as_secs_f64() * 1e3)
@@ -128,6 +131,8 @@ async fn run() {
         print_max(&gw.label, &g);
         max_rows.push(g);
     }
+    wire_rows(mock_addr, &gateways).await;
+
     // The same load with the semantic cache on (write-through of every answer; repeats are recognised in memory).
     let caching_token = harness::create_token(
         gateways[0].addr,
@@ -240,5 +245,60 @@ fn print_max(label: &str, s: &Stats) {
         s.errors,
         ms(s.percentile(0.5)),
         ms(s.percentile(0.99))
+    );
+}
+
+/// Streamed and plain chat, 1 and 50 connections, one token and 1,000 tokens round-robin, each with its ratio to the
+/// mock alone measured in the same run.
+async fn wire_rows(mock_addr: SocketAddr, gateways: &[Gateway]) {
+    println!(
+        "\n| streamed / plain, connections, tokens | target | req/s | errors | p50 (ms) | p99 (ms) | ratio to mock |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    let mut many = Vec::new();
+    for gw in gateways {
+        let mut tokens = Vec::with_capacity(TOKENS);
+        for _ in 0..TOKENS {
+            let body = json!({"user_email": "bench@example.com", "keys": ["sk-bench-000000000000000000000000000000"]});
+            tokens.push(harness::create_token(gw.addr, &body).await);
+        }
+        many.push(tokens);
+    }
+    for (kind, body) in [("plain", CHAT), ("streamed", STREAM)] {
+        for connections in [1, 50] {
+            let direct = loadgen::request("/v1/chat/completions", mock_addr, Some("sk-bench-direct"), &[], body);
+            let d = loadgen::max_throughput(mock_addr, direct, RUN, connections).await;
+            print_wire(&format!("{kind}, {connections}, 1"), "mock direct", &d, &d);
+            for (gw, tokens) in gateways.iter().zip(&many) {
+                let one = loadgen::request("/v1/chat/completions", gw.addr, Some(&gw.token), &[], body);
+                let g = loadgen::max_throughput(gw.addr, one, RUN, connections).await;
+                print_wire(&format!("{kind}, {connections}, 1"), &gw.label, &g, &d);
+                if connections == 50 {
+                    let reqs: Vec<_> = tokens
+                        .iter()
+                        .map(|t| loadgen::request("/v1/chat/completions", gw.addr, Some(t), &[], body))
+                        .collect();
+                    let r =
+                        loadgen::max_throughput_rotating(gw.addr, std::sync::Arc::new(reqs), RUN, connections).await;
+                    print_wire(&format!("{kind}, {connections}, {TOKENS} round-robin"), &gw.label, &r, &d);
+                    println!(
+                        "| {kind}, {connections}: {TOKENS} tokens / one token | {} | {:.2} | | | | |",
+                        gw.label,
+                        r.throughput() / g.throughput().max(0.001)
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn print_wire(row: &str, label: &str, s: &Stats, mock: &Stats) {
+    println!(
+        "| {row} | {label} | {:.0} | {} | {} | {} | {:.0} % |",
+        s.throughput(),
+        s.errors,
+        ms(s.percentile(0.5)),
+        ms(s.percentile(0.99)),
+        100.0 * s.throughput() / mock.throughput().max(0.001)
     );
 }

@@ -194,6 +194,37 @@ pub async fn max_throughput(addr: SocketAddr, req: Arc<Vec<u8>>, duration: Durat
     join(tasks, start).await
 }
 
+/// Closed loop like [`max_throughput`], each connection cycling through `reqs` (e.g. one per token) from its own
+/// offset, so that consecutive requests of a connection use different entries.
+pub async fn max_throughput_rotating(
+    addr: SocketAddr,
+    reqs: Arc<Vec<Arc<Vec<u8>>>>,
+    duration: Duration,
+    connections: usize,
+) -> Stats {
+    let start = Instant::now();
+    let end = start + duration;
+    let mut tasks = Vec::new();
+    for c in 0..connections {
+        let reqs = reqs.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut stats = Stats { sent: 0, ok: 0, errors: 0, elapsed: Duration::ZERO, latencies: Vec::new() };
+            let Ok(mut stream) = connect(addr).await else { return stats };
+            let mut buf = Vec::with_capacity(8192);
+            let mut i = c;
+            while Instant::now() < end {
+                let req = &reqs[i % reqs.len()];
+                if !send_one(addr, &mut stream, req, &mut buf, &mut stats, Instant::now()).await {
+                    break;
+                }
+                i += connections;
+            }
+            stats
+        }));
+    }
+    join(tasks, start).await
+}
+
 async fn join(tasks: Vec<tokio::task::JoinHandle<Stats>>, start: Instant) -> Stats {
     let mut parts = Vec::new();
     for t in tasks {
