@@ -16,6 +16,7 @@ mod admit;
 mod attempt;
 mod breaker;
 pub mod catalog;
+mod chunk;
 pub mod classify;
 mod decide;
 pub mod events;

@@ -217,6 +217,11 @@ impl StreamJob {
             Ok(Ok(None)) => return Step::Fault(Fault::EndedEarly),
             Ok(Ok(Some(event))) => event,
         };
+        if !progress.rescued
+            && let Some(step) = self.step_common(&event, progress)
+        {
+            return step;
+        }
         let mut v = match event.json() {
             EventData::Done => return Step::Done,
             EventData::Empty => return Step::Skip,
@@ -274,6 +279,36 @@ impl StreamJob {
             return Step::Skip;
         }
         Step::Forward(rewrite_id(v, progress.id.as_deref()))
+    }
+
+    /// The common path (no rescue): read only what the engine needs and forward the upstream's bytes untouched.
+    /// `None` when the event is not an ordinary chunk (the full parse then decides).
+    fn step_common(&mut self, event: &SseEvent, progress: &mut Progress) -> Option<Step> {
+        let data = event.data.trim();
+        if data.is_empty() {
+            return Some(Step::Skip);
+        }
+        if data == "[DONE]" {
+            return Some(Step::Done);
+        }
+        let chunk = super::chunk::ChunkView::parse(data)?;
+        if chunk.error.is_some() {
+            return Some(Step::Fault(Fault::InBandError));
+        }
+        if let Some(usage) = chunk.usage {
+            self.run.billed.add(usage);
+            progress.client_usage = Some(usage);
+        }
+        if progress.id.is_none() {
+            progress.id = chunk.id.as_deref().map(str::to_owned);
+        }
+        if chunk.choice().is_some_and(|c| c.finish_reason.is_some()) {
+            progress.finished = true;
+        }
+        if let Some(piece) = chunk.piece() {
+            progress.text.push_str(piece);
+        }
+        Some(Step::Forward(event.raw.clone()))
     }
 
     /// The whole answer's usage after a rescue: the original prompt (the continuation's prompt less what was added to
