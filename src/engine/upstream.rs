@@ -4,7 +4,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_web::web::Bytes;
+use actix_web::web::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use secrecy::ExposeSecret;
@@ -236,11 +236,58 @@ fn transport_error(e: &reqwest::Error) -> AttemptFailure {
     AttemptFailure::transport(FailureClass::Transient, what)
 }
 
-/// One server-sent event: its raw bytes (normalised to end with a blank line) and its `data` payload.
+/// One server-sent event: its raw bytes (as the upstream sent them, without `\r`, ending with a blank line) and its
+/// `data` payload.
 #[derive(Debug, Clone)]
 pub struct SseEvent {
     pub raw: Bytes,
-    pub data: String,
+    pub data: SseData,
+}
+
+/// An event's `data`: for the usual single `data:` line a view into the event's own bytes (no copy), valid UTF-8.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SseData(Bytes);
+
+impl SseData {
+    fn new(bytes: Bytes) -> Self {
+        match std::str::from_utf8(&bytes) {
+            Ok(_) => Self(bytes),
+            Err(_) => Self(Bytes::from(String::from_utf8_lossy(&bytes).into_owned())),
+        }
+    }
+}
+
+impl std::ops::Deref for SseData {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        // Checked in `new`.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for SseData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&**self, f)
+    }
+}
+
+impl std::fmt::Display for SseData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self)
+    }
+}
+
+impl PartialEq<str> for SseData {
+    fn eq(&self, other: &str) -> bool {
+        &**self == other
+    }
+}
+
+impl PartialEq<&str> for SseData {
+    fn eq(&self, other: &&str) -> bool {
+        &**self == *other
+    }
 }
 
 pub enum EventData {
@@ -253,7 +300,9 @@ pub enum EventData {
 
 impl SseEvent {
     pub fn from_data(data: &str) -> Self {
-        Self { raw: Bytes::from(format!("data: {data}\n\n")), data: data.to_owned() }
+        let raw = Bytes::from(format!("data: {data}\n\n"));
+        let data = SseData(raw.slice(6..6 + data.len()));
+        Self { raw, data }
     }
 
     pub fn json(&self) -> EventData {
@@ -282,7 +331,7 @@ pub enum SseError {
 pub struct SseReader {
     stream: ByteStream,
     max_event: usize,
-    buffer: Vec<u8>,
+    buffer: BytesMut,
     /// Bytes of `buffer` already searched for an event's end (a long event arriving in pieces is scanned once).
     scanned: usize,
     ended: bool,
@@ -291,7 +340,7 @@ pub struct SseReader {
 impl SseReader {
     /// Events larger than `max_event` bytes are refused, so a hostile upstream cannot grow the buffer without bound.
     pub fn new(stream: impl Stream<Item = reqwest::Result<Bytes>> + Send + 'static, max_event: usize) -> Self {
-        Self { stream: Box::pin(stream), max_event, buffer: Vec::with_capacity(4096), scanned: 0, ended: false }
+        Self { stream: Box::pin(stream), max_event, buffer: BytesMut::with_capacity(4096), scanned: 0, ended: false }
     }
 
     /// The next complete event; `Ok(None)` at a clean end of stream; `Err` when the connection broke or an event
@@ -300,18 +349,24 @@ impl SseReader {
         loop {
             let from = self.scanned.saturating_sub(1).min(self.buffer.len());
             if let Some(end) = find_blank_line(&self.buffer[from..]).map(|i| i + from) {
-                let raw: Vec<u8> = self.buffer.drain(..end + 2).collect();
+                // The event's bytes leave the buffer without a copy.
+                let raw = self.buffer.split_to(end + 2).freeze();
                 self.scanned = 0;
-                return Ok(Some(parse_event(&raw[..end])));
+                return Ok(Some(parse_event(raw)));
             }
             self.scanned = self.buffer.len();
             if self.ended {
                 if self.buffer.iter().all(u8::is_ascii_whitespace) {
                     return Ok(None);
                 }
-                let raw = std::mem::take(&mut self.buffer);
+                // A last event without its blank line: normalised to end with one.
+                let mut raw = std::mem::take(&mut self.buffer);
+                while raw.last() == Some(&b'\n') {
+                    raw.truncate(raw.len() - 1);
+                }
+                raw.extend_from_slice(b"\n\n");
                 self.scanned = 0;
-                return Ok(Some(parse_event(&raw)));
+                return Ok(Some(parse_event(raw.freeze())));
             }
             if self.buffer.len() > self.max_event {
                 return Err(SseError::TooLarge(self.max_event));
@@ -329,20 +384,39 @@ fn find_blank_line(buf: &[u8]) -> Option<usize> {
     buf.windows(2).position(|w| w == b"\n\n")
 }
 
-fn parse_event(raw: &[u8]) -> SseEvent {
-    let text = String::from_utf8_lossy(raw);
-    let mut data = String::new();
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("data:") {
-            if !data.is_empty() {
-                data.push('\n');
+/// `raw` ends with a blank line. The usual event has one `data:` line, whose payload is then a slice of `raw`; several
+/// are joined with `\n` as the SSE rules say.
+fn parse_event(raw: Bytes) -> SseEvent {
+    let body = &raw[..raw.len().saturating_sub(2)];
+    let mut first: Option<(usize, usize)> = None;
+    let mut joined: Option<Vec<u8>> = None;
+    let mut at = 0;
+    for line in body.split(|b| *b == b'\n') {
+        let start = at;
+        at += line.len() + 1;
+        let Some(rest) = line.strip_prefix(b"data:") else { continue };
+        let skip = 5 + usize::from(rest.first() == Some(&b' '));
+        let piece = (start + skip, start + line.len());
+        match (&mut joined, first) {
+            (None, None) => first = Some(piece),
+            (None, Some((a, b))) => {
+                let mut all = raw[a..b].to_vec();
+                all.push(b'\n');
+                all.extend_from_slice(&raw[piece.0..piece.1]);
+                joined = Some(all);
             }
-            data.push_str(rest.strip_prefix(' ').unwrap_or(rest));
+            (Some(all), _) => {
+                all.push(b'\n');
+                all.extend_from_slice(&raw[piece.0..piece.1]);
+            }
         }
     }
-    let mut normalised = text.trim_end_matches('\n').to_owned();
-    normalised.push_str("\n\n");
-    SseEvent { raw: Bytes::from(normalised), data }
+    let data = match (joined, first) {
+        (Some(all), _) => Bytes::from(all),
+        (None, Some((a, b))) => raw.slice(a..b),
+        (None, None) => Bytes::new(),
+    };
+    SseEvent { data: SseData::new(data), raw }
 }
 
 #[cfg(test)]
@@ -374,6 +448,23 @@ mod tests {
         assert_eq!(r.next_event().await.unwrap().unwrap().data, "{\"a\":1}");
         assert_eq!(r.next_event().await.unwrap_err(), SseError::TooLarge(4096));
         assert!(r.buffer.len() <= 4096 + 5006, "stops reading once over the limit: {}", r.buffer.len());
+    }
+
+    #[tokio::test]
+    async fn data_lines_are_joined_and_a_single_one_is_not_copied() {
+        let mut r =
+            reader(vec![": comment\nevent: x\ndata: one\ndata:two\n\n", "data: {\"a\":1}\nid: 7\n\n", "data: \u{e9}"]);
+        let e = r.next_event().await.unwrap().unwrap();
+        assert_eq!(e.data, "one\ntwo");
+        assert_eq!(&e.raw[..], b": comment\nevent: x\ndata: one\ndata:two\n\n");
+        let e = r.next_event().await.unwrap().unwrap();
+        assert_eq!(e.data, "{\"a\":1}");
+        let (raw, data) = (e.raw.as_ptr() as usize, e.data.as_ptr() as usize);
+        assert!(data >= raw && data < raw + e.raw.len(), "the payload is a view into the event's bytes");
+        // The last event without its blank line is normalised.
+        let e = r.next_event().await.unwrap().unwrap();
+        assert_eq!((e.data.to_string(), &e.raw[..]), ("\u{e9}".to_owned(), "data: \u{e9}\n\n".as_bytes()));
+        assert!(r.next_event().await.unwrap().is_none());
     }
 
     #[tokio::test]
