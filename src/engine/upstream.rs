@@ -496,7 +496,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(600))]
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(400))]
 
         /// However the same bytes are chunked, the reader never panics, produces the same events and the same end,
         /// and no event it hands out (without its closing blank line) is larger than the limit.

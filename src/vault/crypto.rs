@@ -650,7 +650,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1000))]
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(500))]
 
         /// Format 2 (two layers) and provider keys: damaged blobs, or the wrong token, master key version, key set,
         /// record, provider or target never open.

@@ -1273,7 +1273,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1000))]
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(600))]
 
         /// `POST /v1/keys` bodies: never a panic; an accepted one is within every documented limit; a refusal names
         /// a field the body has (or a required one it lacks) and never quotes a key.

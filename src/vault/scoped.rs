@@ -256,7 +256,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1000))]
 
         /// Arbitrary text, and three arbitrary dot-separated segments (some well-formed headers and claims without a
         /// valid signature), never verify and never panic.

@@ -311,7 +311,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3000))]
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
 
         /// Any text: no panic, and accepted exactly when it has the documented shape and checksum.
         #[test]
