@@ -358,4 +358,164 @@ mod tests {
             assert!(HostPattern::parse(bad).is_err(), "{bad}");
         }
     }
+
+    use proptest::prelude::{BoxedStrategy, Just, Strategy, any, prop_oneof};
+
+    const ALLOWLIST: &[&str] =
+        &["api.openai.com", "*.openai.azure.com", "gw.example.com:8443", "*.corp.example:9443", "8.8.8.8", "10.0.0.1"];
+
+    /// IPv4 octets, often in the ranges a filter must refuse.
+    fn octets() -> BoxedStrategy<[u8; 4]> {
+        let first =
+            prop_oneof![Just(10u8), Just(127), Just(169), Just(172), Just(192), Just(100), Just(0), any::<u8>()];
+        (first, prop_oneof![Just(254u8), Just(168), Just(16), Just(64), any::<u8>()], any::<[u8; 2]>())
+            .prop_map(|(a, b, [c, d])| [a, b, c, d])
+            .boxed()
+    }
+
+    fn host() -> BoxedStrategy<String> {
+        let names = &[
+            "api.openai.com",
+            "API.OpenAI.com.",
+            "r1.openai.azure.com",
+            "openai.azure.com",
+            ".openai.azure.com",
+            "x.openai.azure.com.evil.net",
+            "gw.example.com",
+            "a.b.corp.example",
+            "localhost",
+            "8.8.8.8",
+            "10.0.0.1",
+        ];
+        prop_oneof![
+            3 => proptest::sample::select(names).prop_map(String::from),
+            1 => "[a-z0-9-]{1,8}(\\.[a-z0-9-]{0,8}){0,3}",
+            1 => octets().prop_map(|o| u32::from_be_bytes(o).to_string()),
+            1 => octets().prop_map(|o| format!("0x{:x}", u32::from_be_bytes(o))),
+            1 => octets().prop_map(|[a, b, c, d]| format!("0{a:o}.0x{b:x}.{c}.0{d:o}")),
+            1 => octets().prop_map(|[a, b, c, d]| format!("{a}.{}", u32::from_be_bytes([0, b, c, d]))),
+            1 => octets().prop_map(|o| Ipv4Addr::from(o).to_string()),
+            1 => any::<[u16; 8]>().prop_map(|s| format!("[{}]", Ipv6Addr::from(s))),
+            1 => (any::<[u16; 8]>(), "[a-z0-9]{1,4}").prop_map(|(s, z)| format!("[{}%25{z}]", Ipv6Addr::from(s))),
+            1 => octets().prop_map(|o| format!("[::ffff:{}]", Ipv4Addr::from(o))),
+            1 => octets().prop_map(|o| format!("[64:ff9b::{}]", Ipv4Addr::from(o))),
+            1 => "[a-z\u{e9}\u{df}\u{1F600}\u{ff0e}.]{1,8}\\.openai\\.azure\\.com",
+            1 => "(%[0-9a-fA-F]{2}|[a-z.]){1,12}(\\.openai\\.azure\\.com)?",
+            1 => any::<String>(),
+        ]
+        .boxed()
+    }
+
+    fn url_text() -> BoxedStrategy<String> {
+        let scheme = prop_oneof![4 => Just("https://"), 1 => Just("http://"), 1 => Just("HTTPS://"), 1 => Just("ftp://"), 1 => Just("https:\\\\"), 1 => Just("")];
+        let userinfo = proptest::option::weighted(
+            0.1,
+            prop_oneof![Just("user@"), Just("user:pw@"), Just(":@"), Just("api.openai.com@")],
+        );
+        let port = proptest::option::weighted(
+            0.3,
+            prop_oneof![Just(443u32), Just(8443), Just(9443), Just(80), any::<u16>().prop_map(u32::from), Just(70_000)],
+        );
+        let path = prop_oneof![Just(""), Just("/"), Just("/v1"), Just("/v1/"), Just("/%2e%2e/x"), Just("//evil.com")];
+        let tail = proptest::option::weighted(0.1, prop_oneof![Just("?x=1"), Just("#f"), Just("?"), Just("#")]);
+        (scheme, userinfo, host(), port, path, tail)
+            .prop_map(|(scheme, user, host, port, path, tail)| {
+                let port = port.map(|p| format!(":{p}")).unwrap_or_default();
+                format!("{scheme}{}{host}{port}{path}{}", user.unwrap_or(""), tail.unwrap_or(""))
+            })
+            .boxed()
+    }
+
+    /// The allowlist spelled out independently of `HostPattern::matches`: the host, and whether `port` is its port.
+    fn allowlisted(host: &str, port: u16) -> bool {
+        let host = host.trim_end_matches('.');
+        let subdomain_of = |suffix: &str| host.strip_suffix(suffix).is_some_and(|p| p.len() > 1 && p.ends_with('.'));
+        let named = ["api.openai.com", "8.8.8.8", "10.0.0.1", "gw.example.com"].contains(&host)
+            || subdomain_of("openai.azure.com")
+            || subdomain_of("corp.example");
+        let port_ok =
+            port == 443 || (port == 8443 && host == "gw.example.com") || (port == 9443 && subdomain_of("corp.example"));
+        named && port_ok
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// Without private upstreams, an accepted URL is https, without credentials, query or fragment, on an
+        /// allowlisted host and port, with no literal non-public address, and it is accepted again as stored.
+        #[test]
+        fn egress_prop_check_url(text in prop_oneof![4 => url_text(), 1 => any::<String>()]) {
+            let strict = policy(ALLOWLIST, false);
+            if let Ok(url) = strict.check_url(&text) {
+                proptest::prop_assert_eq!(url.scheme(), "https");
+                proptest::prop_assert!(url.username().is_empty() && url.password().is_none());
+                proptest::prop_assert!(url.query().is_none() && url.fragment().is_none());
+                let port = url.port_or_known_default();
+                proptest::prop_assert!(port.is_some());
+                let host = match url.host() {
+                    Some(Host::Domain(d)) => d.to_owned(),
+                    Some(Host::Ipv4(ip)) => {
+                        proptest::prop_assert!(is_public(IpAddr::V4(ip)), "{} accepted", text);
+                        ip.to_string()
+                    }
+                    Some(Host::Ipv6(ip)) => {
+                        proptest::prop_assert!(is_public(IpAddr::V6(ip)), "{} accepted", text);
+                        ip.to_string()
+                    }
+                    None => return Err(proptest::test_runner::TestCaseError::fail("no host")),
+                };
+                proptest::prop_assert!(allowlisted(&host, port.unwrap_or(0)), "{} accepted as {}", text, url);
+                let again = strict.check_url(url.as_str());
+                proptest::prop_assert_eq!(again.as_ref().map(Url::as_str), Ok(url.as_str()));
+                proptest::prop_assert_eq!(strict.check_target(&url), Ok(()));
+            }
+            // Private upstreams lift the scheme and address rules, never the allowlist.
+            if let Ok(url) = policy(ALLOWLIST, true).check_url(&text) {
+                proptest::prop_assert!(["http", "https"].contains(&url.scheme()));
+                let host = url.host_str().unwrap_or("").trim_start_matches('[').trim_end_matches(']');
+                proptest::prop_assert!(allowlisted(host, 443), "{} accepted", text);
+            }
+        }
+
+        /// Allowlist entries: any text is parsed or refused without panicking, and an accepted one prints back to
+        /// itself and matches the host it names.
+        #[test]
+        fn egress_prop_host_pattern(text in prop_oneof![
+            any::<String>(),
+            "\\*?\\.?[a-zA-Z0-9.*-]{0,12}(:[0-9]{0,6})?",
+            "[a-z]{1,63}(\\.[a-z]{1,70}){0,5}",
+        ]) {
+            if let Ok(pattern) = HostPattern::parse(&text) {
+                let printed = format!("{pattern:?}");
+                proptest::prop_assert_eq!(HostPattern::parse(&printed), Ok(pattern.clone()));
+                let example = if pattern.any_subdomain { format!("x.{}", pattern.host) } else { pattern.host.clone() };
+                proptest::prop_assert!(pattern.matches(&example));
+                let outside = format!("{}.evil.net", pattern.host);
+                proptest::prop_assert!(!pattern.matches(&outside), "{:?} matches {}", pattern, outside);
+                proptest::prop_assert!(pattern.host.len() <= 253 && !pattern.host.starts_with('.'));
+            }
+        }
+
+        /// Every embedding of an IPv4 address in IPv6 is refused, whatever the address; a public IPv4 address is none
+        /// of std's special ranges.
+        #[test]
+        fn egress_prop_is_public(v4 in octets().prop_map(Ipv4Addr::from), v6 in any::<[u16; 8]>().prop_map(Ipv6Addr::from)) {
+            let _ = is_public(IpAddr::V6(v6));
+            let [a, b, c, d] = v4.octets();
+            let [hi, lo] = [u16::from_be_bytes([a, b]), u16::from_be_bytes([c, d])];
+            for embedded in [
+                v4.to_ipv6_mapped(),
+                v4.to_ipv6_compatible(),
+                Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, hi, lo),
+                Ipv6Addr::new(0x2002, hi, lo, 0, 0, 0, 0, 1),
+                Ipv6Addr::new(0, 0, 0, 0, 0xffff, 0, hi, lo),
+            ] {
+                proptest::prop_assert!(!is_public(IpAddr::V6(embedded)), "{} is public", embedded);
+            }
+            if is_public(IpAddr::V4(v4)) {
+                proptest::prop_assert!(!(v4.is_private() || v4.is_loopback() || v4.is_link_local() || v4.is_unspecified()
+                    || v4.is_broadcast() || v4.is_multicast() || v4.is_documentation()));
+            }
+        }
+    }
 }

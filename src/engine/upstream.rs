@@ -352,7 +352,7 @@ impl SseReader {
                 // The event's bytes leave the buffer without a copy.
                 let raw = self.buffer.split_to(end + 2).freeze();
                 self.scanned = 0;
-                return Ok(Some(parse_event(raw)));
+                return self.within_limit(parse_event(raw));
             }
             self.scanned = self.buffer.len();
             if self.ended {
@@ -366,9 +366,11 @@ impl SseReader {
                 }
                 raw.extend_from_slice(b"\n\n");
                 self.scanned = 0;
-                return Ok(Some(parse_event(raw.freeze())));
+                return self.within_limit(parse_event(raw.freeze()));
             }
-            if self.buffer.len() > self.max_event {
+            // No blank line yet, but the last byte may be the first `\n` of one: past that, the event is too large
+            // whatever comes next.
+            if self.buffer.len() > self.max_event.saturating_add(1) {
                 return Err(SseError::TooLarge(self.max_event));
             }
             match self.stream.next().await {
@@ -377,6 +379,15 @@ impl SseReader {
                 Some(Ok(chunk)) => self.buffer.extend(chunk.iter().filter(|b| **b != b'\r')),
             }
         }
+    }
+
+    /// The limit applies to the event as handed out (without its closing blank line), however its bytes arrived: a
+    /// whole oversized event in one chunk is refused like one trickling in.
+    fn within_limit(&self, event: SseEvent) -> Result<Option<SseEvent>, SseError> {
+        if event.raw.len().saturating_sub(2) > self.max_event {
+            return Err(SseError::TooLarge(self.max_event));
+        }
+        Ok(Some(event))
     }
 }
 
@@ -450,6 +461,27 @@ mod tests {
         assert!(r.buffer.len() <= 4096 + 5006, "stops reading once over the limit: {}", r.buffer.len());
     }
 
+    /// Found by `sse_reader_prop_chunking_does_not_matter`: the limit was only checked before reading more, so an
+    /// oversized event that arrived whole (or ended in the chunk that pushed it over) was handed out, and an event of
+    /// exactly the limit was refused when its blank line came byte by byte.
+    #[tokio::test]
+    async fn the_event_limit_holds_however_the_event_arrives() {
+        let read = |text: String, chunk: usize| {
+            let chunks: Vec<reqwest::Result<Bytes>> =
+                text.into_bytes().chunks(chunk).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+            SseReader::new(futures_util::stream::iter(chunks), 64)
+        };
+        for chunk in [1, 7, 1000] {
+            let over = format!("data: {}\n\n", "x".repeat(59));
+            assert_eq!(read(over, chunk).next_event().await.unwrap_err(), SseError::TooLarge(64), "chunks of {chunk}");
+            let trailing = format!("data: {}", "x".repeat(59));
+            assert_eq!(read(trailing, chunk).next_event().await.unwrap_err(), SseError::TooLarge(64));
+            let at_limit = format!("data: {}\n\n", "x".repeat(58));
+            let event = read(at_limit, chunk).next_event().await.unwrap().unwrap();
+            assert_eq!(event.data.len(), 58, "chunks of {chunk}");
+        }
+    }
+
     #[tokio::test]
     async fn data_lines_are_joined_and_a_single_one_is_not_copied() {
         let mut r =
@@ -492,5 +524,89 @@ mod tests {
         assert!(matches!(r.next_event().await.unwrap().unwrap().json(), EventData::Malformed));
         assert!(matches!(r.next_event().await.unwrap().unwrap().json(), EventData::Json(_)));
         assert!(r.next_event().await.unwrap().is_none());
+    }
+
+    use futures_util::FutureExt as _;
+    use proptest::collection::vec;
+    use proptest::prelude::{Just, Strategy as _, any, prop_oneof};
+
+    /// How a read of a whole stream ended.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum End {
+        Clean,
+        Error(SseError),
+    }
+
+    /// Every event (raw bytes and data) and how the stream ended, for `bytes` cut at the given chunk lengths (the
+    /// rest in one last chunk; zero lengths are empty chunks).
+    fn read_all(bytes: &[u8], cuts: &[usize], max_event: usize) -> (Vec<(Vec<u8>, String)>, End) {
+        let mut chunks = Vec::new();
+        let mut rest = bytes;
+        for &cut in cuts {
+            let (head, tail) = rest.split_at(cut.min(rest.len()));
+            chunks.push(Ok(Bytes::copy_from_slice(head)));
+            rest = tail;
+        }
+        chunks.push(Ok(Bytes::copy_from_slice(rest)));
+        let mut reader = SseReader::new(futures_util::stream::iter(chunks), max_event);
+        let mut events = Vec::new();
+        loop {
+            // The stream is always ready, so every read completes at once.
+            match reader.next_event().now_or_never().expect("an in-memory stream never waits") {
+                Ok(Some(event)) => events.push((event.raw.to_vec(), event.data.to_string())),
+                Ok(None) => return (events, End::Clean),
+                Err(e) => return (events, End::Error(e)),
+            }
+        }
+    }
+
+    /// Byte streams shaped like SSE, with the parts that trip readers up: CR/LF mixes, `data:` with and without a
+    /// space, comments, other fields, long lines, invalid UTF-8 and arbitrary bytes.
+    fn sse_bytes() -> impl proptest::prelude::Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            Just(b"data: ".to_vec()),
+            Just(b"data:".to_vec()),
+            Just(b"\n".to_vec()),
+            Just(b"\r\n".to_vec()),
+            Just(b"\r".to_vec()),
+            Just(b"\n\n".to_vec()),
+            Just(b": keep-alive".to_vec()),
+            Just(b"event: x".to_vec()),
+            Just(b"{\"a\":1}".to_vec()),
+            Just(b"[DONE]".to_vec()),
+            Just(b" ".to_vec()),
+            Just(vec![0xff, 0xfe]),
+            Just("\u{e9}\u{1F600}".as_bytes().to_vec()),
+            (1usize..120).prop_map(|n| vec![b'x'; n]),
+            vec(any::<u8>(), 0..8),
+        ];
+        prop_oneof![
+            4 => vec(piece, 0..30).prop_map(|pieces| pieces.concat()),
+            1 => vec(any::<u8>(), 0..300),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(400))]
+
+        /// However the same bytes are chunked, the reader never panics, produces the same events and the same end,
+        /// and no event it hands out (without its closing blank line) is larger than the limit.
+        #[test]
+        fn sse_reader_prop_chunking_does_not_matter(
+            bytes in sse_bytes(),
+            cuts in vec(prop_oneof![Just(0usize), 1usize..4, 1usize..200], 0..60),
+            max_event in prop_oneof![8usize..64, 64usize..400, Just(1 << 20)],
+        ) {
+            let whole = read_all(&bytes, &[], max_event);
+            let chunked = read_all(&bytes, &cuts, max_event);
+            proptest::prop_assert_eq!(&chunked, &whole);
+            for (raw, data) in &whole.0 {
+                proptest::prop_assert!(raw.len() <= max_event + 2, "event of {} bytes, limit {}", raw.len(), max_event);
+                proptest::prop_assert!(raw.ends_with(b"\n\n"));
+                proptest::prop_assert!(!raw.contains(&b'\r'));
+                // Raw bytes pass through as sent; the payload is the lossy UTF-8 reading of its lines.
+                proptest::prop_assert!(data.len() <= String::from_utf8_lossy(raw).len());
+            }
+        }
     }
 }

@@ -557,4 +557,151 @@ mod tests {
     fn debug_is_redacted() {
         assert_eq!(format!("{:?}", key_of(&"ab".repeat(32))), "AeadKey([REDACTED])");
     }
+
+    use proptest::collection::vec;
+    use proptest::prelude::{Strategy as _, any, prop_oneof};
+
+    /// How a stored blob may have been damaged.
+    #[derive(Debug, Clone)]
+    enum Damage {
+        Truncate(usize),
+        Flip(usize, u8),
+        Append(Vec<u8>),
+        Version(u8),
+    }
+
+    fn damage() -> impl proptest::prelude::Strategy<Value = Damage> {
+        prop_oneof![
+            any::<usize>().prop_map(Damage::Truncate),
+            (any::<usize>(), 0u8..8).prop_map(|(i, bit)| Damage::Flip(i, 1 << bit)),
+            vec(any::<u8>(), 1..20).prop_map(Damage::Append),
+            any::<u8>().prop_map(Damage::Version),
+        ]
+    }
+
+    /// The damaged blob, or `None` when this damage would leave it unchanged.
+    fn damaged(blob: &[u8], how: &Damage) -> Option<Vec<u8>> {
+        let mut out = blob.to_vec();
+        match how {
+            Damage::Truncate(n) => out.truncate(n % blob.len()),
+            Damage::Flip(i, bit) => out[i % blob.len()] ^= bit,
+            Damage::Append(extra) => out.extend_from_slice(extra),
+            Damage::Version(v) => out[0] = *v,
+        }
+        (out != blob).then_some(out)
+    }
+
+    fn uuid(bytes: [u8; 16]) -> Uuid {
+        Uuid::from_bytes(bytes)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// Arbitrary bytes never panic and never open, as a blob, a wrapped data key of either format or a provider key.
+        #[test]
+        fn blob_open_prop_arbitrary_bytes(
+            key in any::<[u8; 32]>(),
+            blob in prop_oneof![
+                vec(any::<u8>(), 0..80),
+                (1u8..=2, vec(any::<u8>(), 0..80)).prop_map(|(v, rest)| [vec![v], rest].concat()),
+            ],
+            aad in vec(any::<u8>(), 0..40),
+            ids in any::<([u8; 16], [u8; 16])>(),
+            legacy in any::<bool>(),
+        ) {
+            let kek = AeadKey::from_bytes(&key);
+            let (set, id) = (uuid(ids.0), uuid(ids.1));
+            proptest::prop_assert!(kek.open(&blob, &aad).is_err());
+            proptest::prop_assert!(AeadKey::unwrap(&blob, &kek, set).is_err());
+            proptest::prop_assert!(unwrap_two_layers(&blob, &aad, &key, 1, set).is_err());
+            proptest::prop_assert!(open_provider_key(&kek, &blob, set, id, "openai", &key, legacy).is_err());
+            if let Some(&version) = blob.first()
+                && version != BLOB_V1
+                && version != BLOB_V2
+            {
+                proptest::prop_assert_eq!(kek.open(&blob, &aad).unwrap_err(), CryptoError::UnknownVersion(version));
+            }
+        }
+
+        /// A real blob of each version opens as sealed; any truncation, bit flip, appended byte, changed version
+        /// byte or other AAD makes it fail.
+        #[test]
+        fn blob_open_prop_damaged_blobs_never_open(
+            key in any::<[u8; 32]>(),
+            nonce in any::<[u8; 12]>(),
+            plain in vec(any::<u8>(), 0..64),
+            aad in vec(any::<u8>(), 0..40),
+            other_aad in vec(any::<u8>(), 0..40),
+            v1 in any::<bool>(),
+            how in damage(),
+        ) {
+            let key = AeadKey::from_bytes(&key);
+            let blob = if v1 { key.seal_with_nonce(BLOB_V1, &nonce, &plain, &aad) } else { key.seal(&plain, &aad) };
+            proptest::prop_assert_eq!(key.open(&blob, &aad).map(|p| p.to_vec()), Ok(plain.clone()));
+            if other_aad != aad {
+                proptest::prop_assert_eq!(key.open(&blob, &other_aad).unwrap_err(), CryptoError::Forged);
+            }
+            if let Some(bad) = damaged(&blob, &how) {
+                proptest::prop_assert!(key.open(&bad, &aad).is_err(), "{:?} opened", how);
+            }
+        }
+
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(500))]
+
+        /// Format 2 (two layers) and provider keys: damaged blobs, or the wrong token, master key version, key set,
+        /// record, provider or target never open.
+        #[test]
+        fn blob_open_prop_wrapped_keys_and_provider_keys(
+            master in any::<[u8; 32]>(),
+            token in vec(any::<u8>(), 1..60),
+            other_token in vec(any::<u8>(), 1..60),
+            version in 1u32..5,
+            ids in any::<([u8; 16], [u8; 16], [u8; 16])>(),
+            target in any::<[u8; 32]>(),
+            secret in vec(any::<u8>(), 1..64),
+            how in damage(),
+        ) {
+            let (set, id, other_id) = (uuid(ids.0), uuid(ids.1), uuid(ids.2));
+            let dek = AeadKey::random();
+            let wrapped = wrap_two_layers(&dek, &token, &master, version, set);
+            let back = unwrap_two_layers(&wrapped, &token, &master, version, set);
+            proptest::prop_assert!(back.is_ok_and(|k| k.0.expose_secret() == dek.0.expose_secret()));
+            if let Some(bad) = damaged(&wrapped, &how) {
+                proptest::prop_assert!(unwrap_two_layers(&bad, &token, &master, version, set).is_err());
+                proptest::prop_assert!(rewrap_outer(&bad, set, (version, &master), (version + 1, &master)).is_err());
+            }
+            if other_token != token {
+                proptest::prop_assert!(unwrap_two_layers(&wrapped, &other_token, &master, version, set).is_err());
+            }
+            proptest::prop_assert!(unwrap_two_layers(&wrapped, &token, &master, version + 1, set).is_err());
+            if other_id != set {
+                proptest::prop_assert!(unwrap_two_layers(&wrapped, &token, &master, version, other_id).is_err());
+            }
+
+            let blob = seal_provider_key(&dek, &secret, set, id, "azure", &target);
+            let opened = open_provider_key(&dek, &blob, set, id, "azure", &target, false);
+            proptest::prop_assert_eq!(opened.map(|p| p.to_vec()), Ok(secret.clone()));
+            if let Some(bad) = damaged(&blob, &how) {
+                proptest::prop_assert!(open_provider_key(&dek, &bad, set, id, "azure", &target, true).is_err());
+            }
+            let mut moved = target;
+            moved[0] ^= 1;
+            proptest::prop_assert!(open_provider_key(&dek, &blob, set, id, "azure", &moved, true).is_err());
+            proptest::prop_assert!(open_provider_key(&dek, &blob, set, id, "openai", &target, true).is_err());
+            if other_id != id {
+                proptest::prop_assert!(open_provider_key(&dek, &blob, set, other_id, "azure", &target, true).is_err());
+            }
+            // A format-1 blob of the same key is refused once the key set is upgraded.
+            let legacy = dek.seal_with_nonce(BLOB_V1, &[0; 12], &secret, &aad(Purpose::ProviderKey, set, id));
+            proptest::prop_assert!(open_provider_key(&dek, &legacy, set, id, "azure", &target, true).is_ok());
+            proptest::prop_assert_eq!(
+                open_provider_key(&dek, &legacy, set, id, "azure", &target, false).unwrap_err(),
+                CryptoError::Forged
+            );
+        }
+    }
 }

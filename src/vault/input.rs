@@ -909,4 +909,440 @@ mod tests {
         }
         assert_eq!(base.clone().digest(), base.digest());
     }
+
+    use proptest::collection::{btree_map, vec};
+    use proptest::prelude::{BoxedStrategy, Just, Strategy, any, prop_oneof};
+    use proptest::strategy::ValueTree as _;
+    use serde_json::Value;
+
+    /// Any JSON value: nulls, numbers at the edges, unicode and huge strings, nested arrays and objects.
+    fn junk() -> BoxedStrategy<Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            prop_oneof![Just(0i64), Just(-1), Just(1), Just(60), Just(600_001)].prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            text().prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 32, 6, |inner| {
+            prop_oneof![
+                vec(inner.clone(), 0..6).prop_map(Value::from),
+                vec((field_name(), inner), 0..6).prop_map(|fields| Value::Object(fields.into_iter().collect())),
+            ]
+        })
+        .boxed()
+    }
+
+    fn text() -> BoxedStrategy<String> {
+        prop_oneof![
+            any::<String>(),
+            "[a-z0-9._:/@ -]{0,20}",
+            "[\u{e9}\u{1F600}\u{202e}\u{0}]{1,8}",
+            ("[a-z ]{1,3}", 1usize..5_000).prop_map(|(s, n)| s.repeat(n)),
+        ]
+        .boxed()
+    }
+
+    fn field_name() -> BoxedStrategy<String> {
+        let mut names: Vec<String> = ["user_email", "keys", "policy", "provider", "key", "base_url", "endpoint"]
+            .into_iter()
+            .chain(["api_version", "deployments", "add_keys", "remove_keys", "order", "revive_keys", "rpm", "tpm"])
+            .map(String::from)
+            .collect();
+        names.extend(policy_fields());
+        prop_oneof![4 => proptest::sample::select(names), 1 => text()].boxed()
+    }
+
+    fn policy_fields() -> Vec<String> {
+        match serde_json::to_value(Policy::default()) {
+            Ok(Value::Object(fields)) => fields.keys().cloned().collect(),
+            _ => unreachable!("a policy serialises to an object"),
+        }
+    }
+
+    /// Mostly plausible, sometimes junk.
+    fn or_junk(plausible: BoxedStrategy<Value>) -> BoxedStrategy<Value> {
+        prop_oneof![6 => plausible, 1 => junk()].boxed()
+    }
+
+    fn strings(pattern: &'static [&'static str]) -> BoxedStrategy<Value> {
+        proptest::sample::select(pattern).prop_map(Value::from).boxed()
+    }
+
+    fn name() -> BoxedStrategy<String> {
+        prop_oneof![4 => "[a-z0-9.-]{1,12}", 1 => "[a-z]{127,130}", 1 => "[a-z./:_ ]{0,6}", 1 => text()].boxed()
+    }
+
+    fn secret() -> BoxedStrategy<Value> {
+        prop_oneof![
+            4 => "sk-[A-Za-z0-9]{20,40}".prop_map(Value::from),
+            1 => " {0,2}[!-~]{1,8} {0,2}".prop_map(Value::from),
+            1 => (505usize..520).prop_map(|n| Value::from("k".repeat(n))),
+            1 => text().prop_map(Value::from),
+        ]
+        .boxed()
+    }
+
+    /// An object with some of `fields` (each plausible or junk) and sometimes an unknown field.
+    fn object_of(present: f64, fields: Vec<(&'static str, BoxedStrategy<Value>)>) -> BoxedStrategy<Value> {
+        let picks: Vec<_> = fields
+            .into_iter()
+            .map(|(name, value)| proptest::option::weighted(present, value).prop_map(move |v| (name, v)))
+            .collect();
+        let extra = proptest::option::weighted(0.05, (field_name(), junk()));
+        (picks, extra)
+            .prop_map(|(picks, extra)| {
+                let mut object = serde_json::Map::new();
+                for (name, value) in picks {
+                    if let Some(value) = value {
+                        object.insert(name.to_owned(), value);
+                    }
+                }
+                if let Some((name, value)) = extra {
+                    object.insert(name, value);
+                }
+                Value::Object(object)
+            })
+            .boxed()
+    }
+
+    fn key_input() -> BoxedStrategy<Value> {
+        let urls = &[
+            "https://api.openai.com/v1",
+            "https://api.openai.com/v1/",
+            "https://r1.openai.azure.com",
+            "https://R1.OpenAI.Azure.com.",
+            "http://api.openai.com",
+            "https://10.0.0.1",
+            "https://api.openai.com:8443",
+            "https://user@api.openai.com",
+            "https://evil.example.com",
+            "https://api.openai.com/v1?x=1",
+            "",
+        ];
+        let deployments = btree_map(name(), name().prop_map(Value::from), 0..5)
+            .prop_map(|m| Value::Object(m.into_iter().collect()))
+            .boxed();
+        let many_deployments = (60usize..70)
+            .prop_map(|n| Value::Object((0..n).map(|i| (format!("m{i}"), Value::from(format!("d{i}")))).collect()))
+            .boxed();
+        let deployments = prop_oneof![4 => deployments, 1 => many_deployments].boxed();
+        let version = strings(&["2024-10-21", "2025-01-01-preview", "2024-1-21", "latest"]);
+        let openai = (secret(), proptest::option::of(strings(urls))).prop_map(|(key, url)| {
+            let mut k = json!({"provider": "openai", "key": key});
+            if let Some(url) = url {
+                k["base_url"] = url;
+            }
+            k
+        });
+        let azure = (secret(), strings(urls), version.clone(), deployments.clone()).prop_map(|(key, url, v, d)| {
+            json!({"provider": "azure", "key": key, "endpoint": url, "api_version": v, "deployments": d})
+        });
+        let anything = object_of(
+            0.5,
+            vec![
+                ("provider", or_junk(strings(&["openai", "azure", "anthropic", "OpenAI"]))),
+                ("key", secret()),
+                ("base_url", or_junk(strings(urls))),
+                ("endpoint", or_junk(strings(urls))),
+                ("api_version", or_junk(version)),
+                ("deployments", or_junk(deployments)),
+            ],
+        );
+        prop_oneof![3 => secret(), 2 => openai, 2 => azure, 2 => anything, 1 => junk()].boxed()
+    }
+
+    fn number() -> BoxedStrategy<Value> {
+        prop_oneof![
+            2 => any::<u32>().prop_map(Value::from),
+            4 => (1u32..1000).prop_map(Value::from),
+            4 => (60u32..700_000).prop_map(Value::from),
+            2 => (-2i64..70_000).prop_map(Value::from),
+            1 => prop_oneof![Just(0.49), Just(0.5), Just(1.0), Just(1.01), Just(1e300)].prop_map(Value::from),
+        ]
+        .boxed()
+    }
+
+    fn policy() -> BoxedStrategy<Value> {
+        let models = vec(name().prop_map(Value::from), 0..18).prop_map(Value::from).boxed();
+        let limit = object_of(0.7, vec![("rpm", number()), ("tpm", number())]);
+        let limits = btree_map(name(), limit, 0..4).prop_map(|m| Value::Object(m.into_iter().collect())).boxed();
+        let guards = object_of(0.7, vec![("numbers", or_junk(any::<bool>().prop_map(Value::from).boxed()))]);
+        let fields = object_of(
+            0.15,
+            vec![
+                ("fallback_strategy", or_junk(models.clone())),
+                ("azure_fallback_strategy", or_junk(models)),
+                ("caching", or_junk(any::<bool>().prop_map(Value::from).boxed())),
+                ("cache_threshold", or_junk(number())),
+                ("cache_guards", or_junk(guards)),
+                ("cache_ttl_seconds", or_junk(number())),
+                ("cache_max_entries", or_junk(number())),
+                ("max_concurrency", or_junk(number())),
+                (
+                    "graceful_string",
+                    or_junk(
+                        prop_oneof![text(), (4090usize..4100).prop_map(|n| "é".repeat(n))]
+                            .prop_map(Value::from)
+                            .boxed(),
+                    ),
+                ),
+                ("hedge_ms", or_junk(number())),
+                ("model_limits", or_junk(limits)),
+                ("max_queue_ms", or_junk(number())),
+            ],
+        );
+        prop_oneof![2 => Just(Value::Null), 3 => fields, 1 => junk()].boxed()
+    }
+
+    fn key_list() -> BoxedStrategy<Value> {
+        prop_oneof![
+            6 => vec(key_input(), 1..4).prop_map(Value::from),
+            1 => Just(json!([])),
+            1 => (31usize..34).prop_map(|n| Value::from((0..n).map(|i| format!("sk-key-{i:04}")).collect::<Vec<_>>())),
+        ]
+        .boxed()
+    }
+
+    fn email() -> BoxedStrategy<Value> {
+        let plausible = prop_oneof![
+            6 => " ?[a-z0-9]{1,10}(\\.[a-z0-9+]{1,5})?@[a-zA-Z0-9]{1,10}\\.[a-z]{2,4} ?",
+            1 => "[A-Za-z0-9.+]{1,10}@[a-zA-Z0-9-]{1,10}\\.[a-z]{2,4}",
+            1 => " ?[a-z]{1,4}@[a-z]{1,4}(\\.[a-z]{0,3}){0,3} ?",
+            1 => (60usize..70, 180usize..200).prop_map(|(l, d)| format!("{}@{}.com", "a".repeat(l), "b".repeat(d))),
+        ];
+        or_junk(plausible.prop_map(Value::from).boxed())
+    }
+
+    /// Keys and addresses that pass, so the policy and the limits are reached often.
+    fn valid_keys() -> BoxedStrategy<Value> {
+        let key = "sk-[A-Za-z0-9]{20,40}";
+        let openai = (key, proptest::option::of(Just("https://api.openai.com/v1"))).prop_map(|(key, url)| match url {
+            Some(url) => json!({"provider": "openai", "key": key, "base_url": url}),
+            None => json!(key),
+        });
+        let azure = (key, btree_map("[a-z0-9.-]{1,12}", "[a-z0-9_-]{1,12}", 1..4)).prop_map(|(key, deployments)| {
+            json!({"provider": "azure", "key": key, "endpoint": "https://r.openai.azure.com",
+                   "api_version": "2024-10-21", "deployments": deployments})
+        });
+        vec(prop_oneof![openai, azure], 1..4).prop_map(Value::from).boxed()
+    }
+
+    fn valid_email() -> BoxedStrategy<Value> {
+        "[a-z0-9]{1,10}@[a-z0-9]{1,10}\\.[a-z]{2,4}".prop_map(Value::from).boxed()
+    }
+
+    fn create_body() -> BoxedStrategy<Value> {
+        prop_oneof![
+            4 => object_of(0.99, vec![("user_email", valid_email()), ("keys", valid_keys()), ("policy", policy())]),
+            8 => object_of(0.9, vec![("user_email", email()), ("keys", or_junk(key_list())), ("policy", policy())]),
+            1 => junk(),
+        ]
+        .boxed()
+    }
+
+    fn update_body() -> BoxedStrategy<Value> {
+        let ids = vec(prop_oneof![Just(Uuid::nil()), any::<u128>().prop_map(Uuid::from_u128)], 0..4)
+            .prop_map(|ids| Value::from(ids.iter().map(Uuid::to_string).collect::<Vec<_>>()))
+            .boxed();
+        prop_oneof![
+            4 => object_of(0.5, vec![("user_email", valid_email()), ("add_keys", valid_keys()), ("policy", policy())]),
+            8 => object_of(0.7, vec![
+                ("user_email", email()),
+                ("add_keys", or_junk(key_list())),
+                ("remove_keys", or_junk(ids.clone())),
+                ("order", or_junk(ids.clone())),
+                ("revive_keys", or_junk(ids)),
+                ("policy", policy()),
+            ]),
+            1 => junk(),
+        ]
+        .boxed()
+    }
+
+    /// Whether `param` is the path of a field of `body`, or of a field a key object or the policy may have (an
+    /// absent required field is named too). `keys` is the name of the key list (`keys` or `add_keys`).
+    fn names_a_field(param: &str, body: &Value, keys: &str) -> bool {
+        let index = |path: &str, list: &Value| -> Option<(usize, String)> {
+            let (i, rest) = path.strip_prefix('[')?.split_once(']')?;
+            let i: usize = i.parse().ok()?;
+            (i < list.as_array()?.len()).then(|| (i, rest.to_owned()))
+        };
+        let top = ["user_email", "policy", "remove_keys", "order", "revive_keys"];
+        if param == keys || top.contains(&param) {
+            return true;
+        }
+        if let Some(rest) = param.strip_prefix(keys) {
+            let Some((i, rest)) = index(rest, &body[keys]) else { return false };
+            let key = &body[keys][i];
+            return match rest.strip_prefix('.') {
+                None => rest.is_empty(),
+                Some(field) => match field.strip_prefix("deployments.") {
+                    Some(model) => key["deployments"].get(model).is_some(),
+                    None => ["provider", "key", "base_url", "endpoint", "api_version", "deployments"].contains(&field),
+                },
+            };
+        }
+        for list in ["remove_keys", "order", "revive_keys"] {
+            if let Some(rest) = param.strip_prefix(list) {
+                return index(rest, &body[list]).is_some_and(|(_, rest)| rest.is_empty());
+            }
+        }
+        let Some(field) = param.strip_prefix("policy.") else { return false };
+        let policy = &body["policy"];
+        if let Some(model) = field.strip_prefix("model_limits.") {
+            return policy["model_limits"].get(model).is_some();
+        }
+        for list in ["fallback_strategy", "azure_fallback_strategy"] {
+            if let Some(rest) = field.strip_prefix(list)
+                && rest.starts_with('[')
+            {
+                return index(rest, &policy[list]).is_some_and(|(_, rest)| rest.is_empty());
+            }
+        }
+        policy.get(field).is_some()
+    }
+
+    /// Secrets of a body that look like keys: none may appear in an error.
+    fn key_like_strings(body: &Value) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![body];
+        while let Some(v) = stack.pop() {
+            match v {
+                Value::String(s) if s.starts_with("sk-") && s.len() >= 20 => out.push(s.clone()),
+                Value::Array(items) => stack.extend(items),
+                Value::Object(fields) => stack.extend(fields.values()),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// The documented limits of every accepted key.
+    fn check_keys(keys: &[ProviderKeySpec]) -> Result<(), String> {
+        for k in keys {
+            let secret = k.secret.expose_secret();
+            if secret.is_empty() || secret.len() > MAX_KEY_LEN || !secret.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(format!("secret of {} bytes accepted", secret.len()));
+            }
+            let urls = [&k.target.base_url, &k.target.endpoint];
+            for url in urls.into_iter().flatten() {
+                let parsed = egress().check_url(url).map_err(|e| format!("{url}: {e}"))?;
+                if parsed.scheme() != "https" || parsed.as_str().trim_end_matches('/') != url {
+                    return Err(format!("{url} is not a normalised https URL"));
+                }
+            }
+            match k.provider {
+                Provider::Openai if k.target.endpoint.is_some() || k.target.deployments.is_some() => {
+                    return Err("azure fields on an openai key".into());
+                }
+                Provider::Azure => {
+                    let deployments = k.target.deployments.as_ref().ok_or("azure key without deployments")?;
+                    let version = k.target.api_version.as_deref().ok_or("azure key without api_version")?;
+                    if k.target.endpoint.is_none()
+                        || !is_api_version(version)
+                        || deployments.is_empty()
+                        || deployments.len() > MAX_DEPLOYMENTS
+                        || !deployments.iter().all(|(m, d)| is_name(m) && is_deployment_name(d))
+                    {
+                        return Err(format!("azure target out of limits: {:?}", k.target));
+                    }
+                }
+                Provider::Openai => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn check_policy(p: &Policy) -> Result<(), String> {
+        let lists = [&p.fallback_strategy, &p.azure_fallback_strategy];
+        let ok = lists.iter().all(|l| l.len() <= MAX_MODEL_LIST && l.iter().all(|m| is_name(m)))
+            && p.max_concurrency.is_none_or(|n| (1..=100_000).contains(&n))
+            && p.hedge_ms.is_none_or(|n| (1..=60_000).contains(&n))
+            && p.max_queue_ms.is_none_or(|n| n <= 600_000)
+            && p.cache_threshold.is_none_or(|t| (0.5..=1.0).contains(&t))
+            && p.cache_ttl_seconds.is_none_or(|n| (60..=31_536_000).contains(&n))
+            && p.cache_max_entries.is_none_or(|n| (1..=10_000_000).contains(&n))
+            && p.graceful_string.as_ref().is_none_or(|g| (1..=MAX_GRACEFUL_LEN).contains(&g.chars().count()))
+            && p.model_limits.len() <= 2 * MAX_MODEL_LIST
+            && p.model_limits.iter().all(|(m, l)| {
+                is_name(m) && (l.rpm.is_some() || l.tpm.is_some()) && l.rpm != Some(0) && l.tpm != Some(0)
+            });
+        if ok { Ok(()) } else { Err(format!("policy out of limits: {p:?}")) }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(600))]
+
+        /// `POST /v1/keys` bodies: never a panic; an accepted one is within every documented limit; a refusal names
+        /// a field the body has (or a required one it lacks) and never quotes a key.
+        #[test]
+        fn key_set_input_prop_create(body in create_body()) {
+            let Ok(req) = serde_json::from_value::<crate::object::Object<CreateKeySetRequest>>(body.clone()) else {
+                return Ok(());
+            };
+            match NewKeySet::parse(req.into_inner(), &egress()) {
+                Ok(set) => {
+                    proptest::prop_assert!((1..=MAX_KEYS).contains(&set.keys.len()));
+                    let email = set.user_email.as_str();
+                    proptest::prop_assert!(email.len() <= MAX_EMAIL_LEN && email.contains('@'));
+                    proptest::prop_assert!(!email.contains(char::is_whitespace), "{}", email);
+                    check_keys(&set.keys).map_err(proptest::test_runner::TestCaseError::fail)?;
+                    check_policy(&set.policy).map_err(proptest::test_runner::TestCaseError::fail)?;
+                }
+                Err(e) => {
+                    proptest::prop_assert!(names_a_field(&e.param, &body, "keys"), "param {:?} for {}", e.param, body);
+                    for key in key_like_strings(&body) {
+                        proptest::prop_assert!(!e.to_string().contains(&key), "{} quotes a key", e);
+                    }
+                }
+            }
+        }
+
+        /// `PATCH /v1/keys` bodies, likewise.
+        #[test]
+        fn key_set_input_prop_update(body in update_body()) {
+            let Ok(req) = serde_json::from_value::<crate::object::Object<UpdateKeySetRequest>>(body.clone()) else {
+                return Ok(());
+            };
+            match KeySetChanges::parse(req.into_inner(), &egress()) {
+                Ok(changes) => {
+                    proptest::prop_assert!(changes.add_keys.len() <= MAX_KEYS);
+                    check_keys(&changes.add_keys).map_err(proptest::test_runner::TestCaseError::fail)?;
+                    if let Some(policy) = &changes.policy {
+                        check_policy(policy).map_err(proptest::test_runner::TestCaseError::fail)?;
+                    }
+                    for ids in [&changes.remove_keys, &changes.revive_keys] {
+                        proptest::prop_assert_eq!(ids.iter().collect::<HashSet<_>>().len(), ids.len());
+                    }
+                }
+                Err(e) => {
+                    proptest::prop_assert!(names_a_field(&e.param, &body, "add_keys"), "param {:?} for {}", e.param, body);
+                    for key in key_like_strings(&body) {
+                        proptest::prop_assert!(!e.to_string().contains(&key), "{} quotes a key", e);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The generators above reach both outcomes often, so the properties test acceptance as well as refusal.
+    #[test]
+    fn key_set_input_prop_generators_reach_acceptance() {
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        let (mut created, mut updated) = (0, 0);
+        for _ in 0..200 {
+            let body = create_body().new_tree(&mut runner).unwrap().current();
+            if let Ok(req) = serde_json::from_value::<crate::object::Object<CreateKeySetRequest>>(body) {
+                created += usize::from(NewKeySet::parse(req.into_inner(), &egress()).is_ok());
+            }
+            let body = update_body().new_tree(&mut runner).unwrap().current();
+            if let Ok(req) = serde_json::from_value::<crate::object::Object<UpdateKeySetRequest>>(body) {
+                updated += usize::from(KeySetChanges::parse(req.into_inner(), &egress()).is_ok());
+            }
+        }
+        assert!((15..185).contains(&created), "{created} of 200 bodies created a key set");
+        assert!((15..185).contains(&updated), "{updated} of 200 bodies were valid changes");
+    }
 }

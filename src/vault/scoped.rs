@@ -241,4 +241,61 @@ mod tests {
         assert_eq!(old.verify(&fresh), None);
         assert_eq!(format!("{rotated:?}"), "ScopedTokens([REDACTED])");
     }
+
+    use proptest::prelude::{Just, Strategy as _, any, prop_oneof};
+
+    fn segment() -> impl proptest::prelude::Strategy<Value = String> {
+        prop_oneof![
+            "[A-Za-z0-9_-]{0,60}",
+            proptest::collection::vec(any::<u8>(), 0..60).prop_map(|b| B64.encode(b)),
+            "[ -~]{0,20}".prop_map(|json| B64.encode(json)),
+            Just(B64.encode(json!({"alg": "HS256", "kid": "v1"}).to_string())),
+            Just(B64.encode(json!({"alg": "none", "kid": "v1"}).to_string())),
+            Just(B64.encode(good_claims().to_string())),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1000))]
+
+        /// Arbitrary text, and three arbitrary dot-separated segments (some well-formed headers and claims without a
+        /// valid signature), never verify and never panic.
+        #[test]
+        fn scoped_verify_prop_arbitrary_text(
+            text in prop_oneof![
+                any::<String>(),
+                (segment(), segment(), segment()).prop_map(|(h, c, s)| format!("{h}.{c}.{s}")),
+                ("[A-Za-z0-9_.=-]{0,4}", 1usize..20_000).prop_map(|(s, n)| s.repeat(n)),
+            ]
+        ) {
+            let tokens = ScopedTokens::new(&keyring(1)).unwrap();
+            proptest::prop_assert_eq!(tokens.verify(&text), None);
+        }
+
+        /// One replaced, inserted or deleted character anywhere in a valid token: refused unless nothing changed.
+        #[test]
+        fn scoped_verify_prop_mutations(
+            at in any::<usize>(),
+            op in 0u8..3,
+            ch in prop_oneof![4 => proptest::char::range('-', 'z'), 1 => any::<char>()],
+        ) {
+            let tokens = ScopedTokens::new(&keyring(1)).unwrap();
+            let (token, _) = tokens.mint(Uuid::nil(), "shop-1", 600);
+            let mut chars: Vec<char> = token.chars().collect();
+            let i = at % (chars.len() + usize::from(op == 1));
+            match op {
+                0 => chars[i] = ch,
+                1 => chars.insert(i, ch),
+                _ => {
+                    chars.remove(i);
+                }
+            }
+            let mutated: String = chars.into_iter().collect();
+            if mutated == token {
+                proptest::prop_assert!(tokens.verify(&mutated).is_some());
+            } else {
+                proptest::prop_assert_eq!(tokens.verify(&mutated), None, "{} verified", mutated);
+            }
+        }
+    }
 }

@@ -248,4 +248,113 @@ mod tests {
         let debug = format!("{t:?} {:?}", peppers(&[(1, 0)]).active(&t).1);
         assert!(!debug.contains(&t.expose()[5..]));
     }
+
+    use proptest::prelude::{Just, Strategy as _, any, prop_oneof};
+
+    /// A valid token built from given entropy, the way [`Token::generate`] builds one (so failures replay).
+    fn token_from(entropy: &[u8; 32]) -> String {
+        token_from_body(&format!("{PREFIX}{}", encode_base62(entropy, BODY_LEN)))
+    }
+
+    /// What a valid token is, spelled out independently of `parse`'s code path.
+    fn is_valid(text: &str) -> bool {
+        text.len() == TOKEN_LEN
+            && text.is_ascii()
+            && text.starts_with(PREFIX)
+            && text[PREFIX.len()..].bytes().all(|b| b.is_ascii_alphanumeric())
+            && token_from_body(&text[..PREFIX.len() + BODY_LEN]) == text
+    }
+
+    fn token_from_body(signed: &str) -> String {
+        let checksum = encode_base62(&crc32fast::hash(signed.as_bytes()).to_be_bytes(), CHECKSUM_LEN);
+        format!("{signed}{checksum}")
+    }
+
+    /// One edit of a token: replace, insert or delete a character, or swap in another token's checksum.
+    #[derive(Debug, Clone)]
+    enum Edit {
+        Replace(usize, char),
+        Insert(usize, char),
+        Delete(usize),
+        Checksum([u8; 32]),
+    }
+
+    fn edit() -> impl proptest::prelude::Strategy<Value = Edit> {
+        let ch = prop_oneof![
+            4 => proptest::char::range('0', 'z'),
+            1 => any::<char>(),
+            1 => Just('é'),
+        ];
+        prop_oneof![
+            (0..TOKEN_LEN, ch.clone()).prop_map(|(i, c)| Edit::Replace(i, c)),
+            (0..=TOKEN_LEN, ch).prop_map(|(i, c)| Edit::Insert(i, c)),
+            (0..TOKEN_LEN).prop_map(Edit::Delete),
+            any::<[u8; 32]>().prop_map(Edit::Checksum),
+        ]
+    }
+
+    fn apply(token: &str, edit: &Edit) -> String {
+        let mut chars: Vec<char> = token.chars().collect();
+        match edit {
+            Edit::Replace(i, c) => chars[*i] = *c,
+            Edit::Insert(i, c) => chars.insert(*i, *c),
+            Edit::Delete(i) => {
+                chars.remove(*i);
+            }
+            Edit::Checksum(other) => {
+                let other = token_from(other);
+                chars.truncate(TOKEN_LEN - CHECKSUM_LEN);
+                chars.extend(other[TOKEN_LEN - CHECKSUM_LEN..].chars());
+            }
+        }
+        chars.into_iter().collect()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// Any text: no panic, and accepted exactly when it has the documented shape and checksum.
+        #[test]
+        fn token_parse_prop_arbitrary_text(
+            text in prop_oneof![
+                any::<String>(),
+                "rgpt_[0-9A-Za-z]{49}",
+                "rgpt_.{49}",
+                "[rgpt_]{0,6}[0-9A-Za-z\u{e9}\u{1F600}]{0,60}",
+                ("[ -~\u{e9}]{1,4}", 1usize..40_000).prop_map(|(s, n)| s.repeat(n)),
+            ]
+        ) {
+            let parsed = Token::parse(&text);
+            proptest::prop_assert_eq!(parsed.is_ok(), is_valid(&text));
+            if let Ok(token) = parsed {
+                proptest::prop_assert_eq!(token.expose(), text.as_str());
+            }
+        }
+
+        /// A valid token parses back to itself; one edit of it is refused unless the edit changed nothing.
+        #[test]
+        fn token_parse_prop_mutations_are_refused(entropy in any::<[u8; 32]>(), edit in edit()) {
+            let token = token_from(&entropy);
+            proptest::prop_assert_eq!(Token::parse(&token).map(|t| t.expose().to_owned()), Ok(token.clone()));
+            let mutated = apply(&token, &edit);
+            if mutated == token {
+                proptest::prop_assert!(Token::parse(&mutated).is_ok());
+            } else {
+                proptest::prop_assert!(Token::parse(&mutated).is_err(), "{:?} accepted {}", edit, mutated);
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(500))]
+
+        /// generate → parse round trip (generate draws its own entropy; the case count bounds the draws).
+        #[test]
+        fn token_parse_prop_generate_round_trips(_case in 0u8..1) {
+            let token = Token::generate();
+            proptest::prop_assert!(is_valid(token.expose()));
+            let parsed = Token::parse(token.expose());
+            proptest::prop_assert_eq!(parsed.map(|t| t.expose().to_owned()), Ok(token.expose().to_owned()));
+        }
+    }
 }
