@@ -157,7 +157,13 @@ async fn read_json(http: &HttpRequest, mut payload: web::Payload, limit: usize) 
     }
     let mut buffer = web::BytesMut::with_capacity(declared.unwrap_or(1024));
     while let Some(chunk) = futures_util::StreamExt::next(&mut payload).await {
-        let chunk = chunk.map_err(|_| ApiError::bad_json("Could not read the request body."))?;
+        let chunk = chunk.map_err(|e| {
+            if super::body_timed_out(&e) {
+                ApiError::request_timeout()
+            } else {
+                ApiError::bad_json("Could not read the request body.")
+            }
+        })?;
         if buffer.len() + chunk.len() > limit {
             return Err(ApiError::payload_too_large(limit));
         }
