@@ -91,6 +91,7 @@ pub struct ProviderKeyInput {
     #[schema(example = "openai")]
     pub provider: String,
     /// The secret. Stored encrypted; never returned.
+    #[schema(pattern = r"^\s*[!-~]{1,512}\s*$")]
     pub key: String,
     /// OpenAI only: an OpenAI-compatible base URL (https, allowlisted host). Default: OpenAI's.
     pub base_url: Option<String>,
@@ -610,7 +611,10 @@ pub fn is_deployment_name(text: &str) -> bool {
 }
 
 fn is_api_version(text: &str) -> bool {
-    let (date, suffix) = text.split_at(text.len().min(10));
+    // Checked: byte 10 may fall inside a multi-byte character (then it is no version anyway).
+    let Some((date, suffix)) = text.split_at_checked(text.len().min(10)) else {
+        return false;
+    };
     let b = date.as_bytes();
     date.len() == 10
         && b.iter().enumerate().all(|(i, c)| if i == 4 || i == 7 { *c == b'-' } else { c.is_ascii_digit() })

@@ -129,3 +129,27 @@ async fn normal_requests_stay_fast_while_200_slow_connections_hang() {
     let still_open = hanging[0].try_read(&mut probe);
     assert!(matches!(still_open, Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock), "{still_open:?}");
 }
+
+/// Found by schemathesis: a model name of non-ASCII spaces and astral-plane characters dropped the connection.
+#[tokio::test]
+async fn unusual_model_names_get_an_answer_not_a_dropped_connection() {
+    let gw = crate::helpers::spawn_gateway().await;
+    let token = gw.key_set(&["sk-unusual-model"], &[]).await;
+    for model in ["\u{a0}\u{a0}\u{10000}\u{10000}", "\u{10000}", "é", " gpt-4o-mini "] {
+        let res = gw.post("/v1/chat/completions", &token, json!({"model": model}), &[]).await;
+        assert!(res.status < 500 || res.body["error"]["code"].is_string(), "{model:?}: {} {}", res.status, res.text);
+    }
+}
+
+/// Found while fixing the one above: an Azure `api_version` with a multi-byte character at byte 10 panicked.
+#[tokio::test]
+async fn a_multibyte_azure_api_version_is_refused_not_a_dropped_connection() {
+    let app = spawn_app_with(|_| {}).await;
+    let key = json!({
+        "provider": "azure", "key": "0123456789abcdef0123456789abcdef", "endpoint": "https://myres.openai.azure.com",
+        "api_version": "2024-10-2\u{e9}", "deployments": {"gpt-4o": "gpt4o"}
+    });
+    let res = app.post_keys(&json!({"user_email": "a@b.co", "keys": [key]})).await;
+    let error = crate::helpers::error_of(res, 400).await;
+    assert_eq!(error["param"], "keys[0].api_version", "{error}");
+}

@@ -184,3 +184,22 @@ async fn refusals_the_service_gives_are_documented_where_they_happen() {
     assert_eq!(res.status(), 405);
     assert!(res.headers().contains_key("allow"));
 }
+
+#[test]
+fn parameters_are_documented_where_they_are_read() {
+    let doc: Value = serde_json::from_str(&reliablegpt::api::openapi::document()).unwrap();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            for param in op["parameters"].as_array().into_iter().flatten() {
+                let name = param["name"].as_str().unwrap();
+                let in_template = path.contains(&format!("{{{name}}}"));
+                assert_eq!(
+                    param["in"] == "path",
+                    in_template,
+                    "{method} {path}: parameter {name} is `in: {}`",
+                    param["in"]
+                );
+            }
+        }
+    }
+}
