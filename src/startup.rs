@@ -3,6 +3,7 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
@@ -41,9 +42,18 @@ pub enum StartError {
     Bind { addr: String, source: std::io::Error },
 }
 
+/// Longest a client may take to send its request line and headers; a connection that sends nothing is closed then.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a connection may stay open and idle between requests.
+const KEEP_ALIVE: Duration = Duration::from_secs(5);
+/// After the response, how long the client has to close its side before the connection is dropped.
+const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
 pub struct Application {
     addr: SocketAddr,
     server: Server,
+    /// The `/metrics`-only server of `RELIABLEGPT_METRICS_LISTEN`.
+    metrics: Option<(SocketAddr, Server)>,
     background: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -59,10 +69,8 @@ impl Application {
     }
 
     pub async fn build_with_pool(settings: Settings, pool: PgPool) -> Result<Self, StartError> {
-        let listener = TcpListener::bind(&settings.listen)
-            .map_err(|source| StartError::Bind { addr: settings.listen.clone(), source })?;
-        let addr =
-            listener.local_addr().map_err(|source| StartError::Bind { addr: settings.listen.clone(), source })?;
+        let (listener, addr) = bind(&settings.listen)?;
+        let metrics_listener = settings.metrics_listen.as_deref().map(bind).transpose()?;
         let keyring = Arc::new(settings.master_keys);
         let scoped_tokens = ScopedTokens::new(&keyring).map_err(|e| StartError::Cache(e.to_string()))?;
         let vault = Vault::with_cache(
@@ -106,14 +114,23 @@ impl Application {
             cache,
             scoped_tokens,
             alerts,
+            body_read_timeout: settings.body_read_timeout,
         });
         let workers = settings.workers;
+        let metrics_here = metrics_listener.is_none();
+        let metrics_state = state.clone();
         let mut server = HttpServer::new(move || {
             App::new()
+                .wrap(from_fn(api::body_deadline))
                 .wrap(from_fn(api::head_as_get))
                 .wrap(from_fn(api::request_context))
                 .app_data(state.clone())
                 .configure(api::routes)
+                .configure(|cfg| {
+                    if metrics_here {
+                        api::metrics_route(cfg);
+                    }
+                })
                 .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", ApiDoc::openapi()))
                 .default_service(web::to(api::not_found))
         })
@@ -124,25 +141,63 @@ impl Application {
             {
                 tracing::debug!(error = %e, "could not set TCP_NODELAY");
             }
-        });
+        })
+        .client_request_timeout(HEADER_READ_TIMEOUT)
+        .client_disconnect_timeout(DISCONNECT_TIMEOUT)
+        .keep_alive(KEEP_ALIVE);
         if let Some(n) = workers {
             server = server.workers(n as usize);
         }
         let server =
             server.listen(listener).map_err(|source| StartError::Bind { addr: addr.to_string(), source })?.run();
         tracing::info!(addr = %addr, "listening");
-        Ok(Self { addr, server, background })
+        let metrics = match metrics_listener {
+            None => None,
+            Some((listener, metrics_addr)) => {
+                let server = HttpServer::new(move || {
+                    App::new()
+                        .wrap(from_fn(api::head_as_get))
+                        .app_data(metrics_state.clone())
+                        .configure(api::metrics_route)
+                        .default_service(web::to(api::not_found))
+                })
+                .client_request_timeout(HEADER_READ_TIMEOUT)
+                .client_disconnect_timeout(DISCONNECT_TIMEOUT)
+                .keep_alive(KEEP_ALIVE)
+                .workers(1)
+                .listen(listener)
+                .map_err(|source| StartError::Bind { addr: metrics_addr.to_string(), source })?
+                .run();
+                tracing::info!(metrics_addr = %metrics_addr, "serving /metrics");
+                Some((metrics_addr, server))
+            }
+        };
+        Ok(Self { addr, server, metrics, background })
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 
+    /// Where `/metrics` is served when `RELIABLEGPT_METRICS_LISTEN` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|(addr, _)| *addr)
+    }
+
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let result = self.server.await;
+        let result = match self.metrics {
+            Some((_, metrics)) => futures_util::future::try_join(self.server, metrics).await.map(|_| ()),
+            None => self.server.await,
+        };
         for task in self.background {
             task.abort();
         }
         result
     }
+}
+
+fn bind(addr: &str) -> Result<(TcpListener, SocketAddr), StartError> {
+    let listener = TcpListener::bind(addr).map_err(|source| StartError::Bind { addr: addr.to_owned(), source })?;
+    let local = listener.local_addr().map_err(|source| StartError::Bind { addr: addr.to_owned(), source })?;
+    Ok((listener, local))
 }

@@ -46,8 +46,10 @@ pub async fn put_settings(
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct VerifyQuery {
     /// The token from the verification email.
+    #[param(required = true)]
     token: Option<String>,
 }
 
@@ -114,6 +116,7 @@ pub async fn list(state: web::Data<AppState>, auth: Authenticated) -> Result<Htt
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EventsQuery {
     /// RFC 3339 time; default: an hour ago.
     since: Option<String>,

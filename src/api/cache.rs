@@ -23,10 +23,13 @@ use crate::vault::scoped::{CACHE_READ, DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS as M
 pub struct CacheParams {
     /// Customer instance (1-128 of `A-Z a-z 0-9 . _ : -`). Default `default`; for `DELETE`, absent means every
     /// instance of the key set.
+    #[param(pattern = r"^[A-Za-z0-9._:-]{1,128}$")]
     instance_id: Option<String>,
-    /// The question (`GET` only; up to 32 KiB).
+    /// The question (up to 32 KiB).
+    #[param(required = true)]
     query: Option<String>,
     /// Least cosine similarity (0.5-1.0) for this lookup. Default: the policy's `cache_threshold`.
+    #[param(minimum = 0.5, maximum = 1.0)]
     threshold: Option<f32>,
 }
 
@@ -34,12 +37,14 @@ pub struct CacheParams {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LookupRequest {
+    #[schema(pattern = r"^[A-Za-z0-9._:-]{1,128}$")]
     instance_id: Option<String>,
     /// A lone question; or give `messages`.
     query: Option<String>,
     /// A chat conversation ending with a user message (OpenAI's `messages`).
-    #[schema(value_type = Option<Vec<Object>>)]
+    #[schema(value_type = Option<Vec<Object>>, min_items = 1)]
     messages: Option<Vec<Value>>,
+    #[schema(minimum = 0.5, maximum = 1.0)]
     threshold: Option<f32>,
 }
 
@@ -47,15 +52,17 @@ pub struct LookupRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StoreRequest {
+    #[schema(pattern = r"^[A-Za-z0-9._:-]{1,128}$")]
     instance_id: Option<String>,
     query: Option<String>,
-    #[schema(value_type = Option<Vec<Object>>)]
+    #[schema(value_type = Option<Vec<Object>>, min_items = 1)]
     messages: Option<Vec<Value>>,
     /// The answer (up to 1 MiB).
     response: String,
     /// The model that gave it.
     model: Option<String>,
     /// Lifetime (60-31536000 s). Default: the policy's `cache_ttl_seconds` (7 days).
+    #[schema(minimum = 60, maximum = 31536000)]
     ttl_seconds: Option<u32>,
 }
 
@@ -102,9 +109,12 @@ pub struct StoreResponse {
 #[serde(deny_unknown_fields)]
 pub struct TokenRequest {
     /// The only scope today: `cache:read` (`GET /v1/cache` and `POST /v1/cache/lookup` for one instance).
+    #[schema(pattern = "^cache:read$", example = "cache:read")]
     scope: String,
+    #[schema(pattern = r"^[A-Za-z0-9._:-]{1,128}$")]
     instance_id: String,
     /// Lifetime in seconds (1-86400). Default 900.
+    #[schema(minimum = 1, maximum = 86400)]
     ttl_seconds: Option<u32>,
 }
 
@@ -261,7 +271,9 @@ pub async fn store(gw: Gateway, body: web::Json<Object<StoreRequest>>) -> Result
 
 /// Delete one instance's cached answers, or (without `instance_id`) the whole key set's.
 #[utoipa::path(
-    delete, path = "/v1/cache", tag = "cache", security(("token" = [])), params(CacheParams),
+    delete, path = "/v1/cache", tag = "cache", security(("token" = [])),
+    params(("instance_id" = Option<String>, Query, pattern = r"^[A-Za-z0-9._:-]{1,128}$",
+        description = "Customer instance whose answers to delete; absent: every instance of the key set")),
     responses((status = 204, description = "Deleted"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody))
 )]
 pub async fn purge(gw: Gateway, req: HttpRequest) -> Result<HttpResponse, ApiError> {

@@ -102,6 +102,16 @@ impl ApiError {
         )
     }
 
+    /// The client did not send its body within `RELIABLEGPT_BODY_READ_TIMEOUT_MS`; the connection is closed after this.
+    pub fn request_timeout() -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            INVALID_REQUEST,
+            "request_timeout",
+            "The request body was not received in time.",
+        )
+    }
+
     pub fn not_found(req: &HttpRequest) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,
@@ -207,6 +217,10 @@ impl ResponseError for ApiError {
         if let Some(allow) = self.allow {
             res.insert_header((header::ALLOW, allow));
         }
+        // The rest of a body that came too slowly must not be read as the next request.
+        if self.status == StatusCode::REQUEST_TIMEOUT {
+            res.force_close();
+        }
         res.json(ErrorBody {
             error: ErrorDetail {
                 message: self.detail.message.clone(),
@@ -271,6 +285,7 @@ pub fn json_error(err: actix_web::error::JsonPayloadError, limit: usize) -> ApiE
             }
         )),
         E::ContentType => ApiError::unsupported_media_type(),
+        E::Payload(e) if super::body_timed_out(&e) => ApiError::request_timeout(),
         other => ApiError::bad_json(format!("Could not read the request body: {other}")),
     }
 }

@@ -15,6 +15,7 @@ mod request_context;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::error::PayloadError;
 use actix_web::http::{Method, header};
 use actix_web::middleware::Next;
 use actix_web::{HttpResponse, web};
@@ -48,6 +49,8 @@ pub struct AppState {
     pub cache: std::sync::Arc<crate::cache::SemanticCache>,
     pub scoped_tokens: crate::vault::scoped::ScopedTokens,
     pub alerts: crate::alerts::Alerts,
+    /// Longest a client may take to send its body (see [`body_deadline`]).
+    pub body_read_timeout: std::time::Duration,
 }
 
 /// JSON bodies of the management endpoints: `Content-Type: application/json` (or `…+json`) is required, so a browser
@@ -71,7 +74,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     let cache_json = json_config(CACHE_BODY_LIMIT);
     cfg.service(resource("/healthz", "GET, HEAD").route(web::get().to(health::healthz)))
         .service(resource("/readyz", "GET, HEAD").route(web::get().to(health::readyz)))
-        .service(resource("/metrics", "GET, HEAD").route(web::get().to(proxy::metrics)))
         .service(resource("/docs", "GET, HEAD").route(web::get().to(docs_slash)))
         .service(
             resource("/v1/keys", "GET, HEAD, POST, PATCH, DELETE")
@@ -107,6 +109,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/v1/models/{model:.+}", "GET, HEAD").route(web::get().to(models::retrieve)));
 }
 
+/// `/metrics`: on the main listener, or alone on `RELIABLEGPT_METRICS_LISTEN`.
+pub fn metrics_route(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/metrics", "GET, HEAD").route(web::get().to(proxy::metrics)));
+}
+
 pub async fn not_found(req: actix_web::HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
     Err(ApiError::not_found(&req))
 }
@@ -127,4 +134,34 @@ pub async fn head_as_get(
         req.head_mut().method = Method::GET;
     }
     next.call(req).await
+}
+
+/// Bounds the time a client may take to send its body: past the deadline the body stream ends in a timed-out read,
+/// which the JSON readers answer with 408 `request_timeout`. Without it, a client trickling one byte a second holds its
+/// request (and the handler's memory) for as long as it likes.
+pub async fn body_deadline(
+    mut req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let timeout = req.app_data::<web::Data<AppState>>().map(|s| s.body_read_timeout);
+    if let Some(timeout) = timeout {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let payload = actix_web::HttpMessage::take_payload(&mut req);
+        let timed = futures_util::stream::unfold(Some(payload), move |payload| async move {
+            let mut payload = payload?;
+            match tokio::time::timeout_at(deadline, futures_util::StreamExt::next(&mut payload)).await {
+                Ok(Some(chunk)) => Some((chunk, Some(payload))),
+                Ok(None) => None,
+                Err(_) => Some((Err(PayloadError::Io(std::io::Error::from(std::io::ErrorKind::TimedOut))), None)),
+            }
+        });
+        let timed: actix_web::dev::Payload = actix_web::dev::Payload::Stream { payload: Box::pin(timed) };
+        req.set_payload(timed);
+    }
+    next.call(req).await
+}
+
+/// Whether a body read failed because of [`body_deadline`].
+pub fn body_timed_out(e: &PayloadError) -> bool {
+    matches!(e, PayloadError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut)
 }

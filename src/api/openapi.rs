@@ -1,7 +1,9 @@
 //! The OpenAPI document, generated from the handlers. `openapi/openapi.json` is a committed copy that a test keeps equal.
 
+use utoipa::openapi::path::Operation;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{IntoResponses, Modify, OpenApi};
+use utoipa::openapi::{ContentBuilder, HeaderBuilder, Object, Ref, RefOr, Response, ResponseBuilder, Type};
+use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
 
 use super::error::ErrorBody;
 use super::{alerts, cache, health, keys, models, proxy};
@@ -16,9 +18,10 @@ use super::{alerts, cache, health, keys, models, proxy};
         alerts::list, alerts::events
     ),
     components(schemas(
-        crate::vault::input::KeyInput, crate::vault::input::ProviderKeyInput, crate::vault::KeyStatus, ErrorBody
+        crate::vault::input::KeyInput, crate::vault::input::ProviderKeyInput, crate::vault::KeyStatus, ErrorBody,
+        GatewayBody
     )),
-    modifiers(&BearerToken),
+    modifiers(&BearerToken, &SharedResponses),
     tags(
         (name = "gateway", description = "OpenAI-compatible endpoints with fallbacks"),
         (name = "keys", description = "The key vault"),
@@ -58,6 +61,87 @@ pub enum GatewayErrors {
     /// The request's deadline passed (code `deadline_exceeded`) or every upstream timed out (code `upstream_timeout`).
     #[response(status = 504)]
     GatewayTimeout(ErrorBody),
+}
+
+/// A gateway request body as reliablegpt reads it: `model` is required, `stream` must be a boolean when present; every
+/// other field of the OpenAI request is forwarded as sent.
+#[derive(ToSchema)]
+#[allow(dead_code)] // documents the accepted shape; parsing goes through `proxy::parse`.
+pub struct GatewayBody {
+    /// The model asked for first: 1-256 characters, no control characters or commas.
+    #[schema(min_length = 1, max_length = 256, example = "gpt-4o-mini")]
+    model: String,
+    /// `text/event-stream` answer when true (not for embeddings).
+    stream: Option<bool>,
+}
+
+/// Answers every route can give, added to each operation so the document lists them where they happen: 405 (another
+/// method; `Allow` lists the path's), and for operations with a body 408 (body too slow), 413 (too large) and, on the
+/// management routes, 415 (not declared JSON); 401 and 429 wherever a token is checked.
+struct SharedResponses;
+
+impl SharedResponses {
+    fn error(description: &str) -> ResponseBuilder {
+        ResponseBuilder::new()
+            .description(description)
+            .content("application/json", ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build())
+    }
+
+    fn add(op: &mut Operation, status: &str, response: impl FnOnce() -> Response) {
+        op.responses.responses.entry(status.to_owned()).or_insert_with(|| RefOr::T(response()));
+    }
+
+    fn apply(op: &mut Operation) {
+        let header = |kind: Type, description: &str| {
+            HeaderBuilder::new().schema(Object::with_type(kind)).description(Some(description)).build()
+        };
+        Self::add(op, "405", || {
+            Self::error("Method not allowed on this path (code `method_not_allowed`).")
+                .header("Allow", header(Type::String, "The methods this path serves"))
+                .build()
+        });
+        if op.request_body.is_some() {
+            Self::add(op, "408", || {
+                Self::error(
+                    "The body did not arrive within `RELIABLEGPT_BODY_READ_TIMEOUT_MS` (code `request_timeout`); the \
+                     connection is closed.",
+                )
+                .build()
+            });
+            Self::add(op, "413", || {
+                Self::error("The body exceeds this route's limit (code `payload_too_large`).").build()
+            });
+            let gateway = op.tags.as_ref().is_some_and(|t| t.iter().any(|t| t == "gateway"));
+            if !gateway {
+                Self::add(op, "415", || {
+                    Self::error(
+                        "The body was not sent as `Content-Type: application/json` (code `unsupported_media_type`).",
+                    )
+                    .build()
+                });
+            }
+        }
+        if op.security.is_some() {
+            Self::add(op, "401", || Self::error("Missing or invalid token (code `invalid_api_key`).").build());
+            Self::add(op, "429", || {
+                Self::error("Too many failed authentications from this address (code `rate_limit_exceeded`).")
+                    .header("Retry-After", header(Type::Integer, "Seconds to wait before retrying"))
+                    .build()
+            });
+        }
+    }
+}
+
+impl Modify for SharedResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for item in openapi.paths.paths.values_mut() {
+            for op in [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch] {
+                if let Some(op) = op.as_mut() {
+                    Self::apply(op);
+                }
+            }
+        }
+    }
 }
 
 struct BearerToken;

@@ -22,7 +22,7 @@ const MAX_TIMEOUT_MS: u64 = 600_000;
 /// Chat completions with fallbacks, key rotation, retries and stream rescue. OpenAI's request and response format.
 #[utoipa::path(
     post, path = "/v1/chat/completions", tag = "gateway", security(("token" = [])),
-    request_body(content = Object, description = "OpenAI chat completion request, forwarded as sent (only `model` changes on fallback)."),
+    request_body(content = super::openapi::GatewayBody, description = "OpenAI chat completion request, forwarded as sent (only `model` changes on fallback)."),
     params(
         ("x-reliablegpt-fallback" = Option<String>, Header, description = "Comma list of models overriding the policy's fallback_strategy"),
         ("x-reliablegpt-instance" = Option<String>, Header, description = "Customer instance id (1-128 of A-Z a-z 0-9 . _ : -; default `default`), carried on every engine event"),
@@ -42,7 +42,7 @@ pub async fn chat(gw: Gateway, req: HttpRequest, body: web::Payload) -> Result<H
 /// Legacy completions, same engine.
 #[utoipa::path(
     post, path = "/v1/completions", tag = "gateway", security(("token" = [])),
-    request_body(content = Object, description = "OpenAI completion request."),
+    request_body(content = super::openapi::GatewayBody, description = "OpenAI completion request; other fields are forwarded as sent."),
     responses((status = 200, description = "The answering upstream's body"), GatewayErrors)
 )]
 pub async fn completions(gw: Gateway, req: HttpRequest, body: web::Payload) -> Result<HttpResponse, ApiError> {
@@ -52,7 +52,7 @@ pub async fn completions(gw: Gateway, req: HttpRequest, body: web::Payload) -> R
 /// Embeddings; fallbacks only between models of the same dimension.
 #[utoipa::path(
     post, path = "/v1/embeddings", tag = "gateway", security(("token" = [])),
-    request_body(content = Object, description = "OpenAI embeddings request."),
+    request_body(content = super::openapi::GatewayBody, description = "OpenAI embeddings request; other fields are forwarded as sent."),
     responses((status = 200, description = "The answering upstream's body"), GatewayErrors)
 )]
 pub async fn embeddings(gw: Gateway, req: HttpRequest, body: web::Payload) -> Result<HttpResponse, ApiError> {
@@ -157,7 +157,13 @@ async fn read_json(http: &HttpRequest, mut payload: web::Payload, limit: usize) 
     }
     let mut buffer = web::BytesMut::with_capacity(declared.unwrap_or(1024));
     while let Some(chunk) = futures_util::StreamExt::next(&mut payload).await {
-        let chunk = chunk.map_err(|_| ApiError::bad_json("Could not read the request body."))?;
+        let chunk = chunk.map_err(|e| {
+            if super::body_timed_out(&e) {
+                ApiError::request_timeout()
+            } else {
+                ApiError::bad_json("Could not read the request body.")
+            }
+        })?;
         if buffer.len() + chunk.len() > limit {
             return Err(ApiError::payload_too_large(limit));
         }

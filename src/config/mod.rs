@@ -56,6 +56,16 @@ settings! {
             parse::keyring, required
         ],
         pub listen: String [LISTEN = "RELIABLEGPT_LISTEN", parse::host_port, default DEFAULT_LISTEN.to_owned()],
+        /// A second listener (host:port) that serves only `/metrics`; the main listener then answers 404 there, so
+        /// metrics need not be reachable from where clients are. Default: unset (`/metrics` on the main listener).
+        pub metrics_listen: Option<String> [
+            METRICS_LISTEN = "RELIABLEGPT_METRICS_LISTEN", parse::host_port, optional
+        ],
+        /// Longest a client may take to send a request body, from the end of its headers; then it gets 408
+        /// `request_timeout` and the connection is closed (a client trickling bytes would otherwise hold a worker slot).
+        pub body_read_timeout: std::time::Duration [
+            BODY_READ_TIMEOUT_MS = "RELIABLEGPT_BODY_READ_TIMEOUT_MS", parse::millis, default std::time::Duration::from_secs(10)
+        ],
         pub egress: EgressPolicy [group crate::config::egress],
         pub engine: EngineSettings [group crate::engine::settings],
         pub cache: CacheSettings [group crate::cache::settings],

@@ -149,8 +149,8 @@ impl Catalog {
 }
 
 fn strip_snapshot(model: &str) -> Option<&str> {
-    // `-YYYY-MM-DD` suffix.
-    let (base, date) = model.split_at(model.len().checked_sub(11)?);
+    // `-YYYY-MM-DD` suffix. Checked: eleven bytes from the end may fall inside a multi-byte character.
+    let (base, date) = model.split_at_checked(model.len().checked_sub(11)?)?;
     let b = date.as_bytes();
     let dated = b.len() == 11
         && b[0] == b'-'

@@ -91,6 +91,7 @@ pub struct ProviderKeyInput {
     #[schema(example = "openai")]
     pub provider: String,
     /// The secret. Stored encrypted; never returned.
+    #[schema(pattern = r"^\s*[!-~]{1,512}\s*$")]
     pub key: String,
     /// OpenAI only: an OpenAI-compatible base URL (https, allowlisted host). Default: OpenAI's.
     pub base_url: Option<String>,
@@ -108,11 +109,12 @@ pub struct ProviderKeyInput {
 pub struct Policy {
     /// Models to try, in order, after the requested one. A repeated model means "try it again". Default: `[]`.
     #[serde(default)]
-    #[schema(example = json!(["gpt-4o", "gpt-4o-mini"]))]
+    #[schema(example = json!(["gpt-4o", "gpt-4o-mini"]), max_items = 16)]
     pub fallback_strategy: Vec<String>,
     /// Azure deployment names to try, in order, before any OpenAI key. Default: `[]` (the deployment mapped to the
     /// requested model).
     #[serde(default)]
+    #[schema(max_items = 16)]
     pub azure_fallback_strategy: Vec<String>,
     /// The semantic cache: store every successful answer (write-through) and answer from it when every upstream
     /// fails, when the key set is busy (≥ 80 % of `max_concurrency`) or would shed a request. Header
@@ -125,6 +127,7 @@ pub struct Policy {
     /// Least cosine similarity (0.5-1.0) for a semantic cache hit. Default: `null` (0.78, chosen with
     /// `reliablegpt cache-eval`).
     #[serde(default)]
+    #[schema(minimum = 0.5, maximum = 1.0)]
     pub cache_threshold: Option<f32>,
     /// Hit guards: a candidate whose question differs from the query in numbers or dates, negation, named entities or
     /// scope words is not served. Default: all `true`.
@@ -132,21 +135,26 @@ pub struct Policy {
     pub cache_guards: Guards,
     /// Lifetime of stored answers in seconds (60-31536000). Default: `null` (604800, 7 days).
     #[serde(default)]
+    #[schema(minimum = 60, maximum = 31536000)]
     pub cache_ttl_seconds: Option<u32>,
     /// Most cache entries for this key set (1-10000000); the oldest are evicted. Default: `null` (100000).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 10000000)]
     pub cache_max_entries: Option<u32>,
     /// Most requests in flight for this key set, across the process; beyond it requests wait up to `max_queue_ms`,
     /// then get 503 `overloaded` with `Retry-After`. Default: `null` (no limit).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 100000)]
     pub max_concurrency: Option<u32>,
     /// Returned as a normal completion when everything failed, instead of an error. Default: `null` (return the error).
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 4096)]
     pub graceful_string: Option<String>,
     /// Treat a slow upstream as failed: when the first target has sent no byte after this many milliseconds, start the
     /// next one in parallel; the first to answer wins. Default: `null` (no hedging). Header `x-reliablegpt-hedge-ms`
     /// overrides it per request.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 60000)]
     pub hedge_ms: Option<u32>,
     /// Per-model budgets, e.g. `{"gpt-4o": {"rpm": 500, "tpm": 300000}}`. Requests beyond a budget wait in a bounded
     /// queue instead of collecting 429s; past `max_queue_ms` the next model is tried. Default: `{}` (no pacing).
@@ -155,6 +163,7 @@ pub struct Policy {
     /// Longest a request waits in a queue: for a slot under `max_concurrency`, or for a model's budget (then the next
     /// model is tried). Default: `null` (2000 ms).
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 600000)]
     pub max_queue_ms: Option<u32>,
 }
 
@@ -162,7 +171,9 @@ pub struct Policy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ModelLimit {
+    #[schema(minimum = 1)]
     pub rpm: Option<u32>,
+    #[schema(minimum = 1)]
     pub tpm: Option<u32>,
 }
 
@@ -600,7 +611,10 @@ pub fn is_deployment_name(text: &str) -> bool {
 }
 
 fn is_api_version(text: &str) -> bool {
-    let (date, suffix) = text.split_at(text.len().min(10));
+    // Checked: byte 10 may fall inside a multi-byte character (then it is no version anyway).
+    let Some((date, suffix)) = text.split_at_checked(text.len().min(10)) else {
+        return false;
+    };
     let b = date.as_bytes();
     date.len() == 10
         && b.iter().enumerate().all(|(i, c)| if i == 4 || i == 7 { *c == b'-' } else { c.is_ascii_digit() })

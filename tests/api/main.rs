@@ -10,6 +10,7 @@ mod events;
 mod gateway;
 mod helpers;
 mod http_basics;
+mod hygiene;
 mod keys;
 mod logs;
 mod models;
