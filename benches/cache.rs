@@ -1,13 +1,24 @@
 //! Semantic cache benchmark: lookup latency (exact path and vector path), HNSW build time and recall@1 of the index
-//! against an exact search, on synthetic clustered 384-dimension vectors in a real PostgreSQL + pgvector
-//! (DATABASE_URL, as for the tests). It times the real `SemanticCache::lookup`, with a fixed-vector embedder so the
-//! model is not part of the vector path. Reported, not asserted.
+//! against an exact search, in a real PostgreSQL + pgvector (DATABASE_URL, as for the tests). It times the real
+//! `SemanticCache::lookup`, with a fixed-vector embedder so the model is not part of the vector path. Reported, not
+//! asserted.
 //!
-//! Scenarios: one key set and instance holding every entry (10k, 100k, and 1M with `--large`), and 100 key sets of
-//! 1,000 entries sharing the table (the filter keeps 1 %). Each: ~200 entries stored through `store_embedded`, the rest
-//! COPYed in with the HNSW index dropped, then the index rebuilt as in the migration. Measured: `lookup` p50/p99 on the
-//! exact path and the vector path (paraphrases at cos ≈ 0.97), the hit rate, recall@1 of the nearest-neighbour
-//! statement against an exact search (with the planner's plan and with the HNSW scan forced), and the plans.
+//! Scenarios: one key set and instance holding every entry (10k, 100k, and 1M with `--large`), and 100 key sets
+//! sharing the table (100k rows in all, or `--shared 100000,1000000`; the filter keeps 1 %). Each: ~200 entries
+//! stored through `store_embedded`, the rest COPYed in with the HNSW index dropped, then the index rebuilt as the
+//! migrations define it (or `--hnsw m=24,ef_construction=100`). Measured: `lookup` p50/p99 on the exact path and the
+//! vector path (paraphrases at cos ≈ 0.97), the hit rate, recall@1 of the nearest-neighbour statement against an exact
+//! search (with the planner's plan and with the HNSW scan forced), the plans, and the load average meanwhile.
+//!
+//! Vectors: `--vectors synthetic` (default) draws clustered unit vectors; `--vectors sentences` stores real
+//! all-MiniLM-L6-v2 embeddings of generated questions (benches/sentences; the first 10k, or `--sentences N`,
+//! embedded once and kept under target/cache-bench/), and beyond those, blends of two of them plus a little noise;
+//! its recall queries are real paraphrases of stored questions and real unseen questions. It needs
+//! RELIABLEGPT_EMBEDDING_MODEL_DIR.
+//!
+//! `--ef-search N` sets the lookups' `hnsw.ef_search` (default: the service's, `RELIABLEGPT_CACHE_EF_SEARCH`);
+//! `--prewarm` loads the table and its indexes into shared_buffers (pg_prewarm) after each build. The server's
+//! shared_buffers is printed, with a warning when the HNSW index does not fit (scripts/dev-db sizes it).
 //!
 //!     DATABASE_URL=$(scripts/dev-db) cargo bench --bench cache -- --bench            # 10k and 100k entries
 //!     DATABASE_URL=$(scripts/dev-db) cargo bench --bench cache -- --bench --large    # also 1M (long: index build)
@@ -24,13 +35,15 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use reliablegpt::cache::embed::{BoxFuture, DIMENSIONS, EmbedError, Embedder, Embedding};
-use reliablegpt::cache::{Conversation, Matching, Retention, Scope, SemanticCache};
+use reliablegpt::cache::embed::{BoxFuture, DIMENSIONS, EmbedError, Embedder, Embedding, LocalEmbedder};
+use reliablegpt::cache::{CacheOptions, Conversation, Matching, Retention, Scope, SemanticCache};
 use reliablegpt::config::{MasterKeyring, Secret32};
 use reliablegpt::engine::metrics::Metrics;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool, Row};
 use uuid::Uuid;
+
+mod sentences;
 
 const DIM: usize = DIMENSIONS;
 const SEED: u64 = 20_261_203;
@@ -52,9 +65,12 @@ const RECALL_NOISE: f32 = 0.018;
 /// A top-1 whose similarity is within this of the exact top-1's counts as correct (halfvec rounding).
 const TIE: f32 = 1e-3;
 const COPY_BATCH: usize = 5_000;
-/// `hnsw.ef_search` of `find_nearest`.
-const EF_SEARCH: u32 = 64;
 const EF_SWEEP: [u32; 4] = [40, 100, 200, 400];
+/// `--vectors sentences`: questions embedded for real (the rest are blends of them).
+const SENTENCES: usize = 10_000;
+/// A blend: `a + β (b - a)` with β up to this, plus noise of `BLEND_NOISE` per component (|noise| ≈ 0.2).
+const BLEND: f32 = 0.3;
+const BLEND_NOISE: f32 = 0.01;
 
 const COLUMNS: &str = "id, master_key_version, question, response, model, created_at";
 /// The statement of `find_nearest` in src/cache/queries.rs (run there with the same two `SET LOCAL`s).
@@ -64,29 +80,80 @@ const NEAREST_WHERE: &str = "FROM cache_entries
          ORDER BY embedding <=> $4::real[]::halfvec(384)
          LIMIT $5";
 
+/// What to run, from the command line.
+struct Options {
+    /// Rows of the one-key-set scenarios.
+    sizes: Vec<usize>,
+    /// Rows in all of the 100-key-set scenarios.
+    shared: Vec<usize>,
+    /// For the index builds (a build whose graph outgrows it goes on on disk).
+    maintenance_work_mem: String,
+    /// The lookups' `hnsw.ef_search`.
+    ef_search: u32,
+    /// `WITH (...)` for the HNSW index instead of the migrations' parameters.
+    hnsw: Option<String>,
+    /// `--vectors sentences`: how many questions are embedded for real.
+    sentences: Option<usize>,
+    prewarm: bool,
+}
+
+impl Options {
+    fn parse(args: &[String]) -> Self {
+        let value = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+        let numbers = |name: &str, list: String| -> Vec<usize> {
+            list.split(',')
+                .map(|n| n.trim().replace('_', "").parse().unwrap_or_else(|_| panic!("{name}: numbers")))
+                .collect()
+        };
+        let mut sizes = vec![10_000, 100_000];
+        if args.iter().any(|a| a == "--large") {
+            sizes.push(1_000_000);
+        }
+        // `--sizes 2000,5000`: other sizes for the one-key-set scenario (a quick check of the bench itself).
+        if let Some(list) = value("--sizes") {
+            sizes = numbers("--sizes", list);
+        }
+        let shared = value("--shared").map_or(vec![100_000], |list| numbers("--shared", list));
+        assert!(shared.iter().all(|&n| n >= 100 * REAL), "--shared: at least {} rows", 100 * REAL);
+        let maintenance_work_mem = value("--maintenance-work-mem").unwrap_or_else(|| "1GB".to_owned());
+        assert!(maintenance_work_mem.chars().all(|c| c.is_ascii_alphanumeric()), "--maintenance-work-mem: e.g. 2GB");
+        let ef_search = value("--ef-search")
+            .map_or(CacheOptions::default().ef_search, |n| n.parse().expect("--ef-search: a number"));
+        let hnsw = value("--hnsw");
+        if let Some(with) = &hnsw {
+            assert!(
+                with.chars().all(|c| c.is_ascii_alphanumeric() || "=,_".contains(c)),
+                "--hnsw: e.g. m=24,ef_construction=100"
+            );
+        }
+        let sentences = match value("--vectors").as_deref() {
+            None | Some("synthetic") => None,
+            Some("sentences") => {
+                let n = value("--sentences").map_or(SENTENCES, |n| n.parse().expect("--sentences: a number"));
+                assert!(
+                    (1_000..=sentences::COUNT - 10_000).contains(&n),
+                    "--sentences: 1000 to {}",
+                    sentences::COUNT - 10_000
+                );
+                Some(n)
+            }
+            Some(other) => panic!("--vectors {other}: synthetic or sentences"),
+        };
+        let prewarm = args.iter().any(|a| a == "--prewarm");
+        Self { sizes, shared, maintenance_work_mem, ef_search, hnsw, sentences, prewarm }
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if !args.iter().any(|a| a == "--bench") {
         return;
     }
-    let mut sizes = vec![10_000, 100_000];
-    if args.iter().any(|a| a == "--large") {
-        sizes.push(1_000_000);
-    }
-    // `--sizes 2000,5000`: other sizes for the one-key-set scenario (a quick check of the bench itself).
-    if let Some(list) = args.iter().position(|a| a == "--sizes").and_then(|i| args.get(i + 1)) {
-        sizes = list.split(',').map(|n| n.trim().replace('_', "").parse().expect("--sizes: numbers")).collect();
-    }
-    // `--maintenance-work-mem 2GB`: for the index builds (default 1GB; a build whose graph outgrows it goes on on disk).
-    let maintenance_work_mem = args
-        .iter()
-        .position(|a| a == "--maintenance-work-mem")
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-        .unwrap_or_else(|| "1GB".to_owned());
-    assert!(maintenance_work_mem.chars().all(|c| c.is_ascii_alphanumeric()), "--maintenance-work-mem: e.g. 2GB");
+    let options = Options::parse(&args);
+    // One thread for the model's matrix products, so the embedding latency is one core's.
+    let _ = rayon::ThreadPoolBuilder::new().num_threads(1).build_global();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    runtime.block_on(run(sizes, maintenance_work_mem));
+    runtime.block_on(run(options));
 }
 
 fn progress(started: Instant, what: &str) {
@@ -100,10 +167,27 @@ fn progress(started: Instant, what: &str) {
 struct Vectors {
     rng: StdRng,
     centres: Vec<f32>,
+    sentences: Option<Sentences>,
+}
+
+/// `--vectors sentences`: real embeddings of generated questions.
+struct Sentences {
+    embedder: Arc<LocalEmbedder>,
+    /// Questions `0..count`, embedded, row-major.
+    real: Vec<f32>,
+    count: usize,
+    /// The next entry: question `next` while `next < count`, a blend after.
+    next: usize,
+}
+
+impl Sentences {
+    fn vec(&self, i: usize) -> &[f32] {
+        &self.real[i * DIM..(i + 1) * DIM]
+    }
 }
 
 impl Vectors {
-    fn new(seed: u64) -> Self {
+    fn new(seed: u64, sentences: Option<Sentences>) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
         let mut centres = Vec::with_capacity(CENTRES * DIM);
         for _ in 0..CENTRES {
@@ -111,14 +195,69 @@ impl Vectors {
             normalise(&mut c);
             centres.extend_from_slice(&c);
         }
-        Self { rng, centres }
+        Self { rng, centres, sentences }
     }
 
-    /// A new entry: a random centre plus noise, unit length.
-    fn entry(&mut self) -> Vec<f32> {
-        let c = self.rng.gen_range(0..CENTRES);
-        let centre = self.centres[c * DIM..(c + 1) * DIM].to_vec();
-        self.near(&centre, ENTRY_NOISE)
+    fn describe(&self) -> String {
+        match &self.sentences {
+            None => format!("synthetic clustered unit vectors ({CENTRES} centres)"),
+            Some(s) => format!(
+                "all-MiniLM-L6-v2 embeddings of {} generated questions, beyond them blends of two (β ≤ {BLEND}, noise \
+                 {BLEND_NOISE}/component)",
+                s.count
+            ),
+        }
+    }
+
+    /// A new entry, unit length, and the generated question it embeds (if it is one): a random centre plus noise, or
+    /// the next question's embedding, or a blend of two questions' embeddings plus noise.
+    fn entry(&mut self) -> (Vec<f32>, Option<usize>) {
+        let Some(s) = &mut self.sentences else {
+            let c = self.rng.gen_range(0..CENTRES);
+            let centre = self.centres[c * DIM..(c + 1) * DIM].to_vec();
+            return (self.near(&centre, ENTRY_NOISE), None);
+        };
+        let i = s.next;
+        s.next += 1;
+        if i < s.count {
+            return (s.vec(i).to_vec(), Some(i));
+        }
+        let (a, b) = (self.rng.gen_range(0..s.count), self.rng.gen_range(0..s.count));
+        let beta = self.rng.gen_range(0.0..BLEND);
+        let blend: Vec<f32> = s.vec(a).iter().zip(s.vec(b)).map(|(x, y)| x + beta * (y - x)).collect();
+        (self.near(&blend, BLEND_NOISE), None)
+    }
+
+    /// The next entries start again at question `i` (the 100-key-set scenario's own entries are questions too).
+    fn restart_at(&mut self, i: usize) {
+        if let Some(s) = &mut self.sentences {
+            s.next = i;
+        }
+    }
+
+    /// Recall queries near stored entries: a stored vector plus noise (cos ≈ 0.94), or the embedding of a real
+    /// paraphrase of a stored question.
+    async fn near_duplicates(&mut self, visible: &Visible, n: usize) -> Vec<Vec<f32>> {
+        let Some(embedder) = self.sentences.as_ref().map(|s| s.embedder.clone()) else {
+            return (0..n)
+                .map(|_| {
+                    let source = self.rng.gen_range(0..visible.len());
+                    self.near(visible.vec(source), RECALL_NOISE)
+                })
+                .collect();
+        };
+        let stored: Vec<usize> = visible.questions.iter().flatten().copied().collect();
+        let texts = (0..n).map(|_| sentences::paraphrase(stored[self.rng.gen_range(0..stored.len())])).collect();
+        embed_all(&embedder, texts).await
+    }
+
+    /// Recall queries that are new: a fresh draw from the clusters, or the embedding of a question never stored.
+    async fn fresh(&mut self, n: usize) -> Vec<Vec<f32>> {
+        let Some((embedder, count)) = self.sentences.as_ref().map(|s| (s.embedder.clone(), s.count)) else {
+            return (0..n).map(|_| self.entry().0).collect();
+        };
+        let texts = (0..n).map(|_| sentences::question(self.rng.gen_range(count..sentences::COUNT))).collect();
+        embed_all(&embedder, texts).await
     }
 
     /// `v` plus gaussian noise of `sigma` per component, unit length.
@@ -134,6 +273,58 @@ fn gauss(rng: &mut StdRng) -> f32 {
     let u1: f64 = rng.gen_range(f64::MIN_POSITIVE..1.0);
     let u2: f64 = rng.gen_range(0.0..1.0);
     ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+}
+
+/// Embeds `texts` one at a time (batches are slower per question on one rayon thread) on two threads.
+async fn embed_all(embedder: &Arc<LocalEmbedder>, texts: Vec<String>) -> Vec<Vec<f32>> {
+    let embedder = embedder.clone();
+    tokio::task::spawn_blocking(move || {
+        let half = texts.len().div_ceil(2).max(1);
+        std::thread::scope(|s| {
+            let handles: Vec<_> = texts
+                .chunks(half)
+                .map(|chunk| {
+                    let embedder = &embedder;
+                    s.spawn(move || {
+                        chunk
+                            .iter()
+                            .map(|t| embedder.embed_blocking(std::slice::from_ref(t)).unwrap().remove(0))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        })
+    })
+    .await
+    .unwrap()
+}
+
+/// Embeds questions `0..count`, or reads them from target/cache-bench/ where an earlier run left them.
+async fn load_sentences(embedder: Arc<LocalEmbedder>, count: usize, started: Instant) -> Sentences {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/cache-bench");
+    // The file's name changes with the questions' generator and the model.
+    let path = dir.join(format!("sentences-{}-{count}-{}.f32", sentences::COUNT, embedder.name().replace('/', "_")));
+    if let Ok(bytes) = std::fs::read(&path)
+        && bytes.len() == count * DIM * 4
+    {
+        let real = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        progress(started, &format!("{count} question embeddings read from {}", path.display()));
+        return Sentences { embedder, real, count, next: 0 };
+    }
+    let mut real = Vec::with_capacity(count * DIM);
+    let t = Instant::now();
+    for first in (0..count).step_by(1_000) {
+        let texts: Vec<String> = (first..(first + 1_000).min(count)).map(sentences::question).collect();
+        for v in embed_all(&embedder, texts).await {
+            real.extend_from_slice(&v);
+        }
+        progress(started, &format!("embedded {} of {count} questions", (first + 1_000).min(count)));
+    }
+    progress(started, &format!("{count} questions embedded in {:.0}s", t.elapsed().as_secs_f64()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(&path, real.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+    Sentences { embedder, real, count, next: 0 }
 }
 
 fn normalise(v: &mut [f32]) {
@@ -159,14 +350,17 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 struct Visible {
     ids: Vec<Uuid>,
     vecs: Vec<f32>,
+    /// The generated question each entry embeds, if it is one (`--vectors sentences`).
+    questions: Vec<Option<usize>>,
     index: HashMap<Uuid, usize>,
 }
 
 impl Visible {
-    fn push(&mut self, id: Uuid, v: &[f32]) {
+    fn push(&mut self, id: Uuid, v: &[f32], question: Option<usize>) {
         self.index.insert(id, self.ids.len());
         self.ids.push(id);
         self.vecs.extend_from_slice(v);
+        self.questions.push(question);
     }
 
     fn len(&self) -> usize {
@@ -263,11 +457,11 @@ async fn store_real(
     cache: &SemanticCache,
     pool: &PgPool,
     key_set_id: Uuid,
-    real: &[Vec<f32>],
+    real: &[(Vec<f32>, Option<usize>)],
     visible: &mut Visible,
 ) -> Vec<u8> {
     let scope = Scope { key_set_id, instance: INSTANCE };
-    for (i, v) in real.iter().enumerate() {
+    for (i, (v, question)) in real.iter().enumerate() {
         cache
             .store_embedded(scope, &stored_question(i), Some(v), &answer(i), Some("gpt-4o"), Retention::default())
             .await
@@ -278,7 +472,7 @@ async fn store_real(
             .fetch_one(pool)
             .await
             .unwrap();
-        visible.push(id, v);
+        visible.push(id, v, *question);
     }
     sqlx::query_scalar("SELECT context_hash FROM cache_entries WHERE key_set_id = $1 LIMIT 1")
         .bind(key_set_id)
@@ -322,7 +516,7 @@ async fn fill(
         let mut buf = String::with_capacity(n * (DIM * 9 + 400));
         for _ in 0..n {
             let id = Uuid::new_v4();
-            let v = vectors.entry();
+            let (v, question) = vectors.entry();
             let exact: [u8; 32] = vectors.rng.r#gen();
             let garbage: [u8; 32] = vectors.rng.r#gen();
             write!(buf, "{id}\t{key_set_id}\t{INSTANCE}\t").unwrap();
@@ -342,7 +536,7 @@ async fn fill(
             push_hex(&mut buf, &garbage);
             writeln!(buf, "\tgpt-4o\t{expires}").unwrap();
             if let Some(visible) = visible.as_deref_mut() {
-                visible.push(id, &v);
+                visible.push(id, &v, question);
             }
         }
         copy.send(buf.into_bytes()).await.unwrap();
@@ -354,21 +548,71 @@ async fn drop_index(pool: &PgPool) {
     sqlx::query("DROP INDEX IF EXISTS cache_entries_embedding").execute(pool).await.unwrap();
 }
 
-/// Recreates the HNSW index exactly as the migration does; returns the build time and the index size.
-async fn build_index(pool: &PgPool, maintenance_work_mem: &str) -> (Duration, i64) {
+/// The HNSW index's definition as the migrations left it, or with `--hnsw`'s parameters instead.
+async fn index_definition(pool: &PgPool, hnsw: Option<&str>) -> String {
+    let migrated: String = sqlx::query_scalar("SELECT pg_get_indexdef('cache_entries_embedding'::regclass)")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    match hnsw {
+        None => migrated,
+        Some(with) => format!("{} WITH ({with})", migrated.split(" WITH (").next().unwrap_or(&migrated)),
+    }
+}
+
+/// Sizes after a build: the HNSW index, and the table (heap + TOAST).
+struct Built {
+    took: Duration,
+    index_bytes: i64,
+    table_bytes: i64,
+}
+
+/// Recreates the HNSW index with `definition`, analyzes, and (`--prewarm`) loads the table and its indexes into
+/// shared_buffers.
+async fn build_index(pool: &PgPool, definition: &str, maintenance_work_mem: &str, prewarm: bool) -> Built {
     let mut conn = pool.acquire().await.unwrap();
     sqlx::query(&format!("SET maintenance_work_mem = '{maintenance_work_mem}'")).execute(&mut *conn).await.unwrap();
     let started = Instant::now();
-    sqlx::query("CREATE INDEX cache_entries_embedding ON cache_entries USING hnsw (embedding halfvec_cosine_ops)")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
+    sqlx::query(definition).execute(&mut *conn).await.unwrap();
     let took = started.elapsed();
     sqlx::query("RESET maintenance_work_mem").execute(&mut *conn).await.unwrap();
     sqlx::query("ANALYZE cache_entries").execute(&mut *conn).await.unwrap();
-    let size: i64 =
-        sqlx::query_scalar("SELECT pg_relation_size('cache_entries_embedding')").fetch_one(&mut *conn).await.unwrap();
-    (took, size)
+    if prewarm {
+        sqlx::query(
+            "SELECT pg_prewarm('cache_entries'), pg_prewarm('cache_entries_exact'), pg_prewarm('cache_entries_embedding')",
+        )
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    }
+    let (index_bytes, table_bytes): (i64, i64) =
+        sqlx::query_as("SELECT pg_relation_size('cache_entries_embedding'), pg_table_size('cache_entries')")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+    Built { took, index_bytes, table_bytes }
+}
+
+/// The share of the HNSW index's pages in shared_buffers (pg_buffercache), when the extension is there.
+async fn index_cached(pool: &PgPool) -> Option<f64> {
+    sqlx::query_scalar(
+        "SELECT count(*)::float8 * current_setting('block_size')::float8
+                / greatest(pg_relation_size('cache_entries_embedding'), 1)
+         FROM pg_buffercache
+         WHERE relfilenode = pg_relation_filenode('cache_entries_embedding')
+           AND reldatabase = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .fetch_one(pool)
+    .await
+    .ok()
+}
+
+/// The 1-minute load average of the machine (other work competes for its cores).
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().and_then(|x| x.parse().ok()))
+        .unwrap_or(f64::NAN)
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -382,6 +626,14 @@ struct Measured {
     fill: Duration,
     build: Duration,
     index_bytes: i64,
+    table_bytes: i64,
+    /// The 1-minute load average before the exact lookups and after the vector lookups.
+    load: (f64, f64),
+    /// The share of the HNSW index in shared_buffers, before and after the lookups.
+    cached: Option<(f64, f64)>,
+    /// `SELECT 1` through the pool, p50 and p99.
+    round_trip: (Duration, Duration),
+    exact_explain: Vec<String>,
     exact: (Duration, Duration),
     exact_hits: usize,
     vector: (Duration, Duration),
@@ -397,6 +649,40 @@ struct Measured {
     forced_plan: String,
     lookup_plans: String,
     explain: Vec<String>,
+}
+
+impl Measured {
+    fn set_built(&mut self, built: &Built) {
+        self.build = built.took;
+        self.index_bytes = built.index_bytes;
+        self.table_bytes = built.table_bytes;
+    }
+}
+
+/// The server's memory settings that decide whether the index stays in memory.
+struct ServerMemory {
+    shared_buffers: String,
+    shared_buffers_bytes: i64,
+    effective_cache_size: String,
+}
+
+impl ServerMemory {
+    async fn read(pool: &PgPool) -> Self {
+        let (shared_buffers, shared_buffers_bytes, effective_cache_size): (String, i64, String) = sqlx::query_as(
+            "SELECT current_setting('shared_buffers'),
+                    (SELECT setting::int8 FROM pg_settings WHERE name = 'shared_buffers')
+                        * current_setting('block_size')::int8,
+                    current_setting('effective_cache_size')",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        Self { shared_buffers, shared_buffers_bytes, effective_cache_size }
+    }
+
+    fn describe(&self) -> String {
+        format!("shared_buffers = {}, effective_cache_size = {}", self.shared_buffers, self.effective_cache_size)
+    }
 }
 
 fn percentiles(mut latencies: Vec<Duration>) -> (Duration, Duration) {
@@ -487,15 +773,10 @@ fn elide_vectors(line: &str) -> String {
 }
 
 /// EXPLAIN ANALYZE of one vector lookup's statement (custom plan), and the generic plan of the same statement.
-async fn explain(
-    pool: &PgPool,
-    key_set_id: Uuid,
-    context: &[u8],
-    query: &[f32],
-    plan: Plan,
-) -> (Vec<String>, Vec<String>) {
+async fn explain(searched: Searched<'_>, query: &[f32], plan: Plan, ef_search: u32) -> (Vec<String>, Vec<String>) {
+    let Searched { pool, key_set_id, context, .. } = searched;
     let mut tx = pool.begin().await.unwrap();
-    set_locals(&mut tx, plan, EF_SEARCH).await;
+    set_locals(&mut tx, plan, ef_search).await;
     let select =
         format!("SELECT {COLUMNS}, 1 - (embedding <=> $4::real[]::halfvec(384)) AS similarity {NEAREST_WHERE}");
     let explain_sql = format!("EXPLAIN (ANALYZE, BUFFERS) {select}");
@@ -512,6 +793,35 @@ async fn explain(
     };
     tx.commit().await.unwrap();
     (custom, generic)
+}
+
+/// EXPLAIN (ANALYZE, BUFFERS) of the exact path's statement (`find_exact`) for the first stored question, as a
+/// generic plan (what a prepared statement settles on).
+async fn explain_exact(searched: Searched<'_>) -> Vec<String> {
+    let Searched { pool, key_set_id, visible, .. } = searched;
+    let exact_hash: Vec<u8> = sqlx::query_scalar("SELECT exact_hash FROM cache_entries WHERE id = $1")
+        .bind(visible.ids[0])
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SET LOCAL plan_cache_mode = force_generic_plan").execute(&mut *tx).await.unwrap();
+    let plan = sqlx::query(&format!(
+        "EXPLAIN (ANALYZE, BUFFERS) SELECT {COLUMNS}, 1.0::float8 AS similarity FROM cache_entries
+         WHERE key_set_id = $1 AND instance_id = $2 AND exact_hash = ANY($3) AND expires_at > now()
+         LIMIT 1"
+    ))
+    .bind(key_set_id)
+    .bind(INSTANCE)
+    .bind(vec![exact_hash])
+    .fetch_all(&mut *tx)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|r| r.get::<String, _>(0))
+    .collect();
+    tx.commit().await.unwrap();
+    plan
 }
 
 /// How often the lookups' prepared nearest-neighbour statement (`find_nearest`) was planned generic and custom so far,
@@ -598,15 +908,27 @@ fn execution_time(plan: &[String]) -> String {
 
 async fn measure(
     cache: &SemanticCache,
-    pool: &PgPool,
-    key_set_id: Uuid,
-    context: &[u8],
-    visible: &Visible,
+    searched: Searched<'_>,
     vectors: &mut Vectors,
+    ef_search: u32,
     started: Instant,
 ) -> (Measured, Duration, Duration) {
+    let Searched { pool, key_set_id, visible, .. } = searched;
     let scope = Scope { key_set_id, instance: INSTANCE };
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM cache_entries").fetch_one(pool).await.unwrap();
+    let load_before = load_average();
+    let cached_before = index_cached(pool).await;
+
+    // The floor under any lookup on this machine: a `SELECT 1` round trip through the same pool.
+    let mut latencies = Vec::with_capacity(LOOKUPS);
+    for i in 0..WARMUP + LOOKUPS {
+        let t = Instant::now();
+        sqlx::query("SELECT 1").execute(pool).await.unwrap();
+        if i >= WARMUP {
+            latencies.push(t.elapsed());
+        }
+    }
+    let round_trip = percentiles(latencies);
 
     // Exact path.
     let exact_questions: Vec<Conversation> = (0..REAL).map(stored_question).collect();
@@ -652,30 +974,26 @@ async fn measure(
     }
     let vector_time = vector_started.elapsed();
     let vector = percentiles(latencies);
+    let load_after = load_average();
+    let cached_after = index_cached(pool).await;
     let plans_after = lookup_plan_counts(pool).await;
     let lookup_plans =
         format!("{} generic / {} custom", plans_after.0 - plans_before.0, plans_after.1 - plans_before.1);
     progress(started, "vector lookups done");
 
     // Recall@1 of the index (the lookup's statement) against an exact search over the visible entries: near-duplicates
-    // of stored questions (what a hit is), and fresh draws from the same clusters (harder: many near-equal neighbours).
+    // of stored questions (what a hit is), and fresh questions (harder: many near-equal neighbours).
     let recall_started = Instant::now();
-    let near_duplicates: Vec<Vec<f32>> = (0..RECALL_QUERIES)
-        .map(|_| {
-            let source = vectors.rng.gen_range(0..visible.len());
-            vectors.near(visible.vec(source), RECALL_NOISE)
-        })
-        .collect();
-    let fresh: Vec<Vec<f32>> = (0..RECALL_QUERIES).map(|_| vectors.entry()).collect();
-    let searched = Searched { pool, key_set_id, context, visible };
+    let near_duplicates = vectors.near_duplicates(visible, RECALL_QUERIES).await;
+    let fresh = vectors.fresh(RECALL_QUERIES).await;
     let mut recalls = Vec::new();
     for queries in [&near_duplicates, &fresh] {
         let exact_top = visible.exact_top1(queries);
         for plan in [Plan::Planner, Plan::ForceIndex] {
-            recalls.push(recall(searched, queries, &exact_top, plan, EF_SEARCH).await);
+            recalls.push(recall(searched, queries, &exact_top, plan, ef_search).await);
         }
     }
-    // The same near-duplicates, HNSW scan forced, at other `hnsw.ef_search` values (the lookups use 64).
+    // The same near-duplicates, HNSW scan forced, at other `hnsw.ef_search` values.
     let exact_top = visible.exact_top1(&near_duplicates);
     let mut ef_sweep = Vec::new();
     for ef_search in EF_SWEEP {
@@ -686,8 +1004,8 @@ async fn measure(
     progress(started, "recall done");
 
     let probe = vectors.near(visible.vec(0), PARAPHRASE_NOISE);
-    let (custom, generic) = explain(pool, key_set_id, context, &probe, Plan::Planner).await;
-    let (forced, _) = explain(pool, key_set_id, context, &probe, Plan::ForceIndex).await;
+    let (custom, generic) = explain(searched, &probe, Plan::Planner, ef_search).await;
+    let (forced, _) = explain(searched, &probe, Plan::ForceIndex, ef_search).await;
 
     let row = Measured {
         scenario: String::new(),
@@ -696,6 +1014,11 @@ async fn measure(
         fill: Duration::ZERO,
         build: Duration::ZERO,
         index_bytes: 0,
+        table_bytes: 0,
+        load: (load_before, load_after),
+        round_trip,
+        exact_explain: explain_exact(searched).await,
+        cached: cached_before.zip(cached_after),
         exact,
         exact_hits,
         vector,
@@ -717,12 +1040,11 @@ async fn measure(
 // Part 4: a real embedder's latency
 // ---------------------------------------------------------------------------------------------------------------
 
-/// The real all-MiniLM-L6-v2 embedder, when `RELIABLEGPT_EMBEDDING_MODEL_DIR` names its files (one thread, as the
-/// service's default `RELIABLEGPT_EMBEDDING_THREADS`).
-fn real_embedder() -> Option<Arc<dyn Embedder>> {
+/// The real all-MiniLM-L6-v2 embedder, when `RELIABLEGPT_EMBEDDING_MODEL_DIR` names its files (one call at a time, as
+/// the service's default `RELIABLEGPT_EMBEDDING_THREADS`; `main` gives rayon one thread).
+fn real_embedder() -> Option<Arc<LocalEmbedder>> {
     let dir = std::env::var_os("RELIABLEGPT_EMBEDDING_MODEL_DIR")?;
-    let _ = rayon::ThreadPoolBuilder::new().num_threads(1).build_global();
-    Some(Arc::new(reliablegpt::cache::embed::LocalEmbedder::load(std::path::Path::new(&dir), 1).unwrap()))
+    Some(Arc::new(LocalEmbedder::load(std::path::Path::new(&dir), 1).unwrap()))
 }
 
 /// Embedding latency p50/p99 of a ~12-word question, alone and in a batch of 16.
@@ -763,7 +1085,7 @@ async fn embedding_latency(embedder: &dyn Embedder) {
 
 // ---------------------------------------------------------------------------------------------------------------
 
-async fn run(sizes: Vec<usize>, maintenance_work_mem: String) {
+async fn run(options: Options) {
     let started = Instant::now();
     let admin = std::env::var("DATABASE_URL").expect("DATABASE_URL (run scripts/dev-db)");
     let name = format!("bench_{}", Uuid::new_v4().simple());
@@ -778,18 +1100,37 @@ async fn run(sizes: Vec<usize>, maintenance_work_mem: String) {
         .await
         .unwrap();
     let server: String = sqlx::query_scalar("SHOW server_version").fetch_one(&pool).await.unwrap();
-    progress(started, &format!("database {name} migrated (PostgreSQL {server}, pgvector {version})"));
+    let server_memory = ServerMemory::read(&pool).await;
+    progress(
+        started,
+        &format!("database {name} migrated (PostgreSQL {server}, pgvector {version}, {})", server_memory.describe()),
+    );
+    if options.prewarm {
+        sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_prewarm").execute(&pool).await.unwrap();
+    }
+    // For the index's share in shared_buffers; reported only where the server has it.
+    let _ = sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_buffercache").execute(&pool).await;
+    let definition = index_definition(&pool, options.hnsw.as_deref()).await;
 
-    let mut vectors = Vectors::new(SEED);
-    let real: Vec<Vec<f32>> = (0..REAL).map(|_| vectors.entry()).collect();
+    let model = real_embedder();
+    let sentences = match options.sentences {
+        None => None,
+        Some(count) => {
+            let embedder = model.clone().expect("--vectors sentences needs RELIABLEGPT_EMBEDDING_MODEL_DIR");
+            Some(load_sentences(embedder, count, started).await)
+        }
+    };
+    let mut vectors = Vectors::new(SEED, sentences);
+    let real: Vec<(Vec<f32>, Option<usize>)> = (0..REAL).map(|_| vectors.entry()).collect();
     let mut fixed = HashMap::new();
-    for (i, v) in real.iter().enumerate() {
+    for (i, (v, _)) in real.iter().enumerate() {
         fixed.insert(paraphrase(i).question, vectors.near(v, PARAPHRASE_NOISE));
     }
     let embedder: Arc<dyn Embedder> = Arc::new(FixedEmbedder(fixed));
     let keyring = Arc::new(MasterKeyring::from_keys(vec![(1, Secret32::random())]).unwrap());
     let metrics = Arc::new(Metrics::new(&[]));
-    let (cache, worker) = SemanticCache::start(pool.clone(), keyring, Some(embedder), metrics, Default::default());
+    let cache_options = CacheOptions { ef_search: options.ef_search, ..CacheOptions::default() };
+    let (cache, worker) = SemanticCache::start(pool.clone(), keyring, Some(embedder), metrics, cache_options);
 
     let mut results = Vec::new();
     let mut phases: Vec<(String, Duration)> = Vec::new();
@@ -800,7 +1141,7 @@ async fn run(sizes: Vec<usize>, maintenance_work_mem: String) {
     let t = Instant::now();
     let context = store_real(&cache, &pool, key_set, &real, &mut visible).await;
     phases.push((format!("store {REAL} real entries through store_embedded"), t.elapsed()));
-    for size in sizes {
+    for &size in &options.sizes {
         progress(started, &format!("one key set, {size} entries: filling"));
         drop_index(&pool).await;
         let t = Instant::now();
@@ -809,12 +1150,13 @@ async fn run(sizes: Vec<usize>, maintenance_work_mem: String) {
         let fill_time = t.elapsed();
         phases.push((format!("{size}: COPY {more} filler rows"), fill_time));
         progress(started, &format!("one key set, {size} entries: building the index"));
-        let (build, index_bytes) = build_index(&pool, &maintenance_work_mem).await;
-        phases.push((format!("{size}: CREATE INDEX (hnsw) + ANALYZE"), build));
-        progress(started, &format!("one key set, {size} entries: index built in {:.1}s", build.as_secs_f64()));
+        let built = build_index(&pool, &definition, &options.maintenance_work_mem, options.prewarm).await;
+        phases.push((format!("{size}: CREATE INDEX (hnsw) + ANALYZE"), built.took));
+        progress(started, &format!("one key set, {size} entries: index built in {:.1}s", built.took.as_secs_f64()));
         let t = Instant::now();
+        let searched = Searched { pool: &pool, key_set_id: key_set, context: &context, visible: &visible };
         let (mut row, vector_time, recall_time) =
-            measure(&cache, &pool, key_set, &context, &visible, &mut vectors, started).await;
+            measure(&cache, searched, &mut vectors, options.ef_search, started).await;
         phases.push((
             format!(
                 "{size}: measurements (vector lookups {:.1}s, recall {:.1}s)",
@@ -825,62 +1167,75 @@ async fn run(sizes: Vec<usize>, maintenance_work_mem: String) {
         ));
         row.scenario = "one key set".to_owned();
         row.fill = fill_time;
-        row.build = build;
-        row.index_bytes = index_bytes;
+        row.set_built(&built);
         results.push(row);
     }
     drop(visible);
 
-    // 100 key sets sharing the table, 1,000 entries each; measured on one (the filter keeps 1 %).
-    progress(started, "100 key sets: filling");
-    sqlx::query("TRUNCATE cache_entries").execute(&pool).await.unwrap();
-    drop_index(&pool).await;
-    let key_set = new_key_set(&pool).await;
-    let mut visible = Visible::default();
-    let context = store_real(&cache, &pool, key_set, &real, &mut visible).await;
-    let t = Instant::now();
-    fill(&pool, key_set, &context, 1_000 - REAL, &mut vectors, Some(&mut visible)).await;
-    for _ in 0..99 {
-        let other = new_key_set(&pool).await;
-        let other_context: [u8; 32] = vectors.rng.r#gen();
-        fill(&pool, other, &other_context, 1_000, &mut vectors, None).await;
+    // 100 key sets sharing the table, equally full; measured on one (the filter keeps 1 %).
+    for &total in &options.shared {
+        let each = total / 100;
+        progress(started, &format!("100 key sets × {each}: filling"));
+        sqlx::query("TRUNCATE cache_entries").execute(&pool).await.unwrap();
+        drop_index(&pool).await;
+        let key_set = new_key_set(&pool).await;
+        let mut visible = Visible::default();
+        let context = store_real(&cache, &pool, key_set, &real, &mut visible).await;
+        let t = Instant::now();
+        vectors.restart_at(REAL);
+        fill(&pool, key_set, &context, each - REAL, &mut vectors, Some(&mut visible)).await;
+        for _ in 0..99 {
+            let other = new_key_set(&pool).await;
+            let other_context: [u8; 32] = vectors.rng.r#gen();
+            fill(&pool, other, &other_context, each, &mut vectors, None).await;
+        }
+        let fill_time = t.elapsed();
+        phases.push((format!("100 key sets × {each}: COPY {} filler rows", 100 * each - REAL), fill_time));
+        let built = build_index(&pool, &definition, &options.maintenance_work_mem, options.prewarm).await;
+        phases.push((format!("100 key sets × {each}: CREATE INDEX (hnsw) + ANALYZE"), built.took));
+        progress(started, &format!("100 key sets × {each}: index built in {:.1}s", built.took.as_secs_f64()));
+        let t = Instant::now();
+        let searched = Searched { pool: &pool, key_set_id: key_set, context: &context, visible: &visible };
+        let (mut row, _, _) = measure(&cache, searched, &mut vectors, options.ef_search, started).await;
+        phases.push((format!("100 key sets × {each}: measurements"), t.elapsed()));
+        row.scenario = format!("100 key sets × {each}");
+        row.fill = fill_time;
+        row.set_built(&built);
+        results.push(row);
     }
-    let fill_time = t.elapsed();
-    phases.push(("100 key sets: COPY 99,800 filler rows".to_owned(), fill_time));
-    let (build, index_bytes) = build_index(&pool, &maintenance_work_mem).await;
-    phases.push(("100 key sets: CREATE INDEX (hnsw) + ANALYZE".to_owned(), build));
-    progress(started, &format!("100 key sets: index built in {:.1}s", build.as_secs_f64()));
-    let t = Instant::now();
-    let (mut row, _, _) = measure(&cache, &pool, key_set, &context, &visible, &mut vectors, started).await;
-    phases.push(("100 key sets: measurements".to_owned(), t.elapsed()));
-    row.scenario = "100 key sets × 1,000".to_owned();
-    row.fill = fill_time;
-    row.build = build;
-    row.index_bytes = index_bytes;
-    results.push(row);
 
+    let ef_search = options.ef_search;
     println!();
     println!(
-        "Semantic cache, {DIM}-dim clustered unit vectors ({CENTRES} centres), PostgreSQL {server}, pgvector {version}; \
-         {LOOKUPS} timed lookups per path (after {WARMUP} warm-up) cycling through {REAL} stored questions; \
-         hnsw.ef_search = {EF_SEARCH}, iterative_scan = relaxed_order, threshold {}; HNSW built with \
-         maintenance_work_mem = {maintenance_work_mem}.",
-        reliablegpt::cache::DEFAULT_THRESHOLD
+        "Semantic cache, {DIM}-dim {}, PostgreSQL {server}, pgvector {version}, {}{}; {LOOKUPS} timed lookups per \
+         path (after {WARMUP} warm-up) cycling through {REAL} stored questions; hnsw.ef_search = {ef_search}, \
+         iterative_scan = relaxed_order, threshold {}; `{definition}` built with maintenance_work_mem = {}.",
+        vectors.describe(),
+        server_memory.describe(),
+        if options.prewarm { ", tables and indexes prewarmed (pg_prewarm) after each build" } else { "" },
+        reliablegpt::cache::DEFAULT_THRESHOLD,
+        options.maintenance_work_mem,
     );
     println!();
     println!(
-        "| scenario | rows | in filter | COPY fill | index build | index size | exact p50 | exact p99 | exact hits | vector p50 | vector p99 | vector hit rate (right answer) | mean hit similarity | recall@1 |"
+        "| scenario | rows | in filter | COPY fill | index build | index size | table size | load avg (1 min) | HNSW index in shared_buffers | SELECT 1 p50 / p99 | exact p50 | exact p99 | exact hits | vector p50 | vector p99 | vector hit rate (right answer) | mean hit similarity | recall@1 |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &results {
         println!(
-            "| {} | {} | {} | {:.1} s | {:.1} s | {:.0} MB | {} | {} | {}/{LOOKUPS} | {} | {} | {:.1} % ({:.1} %) | {:.3} | {:.1} %{} |",
+            "| {} | {} | {} | {:.1} s | {:.1} s | {:.0} MB | {:.0} MB | {:.2} → {:.2} | {} | {} / {} | {} | {} | {}/{LOOKUPS} | {} | {} | {:.1} % ({:.1} %) | {:.3} | {:.1} %{} |",
             r.scenario,
             r.rows,
             r.visible,
             r.fill.as_secs_f64(),
             r.build.as_secs_f64(),
             r.index_bytes as f64 / 1e6,
+            r.table_bytes as f64 / 1e6,
+            r.load.0,
+            r.load.1,
+            r.cached.map_or("?".to_owned(), |(a, b)| format!("{:.0} % → {:.0} %", 100.0 * a, 100.0 * b)),
+            ms(r.round_trip.0),
+            ms(r.round_trip.1),
             ms(r.exact.0),
             ms(r.exact.1),
             r.exact_hits,
@@ -893,12 +1248,33 @@ async fn run(sizes: Vec<usize>, maintenance_work_mem: String) {
             if r.recalls[0].empty > 0 { format!(" ({} empty)", r.recalls[0].empty) } else { String::new() },
         );
     }
+    for r in &results {
+        if r.index_bytes + r.table_bytes > server_memory.shared_buffers_bytes {
+            println!();
+            println!(
+                "Warning: at {} rows ({}) the HNSW index ({:.0} MB) and the table ({:.0} MB) do not fit in \
+                 shared_buffers ({}): lookups evict and re-read pages (from the OS cache at best). \
+                 RELIABLEGPT_DEV_SHARED_BUFFERS sizes the dev server (scripts/dev-db).",
+                r.rows,
+                r.scenario,
+                r.index_bytes as f64 / 1e6,
+                r.table_bytes as f64 / 1e6,
+                server_memory.shared_buffers
+            );
+        }
+    }
     println!();
     println!(
         "Recall@1 against an exact search over the entries in the filter ({RECALL_QUERIES} queries each; in brackets the \
-         statement's p50 / p99, BEGIN to COMMIT). Near-duplicates: a stored vector plus noise (cos ≈ 0.94); fresh: a new \
-         draw from the clusters (nearest neighbour cos ≈ 0.7, many near-ties). Forced: `SET LOCAL enable_sort = off`, \
-         which leaves the HNSW index scan as the only way to the order."
+         statement's p50 / p99, BEGIN to COMMIT). {} Forced: `SET LOCAL enable_sort = off`, which leaves the HNSW \
+         index scan as the only way to the order.",
+        if vectors.sentences.is_some() {
+            "Near-duplicates: the embedding of a real paraphrase of a stored question; fresh: the embedding of a \
+             generated question never stored."
+        } else {
+            "Near-duplicates: a stored vector plus noise (cos ≈ 0.94); fresh: a new draw from the clusters (nearest \
+             neighbour cos ≈ 0.7, many near-ties)."
+        }
     );
     println!();
     println!(
@@ -920,7 +1296,7 @@ async fn run(sizes: Vec<usize>, maintenance_work_mem: String) {
     println!();
     println!("Recall@1 of near-duplicates with the HNSW scan forced, by `hnsw.ef_search` (statement p50 / p99):");
     println!();
-    print!("| scenario | rows | {EF_SEARCH} (as the lookups) |");
+    print!("| scenario | rows | {ef_search} (as the lookups) |");
     for ef in EF_SWEEP {
         print!(" {ef} |");
     }
@@ -954,6 +1330,14 @@ async fn run(sizes: Vec<usize>, maintenance_work_mem: String) {
     }
     for r in &results {
         println!();
+        println!("EXPLAIN (ANALYZE, BUFFERS) of the exact path (generic plan), {} at {} rows:", r.scenario, r.rows);
+        println!();
+        println!("```");
+        for line in &r.exact_explain {
+            println!("{line}");
+        }
+        println!("```");
+        println!();
         println!("EXPLAIN (ANALYZE, BUFFERS), {} at {} rows:", r.scenario, r.rows);
         println!();
         println!("```");
@@ -969,7 +1353,7 @@ async fn run(sizes: Vec<usize>, maintenance_work_mem: String) {
         println!("| {phase} | {:.1} s |", took.as_secs_f64());
     }
 
-    match real_embedder() {
+    match model {
         Some(embedder) => embedding_latency(embedder.as_ref()).await,
         None => {
             println!();
