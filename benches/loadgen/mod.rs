@@ -174,24 +174,7 @@ pub async fn constant_rate(
 
 /// Closed loop: each connection sends as fast as answers come back, for `duration`.
 pub async fn max_throughput(addr: SocketAddr, req: Arc<Vec<u8>>, duration: Duration, connections: usize) -> Stats {
-    let start = Instant::now();
-    let end = start + duration;
-    let mut tasks = Vec::new();
-    for _ in 0..connections {
-        let req = req.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut stats = Stats { sent: 0, ok: 0, errors: 0, elapsed: Duration::ZERO, latencies: Vec::new() };
-            let Ok(mut stream) = connect(addr).await else { return stats };
-            let mut buf = Vec::with_capacity(8192);
-            while Instant::now() < end {
-                if !send_one(addr, &mut stream, &req, &mut buf, &mut stats, Instant::now()).await {
-                    break;
-                }
-            }
-            stats
-        }));
-    }
-    join(tasks, start).await
+    max_throughput_rotating(addr, Arc::new(vec![req]), duration, connections).await
 }
 
 /// Closed loop like [`max_throughput`], each connection cycling through `reqs` (e.g. one per token) from its own

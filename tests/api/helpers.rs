@@ -189,6 +189,17 @@ impl TestApp {
         res.json().await.expect("json")
     }
 
+    /// `POST /v1/chat/completions` for `model` with `token`.
+    pub async fn chat(&self, token: &str, model: &str) -> reqwest::Response {
+        self.client
+            .post(self.url("/v1/chat/completions"))
+            .bearer_auth(token)
+            .json(&chat_body(model))
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn count(&self, table: &str) -> i64 {
         sqlx::query_scalar(&format!("SELECT count(*) FROM {table}")).fetch_one(&self.pool).await.expect("count")
     }

@@ -68,14 +68,7 @@ async fn a_key_whose_target_was_changed_in_the_database_is_never_sent_there() {
         .await
         .unwrap();
     let fresh = gw.app.sibling(|_| {}).await;
-    let res = fresh
-        .client
-        .post(fresh.url("/v1/chat/completions"))
-        .bearer_auth(&token)
-        .json(&crate::helpers::chat_body("gpt-4o"))
-        .send()
-        .await
-        .unwrap();
+    let res = fresh.chat(&token, "gpt-4o").await;
     assert_eq!(res.status(), 200);
     assert_eq!(gw.keys_seen(), vec![k1]);
     assert!(attacker.requests().is_empty());
@@ -209,14 +202,7 @@ async fn rotate_master_key_rewraps_offline_then_the_old_version_can_go() {
         })
         .await;
     for (token, key) in [(&t1, &k1), (&t2, &k2)] {
-        let res = only_v2
-            .client
-            .post(only_v2.url("/v1/chat/completions"))
-            .bearer_auth(token)
-            .json(&crate::helpers::chat_body("gpt-4o"))
-            .send()
-            .await
-            .unwrap();
+        let res = only_v2.chat(token, "gpt-4o").await;
         assert_eq!(res.status(), 200);
         assert_eq!(gw.keys_seen().last(), Some(key));
     }
@@ -280,14 +266,7 @@ async fn peppers_rotate_without_reissuing_tokens() {
             e.insert(env::TOKEN_PEPPER.into(), format!("v2:{p2}"));
         })
         .await;
-    let res = only_v2
-        .client
-        .post(only_v2.url("/v1/chat/completions"))
-        .bearer_auth(&token)
-        .json(&crate::helpers::chat_body("gpt-4o"))
-        .send()
-        .await
-        .unwrap();
+    let res = only_v2.chat(&token, "gpt-4o").await;
     assert_eq!(res.status(), 200);
     assert_eq!(gw.keys_seen(), vec![key]);
     error_of(gw.app.get_keys(&token).await, 401).await;
