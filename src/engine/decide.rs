@@ -70,7 +70,7 @@ impl Engine {
                     self.breakers.open_for(breaker, cool);
                     // Stored by one background writer, coalesced per key: a storm of 429s is not a storm of tasks.
                     let until = chrono::Utc::now() + chrono::Duration::from_std(cool).unwrap_or_default();
-                    self.cooldowns.record(target.key.id, until);
+                    self.cooldowns.record(breaker, until);
                     Next::MoveOn
                 }
             },

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use super::breaker::TargetKey;
 use crate::bounded::{Expires, SWEEP_EVERY, SharedMap};
 use crate::vault::ProviderKey;
 
@@ -109,20 +110,21 @@ impl UsageRecorder {
     }
 }
 
-/// Rate-limit cooldowns to store (`cooling_down_until`), coalesced per key with the latest time winning, so a burst of
-/// 429s costs one writer and about one write per key in flight instead of a task and a write each (tens of thousands
-/// of pending writes under a burst otherwise hold tens of megabytes). Bounded by the keys that exist.
+/// Rate-limit cooldowns to store (`cooling_down_until`) and announce to the other replicas, coalesced per target with
+/// the latest time winning, so a burst of 429s costs one writer and about one write per target in flight instead of a
+/// task and a write each (tens of thousands of pending writes under a burst otherwise hold tens of megabytes). Bounded
+/// by the targets that exist.
 #[derive(Default)]
 pub struct CooldownRecorder {
-    pending: Mutex<HashMap<Uuid, DateTime<Utc>>>,
+    pending: Mutex<HashMap<TargetKey, DateTime<Utc>>>,
     ready: tokio::sync::Notify,
 }
 
 impl CooldownRecorder {
-    pub fn record(&self, key_id: Uuid, until: DateTime<Utc>) {
+    pub fn record(&self, target: &TargetKey, until: DateTime<Utc>) {
         {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            let at = pending.entry(key_id).or_insert(until);
+            let at = pending.entry(target.clone()).or_insert(until);
             *at = (*at).max(until);
         }
         // Stores a wake-up if the writer is busy, so nothing recorded meanwhile waits for a later one.
@@ -130,14 +132,14 @@ impl CooldownRecorder {
     }
 
     /// Everything recorded since the last call (possibly nothing).
-    pub fn drain(&self) -> Vec<(Uuid, DateTime<Utc>)> {
+    pub fn drain(&self) -> Vec<(TargetKey, DateTime<Utc>)> {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         // Hand the table back too: a burst over many keys should not keep its size.
         std::mem::take(&mut *pending).into_iter().collect()
     }
 
     /// Waits until something is recorded, then drains: for one writer task that loops on it.
-    pub async fn next_batch(&self) -> Vec<(Uuid, DateTime<Utc>)> {
+    pub async fn next_batch(&self) -> Vec<(TargetKey, DateTime<Utc>)> {
         loop {
             let batch = self.drain();
             if !batch.is_empty() {
@@ -145,6 +147,36 @@ impl CooldownRecorder {
             }
             self.ready.notified().await;
         }
+    }
+}
+
+/// A cooldown as announced to the other replicas.
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CooldownNote {
+    pub endpoint: String,
+    pub model: String,
+    pub key_id: Uuid,
+    /// Unix time in milliseconds.
+    pub until_ms: i64,
+}
+
+impl CooldownNote {
+    pub fn new(target: &TargetKey, until: DateTime<Utc>) -> Self {
+        Self {
+            endpoint: target.endpoint.clone(),
+            model: target.model.clone(),
+            key_id: target.key_id,
+            until_ms: until.timestamp_millis(),
+        }
+    }
+
+    /// The target and how long it stays cool from now; `None` for a malformed or past note.
+    pub fn parse(payload: &str) -> Option<(TargetKey, Duration)> {
+        let note: CooldownNote = serde_json::from_str(payload).ok()?;
+        let until = DateTime::<Utc>::from_timestamp_millis(note.until_ms)?;
+        let wait = (until - Utc::now()).to_std().ok().filter(|w| !w.is_zero())?;
+        let target = TargetKey { endpoint: note.endpoint, model: note.model, key_id: note.key_id };
+        Some((target, wait.min(super::classify::MAX_RETRY_AFTER)))
     }
 }
 
@@ -235,17 +267,40 @@ mod tests {
     }
 
     #[test]
-    fn cooldowns_are_coalesced_per_key_latest_wins() {
+    fn cooldown_notes_round_trip_and_junk_is_ignored() {
+        let target =
+            TargetKey { endpoint: "https://api.openai.com/v1".into(), model: "gpt-4o".into(), key_id: Uuid::new_v4() };
+        let until = Utc::now() + chrono::Duration::seconds(30);
+        let payload = serde_json::to_string(&CooldownNote::new(&target, until)).unwrap();
+        let (parsed, wait) = CooldownNote::parse(&payload).unwrap();
+        assert_eq!(parsed, target);
+        assert!(wait > Duration::from_secs(28) && wait <= Duration::from_secs(30), "{wait:?}");
+        let past =
+            serde_json::to_string(&CooldownNote::new(&target, Utc::now() - chrono::Duration::seconds(1))).unwrap();
+        assert!(CooldownNote::parse(&past).is_none());
+        let far = serde_json::to_string(&CooldownNote::new(&target, Utc::now() + chrono::Duration::days(400))).unwrap();
+        assert_eq!(CooldownNote::parse(&far).unwrap().1, super::super::classify::MAX_RETRY_AFTER);
+        for junk in ["", "{}", "not json", r#"{"endpoint":1}"#] {
+            assert!(CooldownNote::parse(junk).is_none(), "{junk}");
+        }
+    }
+
+    fn target(key_id: Uuid) -> TargetKey {
+        TargetKey { endpoint: "e".into(), model: "m".into(), key_id }
+    }
+
+    #[test]
+    fn cooldowns_are_coalesced_per_target_latest_wins() {
         let c = CooldownRecorder::default();
-        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let (a, b) = (target(Uuid::new_v4()), target(Uuid::new_v4()));
         let now = Utc::now();
-        c.record(a, now + chrono::Duration::seconds(30));
-        c.record(a, now + chrono::Duration::seconds(10));
-        c.record(b, now);
+        c.record(&a, now + chrono::Duration::seconds(30));
+        c.record(&a, now + chrono::Duration::seconds(10));
+        c.record(&b, now);
         let mut drained = c.drain();
-        drained.sort();
+        drained.sort_by_key(|(t, _)| t.key_id);
         let mut expected = vec![(a, now + chrono::Duration::seconds(30)), (b, now)];
-        expected.sort();
+        expected.sort_by_key(|(t, _)| t.key_id);
         assert_eq!(drained, expected);
         assert!(c.drain().is_empty());
     }
@@ -253,7 +308,7 @@ mod tests {
     #[tokio::test]
     async fn the_writer_wakes_when_a_cooldown_is_recorded() {
         let c = std::sync::Arc::new(CooldownRecorder::default());
-        c.record(Uuid::new_v4(), Utc::now());
+        c.record(&target(Uuid::new_v4()), Utc::now());
         assert_eq!(c.next_batch().await.len(), 1);
         let writer = {
             let c = c.clone();
@@ -261,8 +316,8 @@ mod tests {
         };
         // The writer is now waiting on an empty recorder.
         tokio::time::sleep(Duration::from_millis(20)).await;
-        c.record(Uuid::new_v4(), Utc::now());
-        c.record(Uuid::new_v4(), Utc::now());
+        c.record(&target(Uuid::new_v4()), Utc::now());
+        c.record(&target(Uuid::new_v4()), Utc::now());
         assert_eq!(tokio::time::timeout(Duration::from_secs(10), writer).await.unwrap().unwrap(), 2);
     }
 }

@@ -196,16 +196,39 @@ impl Engine {
             let engine = self.clone();
             async move {
                 loop {
-                    for (key_id, until) in engine.cooldowns.next_batch().await {
-                        if let Err(e) = engine.vault.set_cooldown(key_id, Some(until)).await {
+                    for (target, until) in engine.cooldowns.next_batch().await {
+                        if let Err(e) = engine.vault.set_cooldown(target.key_id, Some(until)).await {
                             tracing::warn!(error = %e, "could not record a key's cooldown");
+                        }
+                        let note =
+                            serde_json::to_string(&health::CooldownNote::new(&target, until)).unwrap_or_default();
+                        if let Err(e) = engine.vault.announce_cooldown(&note).await {
+                            tracing::warn!(error = %e, "could not announce a cooldown to the other replicas");
                         }
                     }
                 }
             }
         };
+        // Other replicas' cooldowns (and this one's, which changes nothing): their targets' breakers open here too.
+        let mut notes = self.vault.cooldown_notes();
+        let heard = {
+            let engine = self.clone();
+            async move {
+                loop {
+                    match notes.recv().await {
+                        Ok(payload) => {
+                            if let Some((target, wait)) = health::CooldownNote::parse(&payload) {
+                                engine.breakers.open_for(&target, wait);
+                            }
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                    }
+                }
+            }
+        };
         tokio::spawn(async move {
-            tokio::join!(ticker, cooldowns);
+            tokio::join!(ticker, cooldowns, heard);
         })
     }
 

@@ -42,6 +42,10 @@ const AT_REST_PURPOSE: &[u8] = b"reliablegpt/v1/at-rest";
 
 pub const CHANGE_CHANNEL: &str = "reliablegpt_vault_changed";
 
+/// PostgreSQL NOTIFY channel carrying rate-limit cooldowns (a target that answered 429), so every replica stops
+/// sending to it, not only the one that saw the 429. The payload is the engine's; the vault only carries it.
+pub const COOLDOWN_CHANNEL: &str = "reliablegpt_cooldowns";
+
 #[derive(Debug, thiserror::Error)]
 pub enum VaultError {
     /// Missing, malformed, mutated, unknown or revoked token. Deliberately one variant: callers must not tell them apart.
@@ -211,6 +215,8 @@ pub struct Vault {
     keyring: Arc<MasterKeyring>,
     peppers: Arc<Peppers>,
     cache: Arc<cache::KeySetCache>,
+    /// Payloads heard on [`COOLDOWN_CHANNEL`], for the engine (other replicas' rate-limit cooldowns).
+    cooldowns: tokio::sync::broadcast::Sender<String>,
 }
 
 impl std::fmt::Debug for Vault {
@@ -234,7 +240,8 @@ impl Vault {
         outage_grace: Duration,
     ) -> Self {
         let peppers = Arc::new(Peppers::new(peppers));
-        Self { pool, keyring, peppers, cache: Arc::new(cache::KeySetCache::new(ttl, outage_grace)) }
+        let (cooldowns, _) = tokio::sync::broadcast::channel(1024);
+        Self { pool, keyring, peppers, cache: Arc::new(cache::KeySetCache::new(ttl, outage_grace)), cooldowns }
     }
 
     /// The request path: the token's key set with its provider keys decrypted, from memory when fresh. Concurrent
@@ -323,7 +330,7 @@ impl Vault {
         let mut listener = PgListener::connect_with(&self.pool).await?;
         // `recv()` reconnects behind the caller's back; without eager reconnection `try_recv()` reports every loss.
         listener.eager_reconnect(false);
-        listener.listen(CHANGE_CHANNEL).await?;
+        listener.listen_all([CHANGE_CHANNEL, COOLDOWN_CHANNEL]).await?;
         Ok(listener)
     }
 
@@ -331,6 +338,10 @@ impl Vault {
         loop {
             let reason = loop {
                 match listener.try_recv().await {
+                    Ok(Some(note)) if note.channel() == COOLDOWN_CHANNEL => {
+                        // Nobody listening (no engine) is fine.
+                        let _ = self.cooldowns.send(note.payload().to_owned());
+                    }
                     Ok(Some(note)) => match note.payload().parse::<Uuid>() {
                         Ok(id) => self.cache.evict_key_set(id),
                         Err(_) => self.cache.clear(),
@@ -655,6 +666,16 @@ impl Vault {
 
     pub async fn set_cooldown(&self, key_id: Uuid, until: Option<DateTime<Utc>>) -> Result<(), VaultError> {
         Ok(queries::set_cooldown(&self.pool, key_id, until).await?)
+    }
+
+    /// Tells every replica (this one included) about a cooldown: `payload` arrives on [`Vault::cooldown_notes`].
+    pub async fn announce_cooldown(&self, payload: &str) -> Result<(), VaultError> {
+        Ok(queries::notify(&self.pool, COOLDOWN_CHANNEL, payload).await?)
+    }
+
+    /// Cooldowns announced by any replica, as their payloads.
+    pub fn cooldown_notes(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.cooldowns.subscribe()
     }
 
     /// A key set's provider keys as `(id, provider, masked key)`, for alert digests (which carry key ids, never keys).

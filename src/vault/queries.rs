@@ -394,6 +394,11 @@ pub async fn delete_key_set(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<b
     Ok(done.rows_affected() == 1)
 }
 
+/// `pg_notify(channel, payload)` on its own.
+pub async fn notify(pool: &PgPool, channel: &str, payload: &str) -> sqlx::Result<()> {
+    sqlx::query("SELECT pg_notify($1, $2)").bind(channel).bind(payload).execute(pool).await.map(|_| ())
+}
+
 /// Delivered to every replica's listener when the transaction commits.
 pub async fn notify_change(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<()> {
     sqlx::query("SELECT pg_notify($1, $2)")

@@ -270,6 +270,32 @@ async fn an_upstream_answer_over_the_size_limit_is_a_clear_502_not_a_memory_spik
 }
 
 #[tokio::test]
+async fn a_cooldown_seen_by_one_replica_keeps_the_others_off_the_target() {
+    let gw = spawn_gateway().await;
+    let other = gw.app.sibling(|_| {}).await;
+    let token = gw.key_set(&[K1], &["gpt-4o-mini"]).await;
+    // The first request gets 429 with a long Retry-After; any later one would be served.
+    gw.mock.script("gpt-4o", vec![Behavior::rate_limited(Some("60")), Behavior::ok()]);
+    assert_eq!(gw.chat(&token, "gpt-4o").await.status, 200);
+    assert_eq!(gw.models_seen(), vec!["gpt-4o", "gpt-4o-mini"]);
+    // Once the cooldown is stored (and announced), the other replica skips the cooling target too.
+    let started = Instant::now();
+    loop {
+        let listed: Value = gw.app.get_keys(&token).await.json().await.unwrap();
+        if listed["keys"][0]["status"] == "cooling_down" {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "cooldown never stored: {listed}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let res = other.chat(&token, "gpt-4o").await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["x-reliablegpt-model"], "gpt-4o-mini");
+    assert_eq!(gw.models_seen(), vec!["gpt-4o", "gpt-4o-mini", "gpt-4o-mini"], "the other replica never tried gpt-4o");
+}
+
+#[tokio::test]
 async fn last_used_at_is_recorded_off_the_request_path() {
     let gw = spawn_gateway().await;
     let token = gw.key_set(&[K1, K2], &[]).await;
