@@ -16,6 +16,7 @@ mod logs;
 mod models;
 mod openapi;
 mod outage;
+mod replicas;
 mod rotation;
 mod secrets;
 mod startup;
