@@ -191,13 +191,7 @@ impl TestApp {
 
     /// `POST /v1/chat/completions` for `model` with `token`.
     pub async fn chat(&self, token: &str, model: &str) -> reqwest::Response {
-        self.client
-            .post(self.url("/v1/chat/completions"))
-            .bearer_auth(token)
-            .json(&chat_body(model))
-            .send()
-            .await
-            .unwrap()
+        chat_at(&self.client, &self.address, token, model).await
     }
 
     pub async fn count(&self, table: &str) -> i64 {
@@ -323,6 +317,11 @@ impl GatewayTest {
     pub fn keys_seen(&self) -> Vec<String> {
         self.mock.requests().into_iter().filter_map(|r| r.api_key).collect()
     }
+}
+
+/// `POST {base}/v1/chat/completions` for `model` with `token` (also for services started outside a [`TestApp`]).
+pub async fn chat_at(client: &reqwest::Client, base: &str, token: &str, model: &str) -> reqwest::Response {
+    client.post(format!("{base}/v1/chat/completions")).bearer_auth(token).json(&chat_body(model)).send().await.unwrap()
 }
 
 pub fn chat_body(model: &str) -> Value {

@@ -12,20 +12,14 @@ use reliablegpt::mock_upstream::MockUpstream;
 use reliablegpt::startup::Application;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, chat_body, random_secret, settings_from, spawn_gateway_with, token_of};
+use crate::helpers::{TestApp, chat_at, random_secret, settings_from, spawn_gateway_with, token_of};
 
 const K1: &str = "sk-outage-key-one-00000000000000000000001";
 const K2: &str = "sk-outage-key-two-00000000000000000000002";
 
 async fn chat(client: &reqwest::Client, base: &str, token: &str) -> (u16, Option<String>, Value, Duration) {
     let started = Instant::now();
-    let res = client
-        .post(format!("{base}/v1/chat/completions"))
-        .bearer_auth(token)
-        .json(&chat_body("gpt-4o"))
-        .send()
-        .await
-        .unwrap();
+    let res = chat_at(client, base, token, "gpt-4o").await;
     let status = res.status().as_u16();
     let retry_after = res.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
     let body = res.json().await.unwrap_or(Value::Null);

@@ -4,20 +4,10 @@
 use reliablegpt::config::env;
 use serde_json::json;
 
-use crate::helpers::{RunningService, TestDatabase, base_env, chat_body, token_of};
+use crate::helpers::{RunningService, TestDatabase, base_env, chat_at, token_of};
 
 async fn chat(base: &str, token: &str) -> u16 {
-    let res = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
-        .post(format!("{base}/v1/chat/completions"))
-        .bearer_auth(token)
-        .json(&chat_body("gpt-4o"))
-        .send()
-        .await
-        .unwrap();
-    res.status().as_u16()
+    chat_at(&reqwest::Client::new(), base, token, "gpt-4o").await.status().as_u16()
 }
 
 #[tokio::test]
