@@ -5,6 +5,7 @@
 //!     scripts/bench            # provisions everything, including LiteLLM, and runs this
 //!     DATABASE_URL=... cargo bench --bench gateway -- [--mock-port N] [--litellm-url URL --litellm-key KEY]
 //!         [--baseline-bin PATH]   # also measure another build (e.g. the previous commit's) in the same run
+//!         [--wire-only]           # only the streamed / plain × 1 / 50 connections rows
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, clippy::panic)]
 
 mod harness;
@@ -67,6 +68,7 @@ async fn run() {
     let mock_port: u16 = arg("--mock-port").map(|p| p.parse().unwrap()).unwrap_or_else(free_port);
     let mock_addr = local(mock_port);
     let mut guard = Guard(vec![harness::spawn_mock(BIN, mock_addr)]);
+    let mock_pid = guard.0[0].id();
     wait_ready(&format!("http://{mock_addr}/_mock/health")).await;
     let mut gateways = vec![start_gateway(BIN, "via reliablegpt".to_owned(), mock_addr, &mut guard).await];
     if let Some(bin) = arg("--baseline-bin") {
@@ -82,6 +84,15 @@ async fn run() {
         idle_rss.push(rss_kib(gw.pid));
     }
     let gw_addr = gateways[0].addr;
+    if std::env::args().any(|a| a == "--wire-only") {
+        // Only the streamed / plain rows (for profiling runs).
+        wire_rows(mock_addr, mock_pid, &gateways).await;
+        drop(guard);
+        for gw in gateways {
+            gw.db.drop().await;
+        }
+        return;
+    }
 
     let direct = loadgen::request("/v1/chat/completions", mock_addr, Some("sk-bench-direct"), &[], CHAT);
     let through: Vec<_> = gateways
@@ -131,7 +142,7 @@ async fn run() {
         print_max(&gw.label, &g);
         max_rows.push(g);
     }
-    wire_rows(mock_addr, &gateways).await;
+    wire_rows(mock_addr, mock_pid, &gateways).await;
 
     // The same load with the semantic cache on (write-through of every answer; repeats are recognised in memory).
     let caching_token = harness::create_token(
@@ -250,11 +261,13 @@ fn print_max(label: &str, s: &Stats) {
 
 /// Streamed and plain chat, 1 and 50 connections, one token and 1,000 tokens round-robin, each with its ratio to the
 /// mock alone measured in the same run.
-async fn wire_rows(mock_addr: SocketAddr, gateways: &[Gateway]) {
+/// The CPU column is the target process's own CPU per answered request (the mock's for "mock direct", the gateway's
+/// otherwise): unlike req/s it hardly moves when other work shares the machine.
+async fn wire_rows(mock_addr: SocketAddr, mock_pid: u32, gateways: &[Gateway]) {
     println!(
-        "\n| streamed / plain, connections, tokens | target | req/s | errors | p50 (ms) | p99 (ms) | ratio to mock |"
+        "\n| streamed / plain, connections, tokens | target | req/s | errors | p50 (ms) | p99 (ms) | ratio to mock | CPU µs / request |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     let mut many = Vec::new();
     for gw in gateways {
         let mut tokens = Vec::with_capacity(TOKENS);
@@ -264,25 +277,28 @@ async fn wire_rows(mock_addr: SocketAddr, gateways: &[Gateway]) {
         }
         many.push(tokens);
     }
-    for (kind, body) in [("plain", CHAT), ("streamed", STREAM)] {
-        for connections in [1, 50] {
+    // `--wire-kind plain|streamed` and `--wire-connections N` pick rows (for profiling one of them).
+    let kinds = [("plain", CHAT), ("streamed", STREAM)];
+    for (kind, body) in kinds.into_iter().filter(|(k, _)| arg("--wire-kind").is_none_or(|w| w == *k)) {
+        let wanted: Option<usize> = arg("--wire-connections").and_then(|c| c.parse().ok());
+        for connections in [1, 50].into_iter().filter(|c| wanted.is_none_or(|w| w == *c)) {
             let direct = loadgen::request("/v1/chat/completions", mock_addr, Some("sk-bench-direct"), &[], body);
-            let d = loadgen::max_throughput(mock_addr, direct, RUN, connections).await;
-            print_wire(&format!("{kind}, {connections}, 1"), "mock direct", &d, &d);
+            let (d, cpu) = measured(mock_pid, loadgen::max_throughput(mock_addr, direct, RUN, connections)).await;
+            print_wire(&format!("{kind}, {connections}, 1"), "mock direct", &d, &d, cpu);
             for (gw, tokens) in gateways.iter().zip(&many) {
                 let one = loadgen::request("/v1/chat/completions", gw.addr, Some(&gw.token), &[], body);
-                let g = loadgen::max_throughput(gw.addr, one, RUN, connections).await;
-                print_wire(&format!("{kind}, {connections}, 1"), &gw.label, &g, &d);
+                let (g, cpu) = measured(gw.pid, loadgen::max_throughput(gw.addr, one, RUN, connections)).await;
+                print_wire(&format!("{kind}, {connections}, 1"), &gw.label, &g, &d, cpu);
                 if connections == 50 {
                     let reqs: Vec<_> = tokens
                         .iter()
                         .map(|t| loadgen::request("/v1/chat/completions", gw.addr, Some(t), &[], body))
                         .collect();
-                    let r =
-                        loadgen::max_throughput_rotating(gw.addr, std::sync::Arc::new(reqs), RUN, connections).await;
-                    print_wire(&format!("{kind}, {connections}, {TOKENS} round-robin"), &gw.label, &r, &d);
+                    let run = loadgen::max_throughput_rotating(gw.addr, std::sync::Arc::new(reqs), RUN, connections);
+                    let (r, cpu) = measured(gw.pid, run).await;
+                    print_wire(&format!("{kind}, {connections}, {TOKENS} round-robin"), &gw.label, &r, &d, cpu);
                     println!(
-                        "| {kind}, {connections}: {TOKENS} tokens / one token | {} | {:.2} | | | | |",
+                        "| {kind}, {connections}: {TOKENS} tokens / one token | {} | {:.2} | | | | | |",
                         gw.label,
                         r.throughput() / g.throughput().max(0.001)
                     );
@@ -292,13 +308,23 @@ async fn wire_rows(mock_addr: SocketAddr, gateways: &[Gateway]) {
     }
 }
 
-fn print_wire(row: &str, label: &str, s: &Stats, mock: &Stats) {
+/// Runs `load` and returns its figures with the CPU `pid` used per answered request meanwhile.
+async fn measured(pid: u32, load: impl std::future::Future<Output = Stats>) -> (Stats, Duration) {
+    let before = harness::cpu_time(pid);
+    let stats = load.await;
+    let used = harness::cpu_time(pid).saturating_sub(before);
+    let per = used.div_f64(stats.ok.max(1) as f64);
+    (stats, per)
+}
+
+fn print_wire(row: &str, label: &str, s: &Stats, mock: &Stats, cpu: Duration) {
     println!(
-        "| {row} | {label} | {:.0} | {} | {} | {} | {:.0} % |",
+        "| {row} | {label} | {:.0} | {} | {} | {} | {:.0} % | {:.1} |",
         s.throughput(),
         s.errors,
         ms(s.percentile(0.5)),
         ms(s.percentile(0.99)),
-        100.0 * s.throughput() / mock.throughput().max(0.001)
+        100.0 * s.throughput() / mock.throughput().max(0.001),
+        cpu.as_secs_f64() * 1e6
     );
 }

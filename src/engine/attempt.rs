@@ -108,7 +108,7 @@ impl Engine {
         stream: bool,
         deadline: Instant,
     ) -> Result<AttemptOk, AttemptFailure> {
-        upstream::attempt(&self.client, target.step, target.key, body, stream, &self.limits(deadline)).await
+        upstream::attempt(&self.clients.get(), target.step, target.key, body, stream, &self.limits(deadline)).await
     }
 
     /// Time limits of an attempt starting now.

@@ -18,6 +18,7 @@ mod breaker;
 pub mod catalog;
 mod chunk;
 pub mod classify;
+mod clients;
 mod decide;
 pub mod events;
 mod health;
@@ -97,7 +98,7 @@ enum Ended<'p> {
 }
 
 pub struct Engine {
-    client: reqwest::Client,
+    clients: clients::Clients,
     settings: EngineSettings,
     catalog: Catalog,
     breakers: Breakers,
@@ -134,7 +135,7 @@ impl Engine {
             reason,
         })?;
         Ok(Self {
-            client: upstream::build_client(&settings, egress.clone())?,
+            clients: clients::Clients::new(settings.connect_timeout, egress.clone())?,
             egress,
             breakers: Breakers::new(settings.breaker_failures, settings.breaker_open),
             keys: KeyHealth::new(settings.key_retry_after),

@@ -69,6 +69,8 @@ pub struct Step {
     pub provider: ProviderKind,
     /// Full URL of the call.
     pub url: String,
+    /// `url` parsed once when the plan is built (requests reuse it instead of parsing the text each time).
+    pub parsed: Option<url::Url>,
     /// Endpoint identity for breakers (base URL or Azure endpoint + deployment).
     pub endpoint: String,
     /// Indexes into the key set's keys, in the set's order.
@@ -170,6 +172,9 @@ pub struct PlanInput<'a> {
 pub fn plan(set: &OpenKeySet, input: &PlanInput<'_>, catalog: &Catalog, allowed: impl Fn(&Step) -> bool) -> Plan {
     let mut steps = ordered_steps(set, input, catalog);
     steps.retain(|s| allowed(s));
+    for step in &mut steps {
+        step.parsed = url::Url::parse(&step.url).ok();
+    }
     Plan::new(steps, set)
 }
 
@@ -215,6 +220,7 @@ fn ordered_steps(set: &OpenKeySet, input: &PlanInput<'_>, catalog: &Catalog) -> 
                             input.endpoint.path()
                         ),
                         endpoint: format!("{endpoint}/openai/deployments/{deployment}"),
+                        parsed: None,
                         keys: vec![*i],
                     })
                 }),
@@ -235,6 +241,7 @@ fn ordered_steps(set: &OpenKeySet, input: &PlanInput<'_>, catalog: &Catalog) -> 
                     provider,
                     url: format!("{base}{}", input.endpoint.path()),
                     endpoint: base.to_owned(),
+                    parsed: None,
                     keys: vec![i],
                 }
             }),

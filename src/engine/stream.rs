@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_web::web::Bytes;
+use actix_web::web::{Bytes, BytesMut};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
@@ -116,8 +116,14 @@ enum Step {
     Forward(Bytes),
     Skip,
     Done,
+    /// Done, with `[DONE]` already sent in the last write.
+    DoneSent,
     Fault(Fault),
 }
+
+/// At most this much is gathered into one write: a fast upstream's backlog still reaches the client in pieces.
+const MAX_WRITE: usize = 64 * 1024;
+const DONE: &[u8] = b"data: [DONE]\n\n";
 
 impl StreamJob {
     fn cx(&self, deadline: Instant) -> Cx<'_> {
@@ -139,14 +145,24 @@ impl StreamJob {
         let mut stalls_at = Instant::now() + idle;
         // A rescue's first event, handled like any other.
         let mut pending: Option<SseEvent> = None;
+        // What the event after the last write's events says, when it could not join that write.
+        let mut held: Option<Step> = None;
         let ended = loop {
-            let next = match pending.take() {
-                Some(event) => Ok(Ok(Some(event))),
-                None => tokio::time::timeout_at(stalls_at.into(), reader.next_event()).await,
+            let step = match held.take() {
+                Some(step) => step,
+                None => {
+                    let next = match pending.take() {
+                        Some(event) => Ok(Ok(Some(event))),
+                        None => tokio::time::timeout_at(stalls_at.into(), reader.next_event()).await,
+                    };
+                    self.step(next, &mut progress, &mut overlap, wants_usage)
+                }
             };
-            let step = self.step(next, &mut progress, &mut overlap, wants_usage);
             let fault = match step {
                 Step::Forward(bytes) => {
+                    let (bytes, after) =
+                        self.gather(bytes, &mut reader, &mut progress, &mut overlap, wants_usage).await;
+                    held = after;
                     if self.tx.send(bytes).await.is_err() {
                         break self.end(&mut progress, RequestOutcome::Cancelled, None);
                     }
@@ -156,8 +172,10 @@ impl StreamJob {
                 // Nothing to send, so a client that left would go unnoticed: look.
                 Step::Skip if self.tx.is_closed() => break self.end(&mut progress, RequestOutcome::Cancelled, None),
                 Step::Skip => continue,
-                Step::Done => {
-                    let _ = self.tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
+                Step::Done | Step::DoneSent => {
+                    if matches!(step, Step::Done) {
+                        let _ = self.tx.send(Bytes::from_static(DONE)).await;
+                    }
                     let outcome = self.answered_outcome(&progress);
                     break self.end(&mut progress, outcome, None);
                 }
@@ -165,7 +183,7 @@ impl StreamJob {
             };
             if progress.finished {
                 // Everything arrived; only the ending was odd.
-                let _ = self.tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
+                let _ = self.tx.send(Bytes::from_static(DONE)).await;
                 let outcome = self.answered_outcome(&progress);
                 break self.end(&mut progress, outcome, None);
             }
@@ -201,6 +219,51 @@ impl StreamJob {
             }
         };
         let _ = self.done.send(ended);
+    }
+
+    /// Joins to `first` every event the upstream has already delivered, so that one read's events leave in one write;
+    /// never waits for the network. The HTTP client hands a response over one chunk at a time from its connection's
+    /// task, so when no event is ready the pump lets that task run once (it decodes what it has already read) and looks
+    /// again; only when that brings nothing do the gathered events go out. Returns the bytes to write and, when an
+    /// event could not join them (a fault, or a rescue's rewrite), what it said.
+    async fn gather(
+        &mut self,
+        first: Bytes,
+        reader: &mut SseReader,
+        progress: &mut Progress,
+        overlap: &mut Option<Overlap>,
+        wants_usage: bool,
+    ) -> (Bytes, Option<Step>) {
+        let mut batch: Option<BytesMut> = None;
+        let mut held = None;
+        while batch.as_ref().map_or(first.len(), BytesMut::len) < MAX_WRITE {
+            let next = match futures_util::FutureExt::now_or_never(reader.next_event()) {
+                Some(next) => next,
+                None => {
+                    let_ready_tasks_run().await;
+                    match futures_util::FutureExt::now_or_never(reader.next_event()) {
+                        Some(next) => next,
+                        None => break,
+                    }
+                }
+            };
+            match self.step(Ok(next), progress, overlap, wants_usage) {
+                Step::Forward(more) => {
+                    batch.get_or_insert_with(|| BytesMut::from(&first[..])).extend_from_slice(&more);
+                }
+                Step::Skip => {}
+                Step::Done => {
+                    batch.get_or_insert_with(|| BytesMut::from(&first[..])).extend_from_slice(DONE);
+                    held = Some(Step::DoneSent);
+                    break;
+                }
+                other => {
+                    held = Some(other);
+                    break;
+                }
+            }
+        }
+        (batch.map_or(first, BytesMut::freeze), held)
     }
 
     /// Turns one read into what to do with it.
@@ -374,6 +437,21 @@ impl StreamJob {
         self.engine.finish(&self.cx(Instant::now()), &self.run, ending);
         StreamEnd { outcome, text: std::mem::take(&mut progress.text), usage: progress.client_usage, error }
     }
+}
+
+/// Goes to the back of the runtime's queue once: every task that is ready runs first. Unlike `yield_now`, which
+/// waits for the runtime's next poll of the network, this costs no system call.
+async fn let_ready_tasks_run() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            return std::task::Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    })
+    .await;
 }
 
 /// Replaces the content piece of a chunk.

@@ -12,7 +12,6 @@ use secrecy::ExposeSecret;
 use super::classify::{FailureClass, classify_response, retry_after};
 use super::events::Usage;
 use super::plan::{ProviderKind, Step};
-use crate::config::EngineSettings;
 use crate::egress::EgressPolicy;
 use crate::vault::ProviderKey;
 
@@ -33,9 +32,9 @@ impl reqwest::dns::Resolve for GuardedResolver {
     }
 }
 
-pub fn build_client(settings: &EngineSettings, egress: EgressPolicy) -> reqwest::Result<reqwest::Client> {
+pub fn build_client(connect_timeout: Duration, egress: EgressPolicy) -> reqwest::Result<reqwest::Client> {
     reqwest::Client::builder()
-        .connect_timeout(settings.connect_timeout)
+        .connect_timeout(connect_timeout)
         .tcp_nodelay(true)
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(512)
@@ -123,7 +122,11 @@ pub async fn attempt(
     stream: bool,
     limits: &Limits,
 ) -> Result<AttemptOk, AttemptFailure> {
-    let mut request = client.post(&step.url).header(CONTENT_TYPE, "application/json").body(body);
+    let request = match &step.parsed {
+        Some(url) => client.post(url.clone()),
+        None => client.post(&step.url),
+    };
+    let mut request = request.header(CONTENT_TYPE, "application/json").body(body);
     let secret = key.secret.expose_secret();
     let auth = match step.provider {
         ProviderKind::Azure => HeaderValue::from_str(secret).map(|v| ("api-key", v)),
@@ -376,6 +379,8 @@ impl SseReader {
             match self.stream.next().await {
                 None => self.ended = true,
                 Some(Err(_)) => return Err(SseError::Broken),
+                // CR is dropped (CRLF and CR line ends become LF); the usual chunk has none and is copied whole.
+                Some(Ok(chunk)) if memchr::memchr(b'\r', &chunk).is_none() => self.buffer.extend_from_slice(&chunk),
                 Some(Ok(chunk)) => self.buffer.extend(chunk.iter().filter(|b| **b != b'\r')),
             }
         }
@@ -392,7 +397,7 @@ impl SseReader {
 }
 
 fn find_blank_line(buf: &[u8]) -> Option<usize> {
-    buf.windows(2).position(|w| w == b"\n\n")
+    memchr::memmem::find(buf, b"\n\n")
 }
 
 /// `raw` ends with a blank line. The usual event has one `data:` line, whose payload is then a slice of `raw`; several

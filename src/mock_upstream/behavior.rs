@@ -52,6 +52,9 @@ pub enum Behavior {
     /// until the client leaves (a hostile or broken upstream that looks alive). Non-streaming: like
     /// [`Behavior::NoResponse`].
     StreamKeepAlive { after_tokens: u32, every_ms: u64 },
+    /// Streaming: the whole stream (headers, every event, `[DONE]` and the last chunk) in one write, as events that
+    /// piled up on the way arrive together. Non-streaming: healthy.
+    StreamBurst,
     /// Streaming: after `at_token` content chunks, one `data: {not json` event, then the rest as usual.
     /// Non-streaming: healthy.
     MalformedChunk { at_token: u32 },

@@ -26,6 +26,7 @@ pub(super) async fn serve(stream: TcpStream, shared: Arc<Shared>) {
         buf: Vec::with_capacity(8192),
         out: Vec::with_capacity(4096),
         ev: Vec::with_capacity(512),
+        burst: false,
     };
     loop {
         match conn.next().await {
@@ -55,6 +56,8 @@ struct Conn {
     out: Vec<u8>,
     /// Scratch: a response body or one SSE event.
     ev: Vec<u8>,
+    /// Events are framed into `out` and written all at once at the end ([`Behavior::StreamBurst`]).
+    burst: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -242,6 +245,7 @@ enum Mode {
     KeepAlive(u32, u64),
     Malformed(u32),
     MissingDone,
+    Burst,
 }
 
 enum Action {
@@ -623,6 +627,7 @@ impl Conn {
             }
             Behavior::StreamKeepAlive { .. } => Action::Hang,
             Behavior::MalformedChunk { at_token } => healthy(call, Mode::Malformed(at_token)),
+            Behavior::StreamBurst => healthy(call, Mode::Burst),
             Behavior::MissingDone => healthy(call, Mode::MissingDone),
             Behavior::RejectPrefill if call.last_is_assistant => {
                 self.reply_prefill_rejected(keep_alive);
@@ -777,6 +782,9 @@ impl Conn {
     async fn send_event(&mut self) -> io::Result<()> {
         http::write_chunk(&mut self.out, &self.ev);
         self.ev.clear();
+        if self.burst {
+            return Ok(());
+        }
         self.send_out().await
     }
 
@@ -787,6 +795,7 @@ impl Conn {
             StreamEvents::new(call.endpoint == Endpoint::Chat, id, unix_now(), &call.model, call.include_usage);
         self.out.clear();
         self.ev.clear();
+        self.burst = mode == Mode::Burst;
         http::write_sse_head(&mut self.out, keep_alive);
         if !first.is_zero() {
             self.send_out().await?;
@@ -851,6 +860,7 @@ impl Conn {
             self.ev.clear();
         }
         self.out.extend_from_slice(http::LAST_CHUNK);
+        self.burst = false;
         self.send_out().await?;
         Ok(if keep_alive { Flow::Continue } else { Flow::Close })
     }

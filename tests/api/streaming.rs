@@ -263,3 +263,34 @@ async fn a_legacy_completion_stream_is_continued_by_extending_the_prompt() {
     let rescue = gw.mock.requests().into_iter().find(|r| r.model.as_deref() == Some("gpt-3.5-turbo-instruct")).unwrap();
     assert_eq!(rescue.body["prompt"], format!("Say the alphabet: {}", words(4)));
 }
+
+/// Events that reach the gateway together leave it together: one write for what one read brought, not one per event.
+/// The client counts the body's HTTP chunks (a chunk is never merged with the next, so the count only errs upward).
+#[tokio::test]
+async fn events_that_arrive_together_leave_in_one_write() {
+    let gw = spawn_gateway().await;
+    gw.mock.script("gpt-4o", vec![Behavior::StreamBurst]);
+    let token = gw.key_set(&[K1], &[]).await;
+    let res = gw
+        .app
+        .client
+        .post(gw.app.url("/v1/chat/completions"))
+        .bearer_auth(&token)
+        .json(&stream_body("gpt-4o"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let mut body = futures_util::StreamExt::boxed(res.bytes_stream());
+    let (mut chunks, mut text) = (0, Vec::new());
+    while let Some(chunk) = futures_util::StreamExt::next(&mut body).await {
+        chunks += 1;
+        text.extend_from_slice(&chunk.unwrap());
+    }
+    let text = String::from_utf8(text).unwrap();
+    assert_eq!(streamed_text(&text), full_answer());
+    let events = sse_data(&text).len();
+    assert!(events > 20, "{events} events");
+    // The first event goes out on its own (it decides that the stream has started); the rest in one write.
+    assert!(chunks <= 3, "{events} events arrived in {chunks} chunks");
+}
