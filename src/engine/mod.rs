@@ -28,6 +28,7 @@ mod pacing;
 pub mod plan;
 mod request;
 mod rescue;
+pub mod responses;
 mod run;
 mod select;
 pub mod settings;
@@ -73,6 +74,8 @@ pub struct Served {
     pub fallback_reason: Option<FailureClass>,
     /// Time spent waiting on upstreams and deliberate sleeps until the reply was ready (not the gateway's overhead).
     pub upstream_time: Duration,
+    /// The provider key that answered (Responses are pinned to it); `None` when no upstream answered.
+    pub key_id: Option<uuid::Uuid>,
 }
 
 pub enum Reply {
@@ -271,6 +274,7 @@ impl Engine {
             model: &req.model,
             fallbacks: req.fallbacks.as_deref(),
             openai_base_url: &self.settings.openai_base_url,
+            only_key: req.pinned_key,
         };
         let plan = self.plan_for(&set, &input);
         let mut run = Run::new(estimate_prompt_tokens(&req.body));
@@ -364,7 +368,8 @@ impl Engine {
         };
         let (step, key) = (&plan.steps[candidate.step], &cx.set.keys[candidate.key]);
         self.on_success(cx.set, key, &candidate.breaker);
-        let served = self.served(cx, &run, Some((&step.model, step.provider)));
+        let mut served = self.served(cx, &run, Some((&step.model, step.provider)));
+        served.key_id = Some(key.id);
         let outcome =
             if run.first_failure.is_some() { RequestOutcome::FallbackSuccess } else { RequestOutcome::Success };
         match ok {
@@ -373,7 +378,13 @@ impl Engine {
                     outcome,
                     served_by: Some((step.model.clone(), step.provider)),
                     usage,
-                    text: cx.caching.then(|| stream::answer_text(&body)).flatten(),
+                    text: cx
+                        .caching
+                        .then(|| match cx.req.endpoint {
+                            Endpoint::Responses => responses::answer_text(&body),
+                            _ => stream::answer_text(&body),
+                        })
+                        .flatten(),
                 };
                 self.finish(cx, &run, ending);
                 drop(permit);
@@ -396,7 +407,11 @@ impl Engine {
                     tx,
                     done: done_tx,
                 };
-                tokio::spawn(job.pump(reader, first).in_current_span());
+                if cx.req.endpoint == Endpoint::Responses {
+                    tokio::spawn(responses::pump(job, reader, first).in_current_span());
+                } else {
+                    tokio::spawn(job.pump(reader, first).in_current_span());
+                }
                 Reply::Stream { first: first_bytes, rest: rx, served, done }
             }
         }
@@ -497,6 +512,7 @@ mod testing {
             model: &req.model,
             fallbacks: req.fallbacks.as_deref(),
             openai_base_url: "https://api.openai.com/v1",
+            only_key: None,
         };
         engine.plan_for(set, &input)
     }
