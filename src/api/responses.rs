@@ -61,6 +61,9 @@ pub async fn create(gw: Gateway, req: HttpRequest, body: web::Payload) -> Result
     Ok(proxy::respond(reply))
 }
 
+/// The longest an answer waits for its pin to be recorded.
+const RECORD_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Remembers which key created the answered response, before the client can ask about it.
 async fn record(state: &AppState, set: &OpenKeySet, reply: &Reply) {
     let (key_id, id) = match reply {
@@ -69,9 +72,11 @@ async fn record(state: &AppState, set: &OpenKeySet, reply: &Reply) {
         _ => return,
     };
     let (Some(key_id), Some(id)) = (key_id, id) else { return };
-    if let Err(e) = state.vault.record_response_key(set.key_set_id, &id, key_id).await {
-        // The answer still goes out; follow-ups to this response will be refused as unknown.
-        tracing::warn!(error = %e, "could not record which key created a response");
+    // The answer still goes out when this fails; follow-ups to this response are then refused as unknown.
+    match tokio::time::timeout(RECORD_WITHIN, state.vault.record_response_key(set.key_set_id, &id, key_id)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "could not record which key created a response"),
+        Err(_) => tracing::warn!("recording which key created a response took too long; answering without it"),
     }
 }
 
