@@ -64,6 +64,18 @@ pub enum GatewayErrors {
     GatewayTimeout(ErrorBody),
 }
 
+/// The errors of the stored-response routes (`/v1/responses/{id}`, …/cancel, …/input_items) besides the gateway ones.
+#[derive(IntoResponses)]
+pub enum StoredResponseErrors {
+    /// Not created through this key set, or deleted (code `response_not_found`); or the upstream's own 404, unchanged.
+    #[response(status = 404)]
+    NotFound(ErrorBody),
+    /// The provider key that created it was removed from the key set (`pinned_key_removed`), is marked invalid
+    /// (`pinned_key_invalid`), or its upstream cannot be called now (`pinned_key_unusable`). No other key is tried.
+    #[response(status = 409)]
+    Conflict(ErrorBody),
+}
+
 /// A gateway request body as reliablegpt reads it: `model` is required, `stream` must be a boolean when present; every
 /// other field of the OpenAI request is forwarded as sent.
 #[derive(ToSchema)]

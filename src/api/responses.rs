@@ -11,13 +11,14 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::auth::Gateway;
-use super::openapi::GatewayErrors;
+use super::openapi::{GatewayErrors, StoredResponseErrors};
 use super::{ApiError, AppState, GATEWAY_BODY_LIMIT, proxy};
+use crate::engine::responses::SUBSTITUTE_ID_PREFIX;
 use crate::engine::responses::{
     StoredCall, StoredCallError, response_id_of_body, response_id_of_event, valid_response_id,
 };
 use crate::engine::{Endpoint, Reply};
-use crate::vault::OpenKeySet;
+use crate::vault::{OpenKeySet, Provider};
 
 /// Responses API: fallbacks, key rotation, retries, breakers, hedging and pacing as for chat. A request continuing a
 /// stored response (`previous_response_id`) is sent only with the key that created it.
@@ -51,6 +52,13 @@ pub async fn create(gw: Gateway, req: HttpRequest, body: web::Payload) -> Result
     // `store: false` responses are not kept upstream: nothing to pin.
     let stored = body.get("store") != Some(&Value::Bool(false));
     let mut request = proxy::parse(&req, raw, body, Endpoint::Responses)?;
+    if !set.keys.iter().any(|k| k.provider == Provider::Openai) {
+        return Err(ApiError::invalid(
+            "model",
+            "this key set has only Azure OpenAI keys, and reliablegpt does not send the Responses API to Azure yet; \
+             add an OpenAI or OpenAI-compatible key",
+        ));
+    }
     if let Some(id) = &previous {
         request.pinned_key = Some(pinned_key(&state, &set, id, Some("previous_response_id")).await?);
     }
@@ -94,10 +102,19 @@ async fn pinned_key(state: &AppState, set: &OpenKeySet, id: &str, param: Option<
         ))
     };
     match state.vault.response_key(set.key_set_id, id).await? {
+        // Substitutes (cache, graceful_string) carry ids the gateway made up; no provider stores them.
+        None if id.starts_with(SUBSTITUTE_ID_PREFIX) => refuse(
+            404,
+            "response_not_found",
+            "was answered by the gateway itself (a cached answer or the graceful_string), so no provider stores it."
+                .into(),
+        ),
         None => refuse(
             404,
             "response_not_found",
-            "was not created through this key set, so the gateway does not know which provider key holds it.".into(),
+            "was not created through this key set (or was deleted), so the gateway does not know which provider key \
+             holds it."
+                .into(),
         ),
         Some(None) => refuse(
             409,
@@ -130,8 +147,7 @@ async fn pinned_key(state: &AppState, set: &OpenKeySet, id: &str, param: Option<
     params(("response_id" = String, Path, description = "A response id created through this key set")),
     responses(
         (status = 200, description = "The upstream's answer, unchanged (its errors too)"),
-        (status = 404, description = "Not created through this key set (`response_not_found`)", body = super::error::ErrorBody),
-        (status = 409, description = "Its key was removed or is invalid", body = super::error::ErrorBody),
+        StoredResponseErrors,
         GatewayErrors,
     )
 )]
@@ -143,7 +159,7 @@ pub async fn get(gw: Gateway, req: HttpRequest, id: web::Path<String>) -> Result
 #[utoipa::path(
     delete, path = "/v1/responses/{response_id}", tag = "gateway", security(("token" = [])),
     params(("response_id" = String, Path, description = "A response id created through this key set")),
-    responses((status = 200, description = "The upstream's answer, unchanged"), GatewayErrors)
+    responses((status = 200, description = "The upstream's answer, unchanged (its errors too)"), StoredResponseErrors, GatewayErrors)
 )]
 pub async fn delete(gw: Gateway, req: HttpRequest, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     stored(gw, &req, &id, StoredCall::Delete).await
@@ -153,7 +169,7 @@ pub async fn delete(gw: Gateway, req: HttpRequest, id: web::Path<String>) -> Res
 #[utoipa::path(
     post, path = "/v1/responses/{response_id}/cancel", tag = "gateway", security(("token" = [])),
     params(("response_id" = String, Path, description = "A response id created through this key set")),
-    responses((status = 200, description = "The upstream's answer, unchanged"), GatewayErrors)
+    responses((status = 200, description = "The upstream's answer, unchanged (its errors too)"), StoredResponseErrors, GatewayErrors)
 )]
 pub async fn cancel(gw: Gateway, req: HttpRequest, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     stored(gw, &req, &id, StoredCall::Cancel).await
@@ -163,7 +179,7 @@ pub async fn cancel(gw: Gateway, req: HttpRequest, id: web::Path<String>) -> Res
 #[utoipa::path(
     get, path = "/v1/responses/{response_id}/input_items", tag = "gateway", security(("token" = [])),
     params(("response_id" = String, Path, description = "A response id created through this key set")),
-    responses((status = 200, description = "The upstream's answer, unchanged"), GatewayErrors)
+    responses((status = 200, description = "The upstream's answer, unchanged (its errors too)"), StoredResponseErrors, GatewayErrors)
 )]
 pub async fn input_items(gw: Gateway, req: HttpRequest, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     stored(gw, &req, &id, StoredCall::InputItems).await
@@ -196,6 +212,9 @@ async fn stored(gw: Gateway, req: &HttpRequest, id: &str, call: StoredCall) -> R
                 format!("Response '{id}' was created with a provider key whose upstream cannot be called now."),
                 None,
             ));
+        }
+        Err(StoredCallError::BadQuery) => {
+            return Err(ApiError::invalid("query", "is not valid in a URL, so it cannot be passed on"));
         }
         Err(StoredCallError::Upstream(detail)) => {
             tracing::warn!(detail = %detail, "a call about a stored response failed");

@@ -308,11 +308,14 @@ fn end(
     StreamEnd { outcome, text: std::mem::take(&mut seen.text), usage: seen.usage, error }
 }
 
+/// How the ids of answers from elsewhere start: no provider stores them.
+pub const SUBSTITUTE_ID_PREFIX: &str = "resp_rgpt_";
+
 /// An answer from elsewhere (cache, `graceful_string`) as the Responses API would have answered: a completed response
 /// object, or its event sequence.
 pub fn render(stream: bool, answer: &Substitute) -> Bytes {
     let created = chrono::Utc::now().timestamp();
-    let id = format!("resp_rgpt_{}", Uuid::new_v4().simple());
+    let id = format!("{SUBSTITUTE_ID_PREFIX}{}", Uuid::new_v4().simple());
     let item_id = format!("msg_rgpt_{}", Uuid::new_v4().simple());
     let (model, text) = (answer.model.as_str(), answer.text.as_str());
     let part = json!({"type": "output_text", "text": text, "annotations": []});
@@ -379,6 +382,8 @@ pub enum StoredCallError {
     KeyGone,
     #[error("the key's upstream is refused by the egress policy or cannot serve the Responses API")]
     Unusable,
+    #[error("the query string is not valid in a URL")]
+    BadQuery,
     #[error("{0}")]
     Upstream(String),
 }
@@ -418,6 +423,9 @@ impl Engine {
         if !query.is_empty() {
             url.push('?');
             url.push_str(query);
+        }
+        if reqwest::Url::parse(&url).is_err() {
+            return Err(StoredCallError::BadQuery);
         }
         let step = Step { model: String::new(), provider, url, endpoint: base.to_owned(), keys: Vec::new() };
         if !self.egress_allows(&step) {

@@ -363,6 +363,30 @@ async fn the_graceful_string_answers_as_a_response_object_and_stream() {
     let events = events(&a.text);
     assert_eq!(deltas(&events), "Back soon.");
     assert_eq!(events.last().map(|(n, _)| n.as_str()), Some("response.completed"));
+    // No provider stores a gateway-made answer: continuing it is refused, saying so.
+    let id = events[0].1["response"]["id"].as_str().unwrap();
+    let follow = json!({"model": "gpt-4o", "input": "x", "previous_response_id": id});
+    let res = gw.app.client.post(gw.app.url("/v1/responses")).bearer_auth(&token).json(&follow).send().await;
+    let error = error_of(res.unwrap(), 404).await;
+    assert!(error["message"].as_str().unwrap().contains("gateway itself"), "{error}");
+}
+
+#[tokio::test]
+async fn azure_is_not_used_for_responses_and_an_azure_only_key_set_is_told_so() {
+    let gw = spawn_gateway().await;
+    let azure = json!({"provider": "azure", "key": "0123456789abcdef0123456789abcdef",
+                       "endpoint": gw.mock.azure_endpoint(), "api_version": "2024-10-21",
+                       "deployments": {"gpt-4o": "prod-gpt4o"}});
+    let both = gw.key_set_with(json!([azure, K1]), json!({})).await;
+    let a = create(&gw, &both, body("gpt-4o")).await;
+    assert_eq!((a.status, a.header("x-reliablegpt-provider")), (200, Some("openai")), "{}", a.text);
+    assert_eq!(gw.mock.requests().iter().map(|r| r.path.as_str()).collect::<Vec<_>>(), vec!["/v1/responses"]);
+
+    let only_azure = gw.key_set_with(json!([azure]), json!({})).await;
+    let res = gw.app.client.post(gw.app.url("/v1/responses")).bearer_auth(&only_azure).json(&body("gpt-4o")).send();
+    let error = error_of(res.await.unwrap(), 400).await;
+    assert!(error["message"].as_str().unwrap().contains("Azure"), "{error}");
+    assert_eq!(gw.mock.requests().len(), 1, "nothing was sent");
 }
 
 #[tokio::test]
