@@ -105,6 +105,8 @@ struct ResponseView<'a> {
 #[derive(Debug, Default)]
 struct Seen {
     text: String,
+    /// Output has begun (a text, refusal or tool-argument delta): from then on the idle timeout bounds each gap.
+    producing: bool,
     /// The last `sequence_number` forwarded: an error event the gateway adds comes after it.
     sequence: Option<u64>,
     usage: Option<Usage>,
@@ -170,6 +172,11 @@ impl Seen {
                 if let Some(piece) = event.delta.as_deref() {
                     self.text.push_str(piece);
                 }
+                self.producing = true;
+                Next::Forward
+            }
+            Some("response.refusal.delta" | "response.function_call_arguments.delta") => {
+                self.producing = true;
                 Next::Forward
             }
             Some("response.completed") => Next::End { completed: true },
@@ -194,12 +201,16 @@ pub(super) async fn pump(mut job: StreamJob, mut reader: SseReader, first: SseEv
     let mut seen = Seen::default();
     let idle = job.engine.settings.stream_idle_timeout;
     let mut stalls_at = Instant::now() + idle;
+    // A reasoning model may be silent for long after `response.created` while it thinks: until its output begins, the
+    // stream may wait as long as the request's own time budget (from now) allows.
+    let thinking_until = Instant::now() + job.req.timeout.unwrap_or(job.engine.settings.request_timeout);
     let mut next = Some(seen.step(&first.data));
     let ended = loop {
         let step = match next.take() {
             Some(step) => step,
             None => {
-                let event = match tokio::time::timeout_at(stalls_at.into(), reader.next_event()).await {
+                let wait_until = if seen.producing { stalls_at } else { stalls_at.max(thinking_until) };
+                let event = match tokio::time::timeout_at(wait_until.into(), reader.next_event()).await {
                     Err(_) => break fault(&mut job, &mut seen, Fault::Stalled).await,
                     Ok(Err(_)) => break fault(&mut job, &mut seen, Fault::Cut).await,
                     Ok(Ok(None)) => break fault(&mut job, &mut seen, Fault::EndedEarly).await,
@@ -497,6 +508,8 @@ mod tests {
             seen.step(r#"{"type":"response.created","sequence_number":0,"response":{"id":"r"}}"#),
             Next::Forward
         );
+        assert_eq!(seen.step(r#"{"type":"response.reasoning_summary_text.delta","delta":"hmm"}"#), Next::Forward);
+        assert!(!seen.producing, "reasoning is not output yet");
         assert_eq!(
             seen.step(r#"{"type":"response.output_text.delta","sequence_number":4,"delta":"Hi \"x\""}"#),
             Next::Forward
@@ -504,6 +517,7 @@ mod tests {
         assert_eq!(seen.step(""), Next::Skip);
         assert_eq!(seen.step("{oops"), Next::Malformed);
         assert_eq!(seen.text, "Hi \"x\"");
+        assert!(seen.producing, "output has begun");
         let error: Value = serde_json::from_str(
             std::str::from_utf8(&seen.error_event("cut"))
                 .unwrap()

@@ -425,3 +425,28 @@ async fn accounting_reads_responses_usage_and_write_through_gets_the_output_text
     assert_eq!(done.await.unwrap().outcome, RequestOutcome::Partial);
     assert_eq!(recorder.completed.lock().unwrap().len(), 2);
 }
+
+#[tokio::test]
+async fn before_output_begins_a_silent_stream_may_think_for_the_request_budget_then_the_idle_timeout_applies() {
+    let gw = spawn_gateway().await;
+    let token = gw.key_set(&[K1], &[]).await;
+    let budget = [("x-reliablegpt-timeout-ms", "1800")];
+    // Silent right after response.created … content_part.added (a reasoning model thinking): the idle timeout (600 ms)
+    // does not cut it; the request budget does.
+    gw.mock.script("gpt-4o", vec![Behavior::StreamStall { after_tokens: 0 }]);
+    let started = std::time::Instant::now();
+    let a = gw.post("/v1/responses", &token, stream_body("gpt-4o"), &budget).await;
+    let thinking = started.elapsed();
+    assert_eq!(events(&a.text).last().map(|(n, _)| n.clone()), Some("error".to_owned()), "{}", a.text);
+    assert!(
+        thinking >= std::time::Duration::from_millis(1500),
+        "waited the budget, not the idle timeout: {thinking:?}"
+    );
+    // Once output has begun, a gap longer than the idle timeout is a stall.
+    gw.mock.script("gpt-4o", vec![Behavior::StreamStall { after_tokens: 2 }]);
+    let started = std::time::Instant::now();
+    let a = gw.post("/v1/responses", &token, stream_body("gpt-4o"), &budget).await;
+    let stalled = started.elapsed();
+    assert_eq!(deltas(&events(&a.text)), words(2));
+    assert!(stalled < std::time::Duration::from_millis(1400), "the idle timeout cut it: {stalled:?}");
+}
