@@ -263,6 +263,7 @@ async fn fault(job: &mut StreamJob, seen: &mut Seen, fault: Fault) -> StreamEnd 
     if let Some(candidate) = job.plan.candidates.get(job.pos) {
         let (step, key) = (&job.plan.steps[candidate.step], &job.set.keys[candidate.key]);
         job.engine.breakers.record_failure(&candidate.breaker);
+        job.run.note(step, key, fault.class(), fault.describe());
         let report = Report {
             step,
             key,
