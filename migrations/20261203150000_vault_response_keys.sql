@@ -10,3 +10,5 @@ CREATE TABLE vault_response_keys (
     PRIMARY KEY (key_set_id, response_id)
 );
 CREATE INDEX vault_response_keys_key ON vault_response_keys (key_id);
+-- Providers keep stored responses for 30 days by default; older records are pruned hourly.
+CREATE INDEX vault_response_keys_created ON vault_response_keys (created_at);

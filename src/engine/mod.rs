@@ -180,8 +180,15 @@ impl Engine {
             let engine = self.clone();
             async move {
                 let mut tick = tokio::time::interval(Duration::from_secs(5));
+                let mut pruned_at: Option<Instant> = None;
                 loop {
                     tick.tick().await;
+                    if pruned_at.is_none_or(|at| at.elapsed() >= responses::PRUNE_EVERY) {
+                        pruned_at = Some(Instant::now());
+                        if let Err(e) = engine.vault.prune_response_keys(responses::PINS_KEPT).await {
+                            tracing::warn!(error = %e, "could not prune old stored-response records");
+                        }
+                    }
                     let used = engine.usage.drain();
                     if !used.is_empty()
                         && let Err(e) = engine.vault.touch_keys(&used).await

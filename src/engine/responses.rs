@@ -320,6 +320,12 @@ fn end(
     StreamEnd { outcome, text: std::mem::take(&mut seen.text), usage: seen.usage, error }
 }
 
+/// How long the key that created a stored response is remembered: providers keep stored responses 30 days by default.
+pub const PINS_KEPT: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// How often records older than [`PINS_KEPT`] are pruned (by every replica; the delete is idempotent).
+pub const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
 /// How the ids of answers from elsewhere start: no provider stores them.
 pub const SUBSTITUTE_ID_PREFIX: &str = "resp_rgpt_";
 

@@ -698,6 +698,12 @@ impl Vault {
         self.while_reachable(async { Ok(queries::response_key(&self.pool, key_set_id, response_id).await?) }).await
     }
 
+    /// Forgets which key created responses older than `kept` (providers keep stored responses 30 days by default).
+    pub async fn prune_response_keys(&self, kept: Duration) -> Result<u64, VaultError> {
+        let before = Utc::now() - chrono::Duration::from_std(kept).unwrap_or(chrono::Duration::MAX);
+        Ok(queries::prune_response_keys(&self.pool, before).await?)
+    }
+
     /// Forgets a response its upstream deleted.
     pub async fn forget_response(&self, key_set_id: Uuid, response_id: &str) -> Result<(), VaultError> {
         self.while_reachable(async { Ok(queries::forget_response(&self.pool, key_set_id, response_id).await?) }).await

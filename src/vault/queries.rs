@@ -491,3 +491,9 @@ pub async fn forget_response(pool: &PgPool, key_set_id: Uuid, response_id: &str)
         .await
         .map(|_| ())
 }
+
+/// Forgets records older than `before`; returns how many.
+pub async fn prune_response_keys(pool: &PgPool, before: DateTime<Utc>) -> sqlx::Result<u64> {
+    let done = sqlx::query("DELETE FROM vault_response_keys WHERE created_at < $1").bind(before).execute(pool).await?;
+    Ok(done.rows_affected())
+}

@@ -450,3 +450,29 @@ async fn before_output_begins_a_silent_stream_may_think_for_the_request_budget_t
     assert_eq!(deltas(&events(&a.text)), words(2));
     assert!(stalled < std::time::Duration::from_millis(1400), "the idle timeout cut it: {stalled:?}");
 }
+
+#[tokio::test]
+async fn records_older_than_the_providers_retention_are_pruned() {
+    use reliablegpt::config::{MasterKeyring, env};
+    let gw = spawn_gateway().await;
+    let (token, id, _) = response_created_by_k2(&gw, false).await;
+    let (_, fresh, _) = response_created_by_k2(&gw, false).await;
+    sqlx::query("UPDATE vault_response_keys SET created_at = now() - interval '31 days' WHERE response_id = $1")
+        .bind(&id)
+        .execute(&gw.app.pool)
+        .await
+        .unwrap();
+    let vault = reliablegpt::vault::Vault::new(
+        gw.app.pool.clone(),
+        Arc::new(MasterKeyring::parse(env::MASTER_KEY, &crate::helpers::random_secret()).unwrap()),
+        &MasterKeyring::parse(env::TOKEN_PEPPER, &crate::helpers::random_secret()).unwrap(),
+    );
+    let kept = reliablegpt::engine::responses::PINS_KEPT;
+    assert_eq!(vault.prune_response_keys(kept).await.unwrap(), 1);
+    let ids: Vec<String> =
+        sqlx::query_scalar("SELECT response_id FROM vault_response_keys").fetch_all(&gw.app.pool).await.unwrap();
+    assert_eq!(ids, vec![fresh]);
+    let follow = json!({"model": "gpt-4o", "input": "x", "previous_response_id": id});
+    let res = gw.app.client.post(gw.app.url("/v1/responses")).bearer_auth(&token).json(&follow).send().await;
+    assert_eq!(error_of(res.unwrap(), 404).await["code"], "response_not_found");
+}
