@@ -476,3 +476,23 @@ async fn records_older_than_the_providers_retention_are_pruned() {
     let res = gw.app.client.post(gw.app.url("/v1/responses")).bearer_auth(&token).json(&follow).send().await;
     assert_eq!(error_of(res.unwrap(), 404).await["code"], "response_not_found");
 }
+
+#[tokio::test]
+async fn hedging_races_the_next_model_and_a_pinned_hedge_stays_on_the_creating_key() {
+    let gw = spawn_gateway().await;
+    let (token, id, _) = response_created_by_k2(&gw, false).await;
+    gw.mock.script("gpt-4o", vec![Behavior::ok_after(3_000)]);
+    let hedge = [("x-reliablegpt-hedge-ms", "100")];
+    let started = std::time::Instant::now();
+    let a = gw.post("/v1/responses", &token, body("gpt-4o"), &hedge).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert!(started.elapsed() < std::time::Duration::from_millis(1_500), "{:?}", started.elapsed());
+    assert_eq!((a.header("x-reliablegpt-model"), a.header("x-reliablegpt-attempts")), (Some("gpt-4o-mini"), Some("2")));
+    assert_eq!(gw.keys_seen(), vec![K1, K1], "unpinned: the set's first key");
+
+    gw.mock.clear_requests();
+    let follow = json!({"model": "gpt-4o", "input": "More.", "previous_response_id": id});
+    let a = gw.post("/v1/responses", &token, follow, &hedge).await;
+    assert_eq!((a.status, a.header("x-reliablegpt-model")), (200, Some("gpt-4o-mini")), "{}", a.text);
+    assert_eq!(gw.keys_seen(), vec![K2, K2], "the hedge used the creating key too");
+}
