@@ -879,3 +879,93 @@ async fn expect_continue_is_honoured() {
     assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
     assert!(answer.contains(&full_answer()));
 }
+
+/// A Responses stream's `(event name, data)` pairs; the name line and the `type` field always agree.
+fn response_events(body: &str) -> Vec<(String, Value)> {
+    body.split("\n\n")
+        .filter(|e| !e.trim().is_empty())
+        .map(|e| {
+            let name = e.lines().find_map(|l| l.strip_prefix("event: ")).unwrap().to_owned();
+            let data: Value = serde_json::from_str(e.lines().find_map(|l| l.strip_prefix("data: ")).unwrap()).unwrap();
+            assert_eq!(data["type"], name.as_str());
+            (name, data)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn responses_answer_as_response_objects_and_typed_events() {
+    let mock = start().await;
+    let res = post(&mock, "/responses", json!({"model": "gpt-4o", "input": "Say the alphabet."})).await;
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!((body["object"].as_str(), body["status"].as_str()), (Some("response"), Some("completed")));
+    assert!(body["id"].as_str().unwrap().starts_with("resp_"));
+    assert_eq!(body["output"][0]["content"][0]["type"], "output_text");
+    assert_eq!(body["output"][0]["content"][0]["text"], full_answer());
+    assert_eq!(body["usage"]["output_tokens"], ANSWER_WORDS.len());
+
+    let res = post(&mock, "/responses", json!({"model": "gpt-4o", "input": "Say it.", "stream": true})).await;
+    assert!(res.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    let events = response_events(&res.text().await.unwrap());
+    let deltas: String = events.iter().filter_map(|(_, d)| d["delta"].as_str()).collect();
+    assert_eq!(deltas, full_answer());
+    assert_eq!(events.last().unwrap().0, "response.completed");
+    let numbers: Vec<u64> = events.iter().map(|(_, d)| d["sequence_number"].as_u64().unwrap()).collect();
+    assert_eq!(numbers, (0..events.len() as u64).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn responses_get_the_chat_fault_menu() {
+    let mock = start().await;
+    mock.script("gpt-4o", vec![Behavior::rate_limited(Some("3")), Behavior::StreamCut { after_tokens: 4 }]);
+    let res = post(&mock, "/responses", json!({"model": "gpt-4o", "input": "x"})).await;
+    assert_eq!(res.status(), 429);
+    assert_eq!(res.headers()["retry-after"], "3");
+    let res = post(&mock, "/responses", json!({"model": "gpt-4o", "input": "x", "stream": true})).await;
+    assert_eq!(res.status(), 200);
+    let mut received = Vec::new();
+    let mut stream = res.bytes_stream();
+    let broke = loop {
+        match futures_util::StreamExt::next(&mut stream).await {
+            Some(Ok(chunk)) => received.extend_from_slice(&chunk),
+            Some(Err(_)) => break true,
+            None => break false,
+        }
+    };
+    assert!(broke, "a cut stream is reset, not ended cleanly");
+    let text = String::from_utf8(received).unwrap();
+    assert!(!text.contains("response.completed"), "{text}");
+    assert_eq!(text.matches("event: response.output_text.delta").count(), 4);
+
+    mock.script("gpt-4o", vec![]);
+    let res = post(&mock, "/responses", json!({"model": "gpt-4o"})).await;
+    assert_eq!(res.status(), 400, "input is required");
+}
+
+#[tokio::test]
+async fn responses_are_stored_per_key_like_an_account() {
+    let mock = start().await;
+    let created: Value =
+        post(&mock, "/responses", json!({"model": "gpt-4o", "input": "x"})).await.json().await.unwrap();
+    let id = created["id"].as_str().unwrap();
+    let url = format!("{}/responses/{id}", mock.base_url());
+    assert_eq!(client().get(&url).bearer_auth(KEY).send().await.unwrap().status(), 200);
+    assert_eq!(client().get(&url).bearer_auth("sk-other").send().await.unwrap().status(), 404);
+    let items: Value =
+        client().get(format!("{url}/input_items")).bearer_auth(KEY).send().await.unwrap().json().await.unwrap();
+    assert_eq!(items["data"][0]["content"][0]["text"], "x");
+    let follow = json!({"model": "gpt-4o", "input": "y", "previous_response_id": id});
+    let other = client().post(format!("{}/responses", mock.base_url())).bearer_auth("sk-other").json(&follow);
+    let res = other.send().await.unwrap();
+    assert_eq!(res.status(), 404);
+    assert_eq!(res.json::<Value>().await.unwrap()["error"]["code"], "previous_response_not_found");
+    assert_eq!(post(&mock, "/responses", follow).await.status(), 200);
+    assert_eq!(client().delete(&url).bearer_auth(KEY).send().await.unwrap().status(), 200);
+    assert_eq!(client().get(&url).bearer_auth(KEY).send().await.unwrap().status(), 404);
+    let unstored = json!({"model": "gpt-4o", "input": "x", "store": false});
+    let id =
+        post(&mock, "/responses", unstored).await.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let res = client().get(format!("{}/responses/{id}", mock.base_url())).bearer_auth(KEY).send().await.unwrap();
+    assert_eq!(res.status(), 404, "store: false is not kept");
+}

@@ -190,6 +190,16 @@ impl ApiError {
         self
     }
 
+    /// A stored Responses API response that cannot be reached with the key that created it (and no other key is
+    /// tried): 404 unknown, 409 its key removed or invalid, 502 its upstream did not answer.
+    pub fn stored_response(status: u16, code: &'static str, message: String, param: Option<&str>) -> Self {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::CONFLICT);
+        let kind = if status.is_server_error() { "upstream_error" } else { INVALID_REQUEST };
+        let mut e = Self::new(status, kind, code, message);
+        e.detail.param = param.map(str::to_owned);
+        e
+    }
+
     /// Every upstream failed; `message` lists the attempts (models, providers, masked keys, classes).
     pub fn upstream(status: u16, code: &'static str, message: String) -> Self {
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);

@@ -12,6 +12,7 @@ pub mod openapi;
 mod proxy;
 pub mod rate_limit;
 mod request_context;
+mod responses;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -104,6 +105,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/v1/chat/completions", "POST").route(web::post().to(proxy::chat)))
         .service(resource("/v1/completions", "POST").route(web::post().to(proxy::completions)))
         .service(resource("/v1/embeddings", "POST").route(web::post().to(proxy::embeddings)))
+        .service(resource("/v1/responses", "POST").route(web::post().to(responses::create)))
+        .service(
+            resource("/v1/responses/{id}", "GET, HEAD, DELETE")
+                .route(web::get().to(responses::get))
+                .route(web::delete().to(responses::delete)),
+        )
+        .service(resource("/v1/responses/{id}/cancel", "POST").route(web::post().to(responses::cancel)))
+        .service(resource("/v1/responses/{id}/input_items", "GET, HEAD").route(web::get().to(responses::input_items)))
         .service(resource("/v1/models", "GET, HEAD").route(web::get().to(models::list)))
         // Fine-tuned and custom model ids contain `/` and `:`; SDKs may also send them percent-encoded.
         .service(resource("/v1/models/{model:.+}", "GET, HEAD").route(web::get().to(models::retrieve)));

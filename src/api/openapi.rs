@@ -6,14 +6,15 @@ use utoipa::openapi::{ContentBuilder, HeaderBuilder, Object, Ref, RefOr, Respons
 use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
 
 use super::error::ErrorBody;
-use super::{alerts, cache, health, keys, models, proxy};
+use super::{alerts, cache, health, keys, models, proxy, responses};
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "reliablegpt", description = "A reliability gateway for LLM apps: point any OpenAI SDK at it."),
     paths(
         health::healthz, health::readyz, proxy::metrics, keys::create, keys::get, keys::update, keys::revoke,
-        proxy::chat, proxy::completions, proxy::embeddings, models::list, models::retrieve, cache::get, cache::lookup,
+        proxy::chat, proxy::completions, proxy::embeddings, responses::create, responses::get, responses::delete,
+        responses::cancel, responses::input_items, models::list, models::retrieve, cache::get, cache::lookup,
         cache::store, cache::purge, cache::mint_token, alerts::get_settings, alerts::put_settings, alerts::verify,
         alerts::list, alerts::events
     ),
@@ -61,6 +62,18 @@ pub enum GatewayErrors {
     /// The request's deadline passed (code `deadline_exceeded`) or every upstream timed out (code `upstream_timeout`).
     #[response(status = 504)]
     GatewayTimeout(ErrorBody),
+}
+
+/// The errors of the stored-response routes (`/v1/responses/{id}`, …/cancel, …/input_items) besides the gateway ones.
+#[derive(IntoResponses)]
+pub enum StoredResponseErrors {
+    /// Not created through this key set, or deleted (code `response_not_found`); or the upstream's own 404, unchanged.
+    #[response(status = 404)]
+    NotFound(ErrorBody),
+    /// The provider key that created it was removed from the key set (`pinned_key_removed`), is marked invalid
+    /// (`pinned_key_invalid`), or its upstream cannot be called now (`pinned_key_unusable`). No other key is tried.
+    #[response(status = 409)]
+    Conflict(ErrorBody),
 }
 
 /// A gateway request body as reliablegpt reads it: `model` is required, `stream` must be a boolean when present; every

@@ -77,7 +77,13 @@ async fn forward(
     let Gateway(set, state) = gw;
     let (raw, body) = read_json(http, payload, GATEWAY_BODY_LIMIT).await?;
     let request = parse(http, raw, body, endpoint)?;
-    let (mut res, upstream_time) = match state.engine.serve(set, request).await {
+    let reply = state.engine.serve(set, request).await;
+    Ok(respond(reply))
+}
+
+/// The engine's reply as HTTP.
+pub(super) fn respond(reply: Reply) -> HttpResponse {
+    let (mut res, upstream_time) = match reply {
         Reply::Upstream { status, body, served } => {
             let mut res = HttpResponse::build(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY));
             served_headers(&mut res, &served);
@@ -122,7 +128,7 @@ async fn forward(
         }
     };
     res.extensions_mut().insert(UpstreamTime(upstream_time));
-    Ok(res)
+    res
 }
 
 fn sse_headers(res: &mut HttpResponseBuilder) -> &mut HttpResponseBuilder {
@@ -146,7 +152,11 @@ fn served_headers(res: &mut HttpResponseBuilder, served: &Served) {
 }
 
 /// Reads the body within `limit` and parses it, keeping the raw bytes to forward unchanged.
-async fn read_json(http: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<(Bytes, Value), ApiError> {
+pub(super) async fn read_json(
+    http: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<(Bytes, Value), ApiError> {
     let declared = http
         .headers()
         .get(actix_web::http::header::CONTENT_LENGTH)
@@ -175,7 +185,12 @@ async fn read_json(http: &HttpRequest, mut payload: web::Payload, limit: usize) 
     Ok((raw, Value::Object(value.0)))
 }
 
-fn parse(http: &HttpRequest, raw: Bytes, body: Value, endpoint: Endpoint) -> Result<GatewayRequest, ApiError> {
+pub(super) fn parse(
+    http: &HttpRequest,
+    raw: Bytes,
+    body: Value,
+    endpoint: Endpoint,
+) -> Result<GatewayRequest, ApiError> {
     let Value::Object(map) = &body else {
         return Err(ApiError::bad_json("The request body must be a JSON object."));
     };
@@ -239,7 +254,19 @@ fn parse(http: &HttpRequest, raw: Bytes, body: Value, endpoint: Endpoint) -> Res
             _ => return Err(ApiError::invalid("x-reliablegpt-hedge-ms", "must be 1-60000")),
         },
     };
-    Ok(GatewayRequest { endpoint, body, raw, model, stream, fallbacks, instance, timeout, hedge, caching })
+    Ok(GatewayRequest {
+        endpoint,
+        body,
+        raw,
+        model,
+        stream,
+        fallbacks,
+        instance,
+        timeout,
+        hedge,
+        caching,
+        pinned_key: None,
+    })
 }
 
 fn valid_model(m: &str) -> bool {

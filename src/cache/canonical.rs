@@ -63,6 +63,29 @@ impl Conversation {
         }
     }
 
+    /// A Responses API body (`input` as a string or message items, `instructions` and other shaping options in the
+    /// context). One continuing a stored response (`previous_response_id`) depends on state the cache cannot see, and
+    /// items other than messages (tool calls and their outputs) are not cached.
+    pub fn from_responses_request(body: &Value) -> Result<Self, CanonicalError> {
+        if body.get("previous_response_id").is_some_and(|v| !v.is_null()) {
+            return Err(CanonicalError::Malformed("continues a stored response"));
+        }
+        let options: Vec<(&str, &Value)> =
+            RESPONSES_SHAPING_OPTIONS.iter().filter_map(|name| body.get(*name).map(|v| (*name, v))).collect();
+        match body.get("input") {
+            Some(Value::String(input)) => {
+                let mut conversation = Self::from_query(input)?;
+                conversation.context = options_text(&options);
+                conversation.checked()
+            }
+            Some(Value::Array(items)) => {
+                let messages = items.iter().map(responses_message).collect::<Result<Vec<Value>, _>>()?;
+                Self::build(&messages, &options)
+            }
+            _ => Err(CanonicalError::Malformed("needs input as a string or message items")),
+        }
+    }
+
     /// The canonical text of the whole conversation: what the exact-match hash covers.
     pub fn exact_text(&self) -> String {
         let mut out = String::with_capacity(self.context.len() + self.question.len() + 8);
@@ -113,6 +136,33 @@ impl Conversation {
 /// Request options that change what kind of answer comes back; sampling options (temperature, …) do not.
 const SHAPING_OPTIONS: [&str; 8] =
     ["tools", "functions", "tool_choice", "function_call", "response_format", "n", "logprobs", "modalities"];
+
+/// The Responses API's options that change the kind of answer.
+const RESPONSES_SHAPING_OPTIONS: [&str; 6] = ["instructions", "tools", "tool_choice", "text", "reasoning", "include"];
+
+/// A Responses input item as a chat message: `input_text`/`output_text` parts read as text parts.
+fn responses_message(item: &Value) -> Result<Value, CanonicalError> {
+    if item.get("type").and_then(Value::as_str).is_some_and(|t| t != "message") {
+        return Err(CanonicalError::Malformed("only message items are cached"));
+    }
+    let role = item.get("role").cloned().ok_or(CanonicalError::Malformed("every message needs a role"))?;
+    let content = match item.get("content") {
+        Some(Value::Array(parts)) => Value::Array(
+            parts
+                .iter()
+                .map(|part| match (part.get("type").and_then(Value::as_str), part.get("text")) {
+                    (Some("input_text" | "output_text"), Some(text)) => {
+                        serde_json::json!({"type": "text", "text": text})
+                    }
+                    _ => part.clone(),
+                })
+                .collect(),
+        ),
+        Some(other) => other.clone(),
+        None => Value::Null,
+    };
+    Ok(serde_json::json!({"role": role, "content": content}))
+}
 
 enum Turn {
     Text(String),
@@ -255,5 +305,27 @@ mod tests {
         );
         assert!(Conversation::from_request(&json!({"messages": "x"})).is_err());
         assert!(Conversation::from_request(&json!({"prompt": ["a", "b"]})).is_err());
+    }
+
+    #[test]
+    fn responses_bodies_read_like_chat_and_stored_state_is_not_cached() {
+        let chat =
+            json!({"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}]});
+        let items = json!({"input": [{"role": "system", "content": "Be brief."},
+                                     {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hi  there"}]}]});
+        assert_eq!(Conversation::from_responses_request(&items).unwrap(), Conversation::from_request(&chat).unwrap());
+        let plain = Conversation::from_responses_request(&json!({"input": "Hi there"})).unwrap();
+        assert_eq!((plain.context.as_str(), plain.question.as_str()), ("", "Hi there"));
+        let instructed =
+            Conversation::from_responses_request(&json!({"input": "Hi there", "instructions": "Rhyme."})).unwrap();
+        assert_ne!(instructed.context, plain.context, "instructions shape the answer");
+        for body in [
+            json!({"input": "Hi", "previous_response_id": "resp_1"}),
+            json!({"input": [{"type": "function_call_output", "call_id": "c", "output": "1"}]}),
+            json!({"input": 5}),
+            json!({}),
+        ] {
+            assert!(Conversation::from_responses_request(&body).is_err(), "{body}");
+        }
     }
 }

@@ -29,7 +29,11 @@ impl AnswerSource for SemanticCache {
             if ask.endpoint == Endpoint::Embeddings {
                 return None;
             }
-            let conversation = Conversation::from_request(ask.body).ok()?;
+            let conversation = match ask.endpoint {
+                Endpoint::Responses => Conversation::from_responses_request(ask.body),
+                _ => Conversation::from_request(ask.body),
+            }
+            .ok()?;
             let scope = Scope { key_set_id: ask.key_set_id, instance: ask.instance };
             let hit = match tokio::time::timeout(
                 budget(ask.reason),
@@ -68,7 +72,11 @@ impl AnswerSource for SemanticCache {
         {
             return;
         }
-        let Ok(conversation) = Conversation::from_request(&done.request.body) else { return };
+        let conversation = match done.endpoint {
+            Endpoint::Responses => Conversation::from_responses_request(&done.request.body),
+            _ => Conversation::from_request(&done.request.body),
+        };
+        let Ok(conversation) = conversation else { return };
         if !self.first_in_a_while(&done, &conversation) {
             return;
         }

@@ -17,9 +17,11 @@ use super::plan::{Endpoint, ProviderKind};
 /// Token counts as a provider reports them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Usage {
-    #[serde(default)]
+    /// `input_tokens` in the Responses API.
+    #[serde(default, alias = "input_tokens")]
     pub prompt_tokens: u64,
-    #[serde(default)]
+    /// `output_tokens` in the Responses API.
+    #[serde(default, alias = "output_tokens")]
     pub completion_tokens: u64,
 }
 

@@ -29,6 +29,7 @@ mod pacing;
 pub mod plan;
 mod request;
 mod rescue;
+pub mod responses;
 mod run;
 mod select;
 pub mod settings;
@@ -74,6 +75,8 @@ pub struct Served {
     pub fallback_reason: Option<FailureClass>,
     /// Time spent waiting on upstreams and deliberate sleeps until the reply was ready (not the gateway's overhead).
     pub upstream_time: Duration,
+    /// The provider key that answered (Responses are pinned to it); `None` when no upstream answered.
+    pub key_id: Option<uuid::Uuid>,
 }
 
 pub enum Reply {
@@ -178,8 +181,15 @@ impl Engine {
             let engine = self.clone();
             async move {
                 let mut tick = tokio::time::interval(Duration::from_secs(5));
+                let mut pruned_at: Option<Instant> = None;
                 loop {
                     tick.tick().await;
+                    if pruned_at.is_none_or(|at| at.elapsed() >= responses::PRUNE_EVERY) {
+                        pruned_at = Some(Instant::now());
+                        if let Err(e) = engine.vault.prune_response_keys(responses::PINS_KEPT).await {
+                            tracing::warn!(error = %e, "could not prune old stored-response records");
+                        }
+                    }
                     let used = engine.usage.drain();
                     if !used.is_empty()
                         && let Err(e) = engine.vault.touch_keys(&used).await
@@ -272,6 +282,7 @@ impl Engine {
             model: &req.model,
             fallbacks: req.fallbacks.as_deref(),
             openai_base_url: &self.settings.openai_base_url,
+            only_key: req.pinned_key,
         };
         let plan = self.plan_for(&set, &input);
         let mut run = Run::new(estimate_prompt_tokens(&req.body));
@@ -365,7 +376,8 @@ impl Engine {
         };
         let (step, key) = (&plan.steps[candidate.step], &cx.set.keys[candidate.key]);
         self.on_success(cx.set, key, &candidate.breaker);
-        let served = self.served(cx, &run, Some((&step.model, step.provider)));
+        let mut served = self.served(cx, &run, Some((&step.model, step.provider)));
+        served.key_id = Some(key.id);
         let outcome =
             if run.first_failure.is_some() { RequestOutcome::FallbackSuccess } else { RequestOutcome::Success };
         match ok {
@@ -374,7 +386,13 @@ impl Engine {
                     outcome,
                     served_by: Some((step.model.clone(), step.provider)),
                     usage,
-                    text: cx.caching.then(|| stream::answer_text(&body)).flatten(),
+                    text: cx
+                        .caching
+                        .then(|| match cx.req.endpoint {
+                            Endpoint::Responses => responses::answer_text(&body),
+                            _ => stream::answer_text(&body),
+                        })
+                        .flatten(),
                 };
                 self.finish(cx, &run, ending);
                 drop(permit);
@@ -397,7 +415,11 @@ impl Engine {
                     tx,
                     done: done_tx,
                 };
-                tokio::spawn(job.pump(reader, first).in_current_span());
+                if cx.req.endpoint == Endpoint::Responses {
+                    tokio::spawn(responses::pump(job, reader, first).in_current_span());
+                } else {
+                    tokio::spawn(job.pump(reader, first).in_current_span());
+                }
                 Reply::Stream { first: first_bytes, rest: rx, served, done }
             }
         }
@@ -498,6 +520,7 @@ mod testing {
             model: &req.model,
             fallbacks: req.fallbacks.as_deref(),
             openai_base_url: "https://api.openai.com/v1",
+            only_key: None,
         };
         engine.plan_for(set, &input)
     }

@@ -138,6 +138,7 @@ impl Engine {
                     model,
                     fallbacks: Some(none),
                     openai_base_url: &self.settings.openai_base_url,
+                    only_key: cx.req.pinned_key,
                 };
                 let upgrade = self.plan_for(cx.set, &input);
                 return (!upgrade.candidates.is_empty()).then_some(upgrade);
@@ -214,6 +215,7 @@ impl Engine {
             attempts: run.attempts,
             fallback_reason: run.first_failure,
             upstream_time: run.waited,
+            key_id: None,
         }
     }
 }

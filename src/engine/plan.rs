@@ -7,6 +7,8 @@
 
 use std::sync::{Arc, Mutex};
 
+use uuid::Uuid;
+
 use super::breaker::TargetKey;
 use super::catalog::{Catalog, ModelKind};
 use crate::vault::{OpenKeySet, Provider};
@@ -16,6 +18,8 @@ pub enum Endpoint {
     Chat,
     Completions,
     Embeddings,
+    /// OpenAI's Responses API: chat models, typed stream events, answers stored upstream under the creating account.
+    Responses,
 }
 
 impl Endpoint {
@@ -24,6 +28,7 @@ impl Endpoint {
             Self::Chat => "/chat/completions",
             Self::Completions => "/completions",
             Self::Embeddings => "/embeddings",
+            Self::Responses => "/responses",
         }
     }
 
@@ -32,6 +37,7 @@ impl Endpoint {
             Self::Chat => ModelKind::Chat,
             Self::Completions => ModelKind::Completion,
             Self::Embeddings => ModelKind::Embedding,
+            Self::Responses => ModelKind::Chat,
         }
     }
 
@@ -40,6 +46,7 @@ impl Endpoint {
             Self::Chat => "chat",
             Self::Completions => "completions",
             Self::Embeddings => "embeddings",
+            Self::Responses => "responses",
         }
     }
 }
@@ -124,6 +131,7 @@ struct PlanKey {
     endpoint: Endpoint,
     model: String,
     fallbacks: Option<Vec<String>>,
+    only_key: Option<Uuid>,
 }
 
 /// Plans already built for one opened key set. Small and bounded: clients asking for many distinct models get plans
@@ -136,7 +144,10 @@ const MEMO_PLANS: usize = 32;
 impl PlanMemo {
     pub fn get_or_build(&self, input: &PlanInput<'_>, build: impl FnOnce() -> Plan) -> Arc<Plan> {
         let matches = |k: &PlanKey| {
-            k.endpoint == input.endpoint && k.model == input.model && k.fallbacks.as_deref() == input.fallbacks
+            k.endpoint == input.endpoint
+                && k.model == input.model
+                && k.fallbacks.as_deref() == input.fallbacks
+                && k.only_key == input.only_key
         };
         if let Some((_, plan)) = self.lock().iter().find(|(k, _)| matches(k)) {
             return plan.clone();
@@ -148,6 +159,7 @@ impl PlanMemo {
                 endpoint: input.endpoint,
                 model: input.model.to_owned(),
                 fallbacks: input.fallbacks.map(<[String]>::to_vec),
+                only_key: input.only_key,
             };
             memo.push((key, plan.clone()));
         }
@@ -165,6 +177,9 @@ pub struct PlanInput<'a> {
     /// Overrides the policy's fallback strategy (`x-reliablegpt-fallback`).
     pub fallbacks: Option<&'a [String]>,
     pub openai_base_url: &'a str,
+    /// Only this key of the set may be used (a Responses request continuing a response stored under that key's
+    /// account): fallbacks go to other models on the same key, never to another account.
+    pub only_key: Option<Uuid>,
 }
 
 /// Builds the plan. `allowed` filters steps whose URL the egress policy refuses (Azure endpoints and custom base URLs
@@ -184,9 +199,15 @@ fn ordered_steps(set: &OpenKeySet, input: &PlanInput<'_>, catalog: &Catalog) -> 
     models.extend(fallbacks.iter().map(String::as_str).filter(|m| compatible(catalog, input, m)));
 
     let mut steps = Vec::new();
-    // Azure first.
-    let azure: Vec<(usize, &crate::vault::ProviderKey)> =
-        set.keys.iter().enumerate().filter(|(_, k)| k.provider == Provider::Azure).collect();
+    let usable = |key: &crate::vault::ProviderKey| input.only_key.is_none_or(|only| only == key.id);
+    // Azure first. Azure serves the Responses API on another path shape (not per deployment), so it is not planned
+    // for it (yet).
+    let azure: Vec<(usize, &crate::vault::ProviderKey)> = set
+        .keys
+        .iter()
+        .enumerate()
+        .filter(|(_, k)| k.provider == Provider::Azure && usable(k) && input.endpoint != Endpoint::Responses)
+        .collect();
     if !azure.is_empty() {
         let deployments: Vec<String> = if set.policy.azure_fallback_strategy.is_empty() {
             let mut out: Vec<String> = Vec::new();
@@ -231,7 +252,7 @@ fn ordered_steps(set: &OpenKeySet, input: &PlanInput<'_>, catalog: &Catalog) -> 
     for model in models {
         push_grouped(
             &mut steps,
-            set.keys.iter().enumerate().filter(|(_, k)| k.provider == Provider::Openai).map(|(i, key)| {
+            set.keys.iter().enumerate().filter(|(_, k)| k.provider == Provider::Openai && usable(k)).map(|(i, key)| {
                 let (base, provider) = match &key.target.base_url {
                     Some(b) => (b.as_str(), ProviderKind::Custom),
                     None => (input.openai_base_url, ProviderKind::Openai),
@@ -307,7 +328,13 @@ mod tests {
     }
 
     fn input<'a>(model: &'a str) -> PlanInput<'a> {
-        PlanInput { endpoint: Endpoint::Chat, model, fallbacks: None, openai_base_url: "https://api.openai.com/v1" }
+        PlanInput {
+            endpoint: Endpoint::Chat,
+            model,
+            fallbacks: None,
+            openai_base_url: "https://api.openai.com/v1",
+            only_key: None,
+        }
     }
 
     fn summary(steps: &[Step]) -> Vec<(String, &'static str, Vec<usize>)> {
@@ -417,6 +444,40 @@ mod tests {
         let models: Vec<&str> = steps.iter().map(|s| s.model.as_str()).collect();
         assert_eq!(models, vec!["text-embedding-3-small", "text-embedding-ada-002"]);
         assert!(steps[0].url.ends_with("/embeddings"));
+    }
+
+    #[test]
+    fn a_pinned_request_plans_only_its_key_and_responses_skip_azure() {
+        let policy = Policy { fallback_strategy: vec!["gpt-4o-mini".into()], ..Default::default() };
+        let s = set(
+            vec![
+                azure("https://a.openai.azure.com", &[("gpt-4o", "prod-4o")]),
+                key(Provider::Openai, KeyTarget::default()),
+                key(Provider::Openai, KeyTarget::default()),
+            ],
+            policy,
+        );
+        let mut i = input("gpt-4o");
+        i.endpoint = Endpoint::Responses;
+        let steps = plan(&s, &i, &Catalog::shipped(), |_| true).steps;
+        assert_eq!(
+            summary(&steps),
+            vec![("gpt-4o".into(), "openai", vec![1, 2]), ("gpt-4o-mini".into(), "openai", vec![1, 2])]
+        );
+        assert_eq!(steps[0].url, "https://api.openai.com/v1/responses");
+        i.only_key = Some(s.keys[2].id);
+        let pinned = plan(&s, &i, &Catalog::shipped(), |_| true);
+        assert_eq!(
+            summary(&pinned.steps),
+            vec![("gpt-4o".into(), "openai", vec![2]), ("gpt-4o-mini".into(), "openai", vec![2])]
+        );
+        let memo = PlanMemo::default();
+        let unpinned =
+            memo.get_or_build(&input("gpt-4o"), || plan(&s, &input("gpt-4o"), &Catalog::shipped(), |_| true));
+        let mut chat_pinned = input("gpt-4o");
+        chat_pinned.only_key = Some(s.keys[2].id);
+        let other = memo.get_or_build(&chat_pinned, || plan(&s, &chat_pinned, &Catalog::shipped(), |_| true));
+        assert!(!Arc::ptr_eq(&unpinned, &other), "the pinned key is part of the plan's identity");
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub struct GatewayRequest {
     pub hedge: Option<Duration>,
     /// Overrides the policy's `caching` (`x-reliablegpt-caching`).
     pub caching: Option<bool>,
+    /// Only this provider key may serve the request (Responses continuing a response stored under its account).
+    pub pinned_key: Option<uuid::Uuid>,
 }
 
 impl GatewayRequest {
@@ -51,6 +53,7 @@ impl GatewayRequest {
             timeout: None,
             hedge: None,
             caching: None,
+            pinned_key: None,
         }
     }
 

@@ -118,6 +118,9 @@ impl AnswerSource for NoAnswers {
 
 /// The substitute as the client's endpoint would have answered: a chat completion or a legacy completion, JSON or SSE.
 pub fn render(endpoint: Endpoint, stream: bool, answer: &Substitute) -> Bytes {
+    if endpoint == Endpoint::Responses {
+        return super::responses::render(stream, answer);
+    }
     let created = chrono::Utc::now().timestamp();
     let id = format!("chatcmpl-rgpt-{}", Uuid::new_v4().simple());
     let (model, text) = (answer.model.as_str(), answer.text.as_str());

@@ -193,7 +193,14 @@ pub async fn attempt(
                     return Err(AttemptFailure::transport(FailureClass::Transient, "stream ended before any event"));
                 }
                 Ok(Ok(Some(event))) => match event.json() {
-                    EventData::Json(v) if v.get("error").is_some() => {
+                    // Chat's `{"error": …}`, or the Responses API's `error` and `response.failed` events.
+                    EventData::Json(v)
+                        if v.get("error").is_some()
+                            || matches!(
+                                v.get("type").and_then(serde_json::Value::as_str),
+                                Some("error" | "response.failed")
+                            ) =>
+                    {
                         return Err(AttemptFailure::transport(FailureClass::Transient, "in-band stream error"));
                     }
                     EventData::Malformed => continue,

@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 use super::answers::{self, DONE_EVENT, FULL_ANSWER, MALFORMED_EVENT, MODELS_BODY, StreamEvents};
 use super::behavior::{self, Behavior};
 use super::http::{self, BodyKind, Head, Method, ParseError};
+use super::responses::{self as resp, ResponsesEvents, Stored};
 use super::{SeenRequest, Shared, StreamGuard};
 
 const JSON: &str = "application/json";
@@ -65,6 +66,16 @@ enum Endpoint {
     Chat,
     Completions,
     Embeddings,
+    Responses,
+}
+
+/// A call about a stored Responses API response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StoredOp {
+    Get,
+    Delete,
+    Cancel,
+    InputItems,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,6 +93,7 @@ enum ControlOp {
 enum Route {
     Api { endpoint: Endpoint, deployment: Option<String> },
     Models,
+    Stored { id: String, op: StoredOp },
     Control(ControlOp),
     AzureNotFound,
     NotFound,
@@ -117,7 +129,21 @@ fn route(method: Method, target: &str) -> Route {
         }
         return Route::Api { endpoint, deployment: Some(deployment.to_owned()) };
     }
+    if let Some(rest) = path.strip_prefix("/v1/responses/") {
+        let (id, op) = match (rest.split_once('/'), method) {
+            (None, Method::Get) => (rest, StoredOp::Get),
+            (None, Method::Delete) => (rest, StoredOp::Delete),
+            (Some((id, "cancel")), Method::Post) => (id, StoredOp::Cancel),
+            (Some((id, "input_items")), Method::Get) => (id, StoredOp::InputItems),
+            _ => return Route::NotFound,
+        };
+        if id.is_empty() {
+            return Route::NotFound;
+        }
+        return Route::Stored { id: id.to_owned(), op };
+    }
     let endpoint = match (method, path) {
+        (Method::Post, "/v1/responses") => Endpoint::Responses,
         (Method::Post, "/v1/chat/completions") => Endpoint::Chat,
         (Method::Post, "/v1/completions") => Endpoint::Completions,
         (Method::Post, "/v1/embeddings") => Endpoint::Embeddings,
@@ -137,6 +163,18 @@ struct Call {
     last_is_assistant: bool,
     answer: &'static str,
     embed: Option<Embed>,
+    /// Responses API only (boxed: the other endpoints need none of it).
+    responses: Option<Box<ResponsesCall>>,
+}
+
+/// What a Responses API answer needs from the request.
+#[derive(Default)]
+struct ResponsesCall {
+    /// The stored response's owner.
+    key: String,
+    input: Value,
+    previous: Option<String>,
+    store: bool,
 }
 
 struct Embed {
@@ -153,7 +191,16 @@ struct Rejection {
 }
 
 impl Call {
-    fn new(endpoint: Endpoint, body: &Value, model: String, stream: bool) -> Result<Call, Rejection> {
+    fn previous(&self) -> Option<&str> {
+        self.responses.as_ref().and_then(|r| r.previous.as_deref())
+    }
+
+    /// A Responses answer the mock keeps (`store` is not `false`).
+    fn stores(&self) -> bool {
+        self.responses.as_ref().is_some_and(|r| r.store)
+    }
+
+    fn new(endpoint: Endpoint, body: &Value, model: String, stream: bool, key: &str) -> Result<Call, Rejection> {
         let mut call = Call {
             endpoint,
             model,
@@ -163,8 +210,32 @@ impl Call {
             last_is_assistant: false,
             answer: FULL_ANSWER,
             embed: None,
+            responses: None,
         };
         match endpoint {
+            Endpoint::Responses => {
+                let r = call.responses.insert(Box::new(ResponsesCall {
+                    key: key.to_owned(),
+                    input: body.get("input").cloned().unwrap_or(Value::Null),
+                    previous: body.get("previous_response_id").and_then(Value::as_str).map(str::to_owned),
+                    store: body.get("store") != Some(&Value::Bool(false)),
+                }));
+                if r.input.is_null() && r.previous.is_none() {
+                    return Err(Rejection {
+                        message: "Missing required parameter: 'input'.",
+                        param: Some("input"),
+                        code: Some("missing_required_parameter"),
+                    });
+                }
+                if !matches!(r.input, Value::Null | Value::String(_) | Value::Array(_)) {
+                    return Err(Rejection {
+                        message: "Invalid type for 'input': expected one of a string or array of input items.",
+                        param: Some("input"),
+                        code: Some("invalid_type"),
+                    });
+                }
+                call.prompt_tokens = answers::tokens_of_chars(resp::input_chars(&r.input));
+            }
             Endpoint::Chat => {
                 let Some(messages) = body.get("messages").and_then(Value::as_array) else {
                     return Err(Rejection {
@@ -270,6 +341,7 @@ enum Verdict {
     NoModel,
     Rejected(Rejection),
     PrefillRejected,
+    PreviousNotFound(String),
     Step(Call, Option<(Behavior, Instant)>),
 }
 
@@ -422,6 +494,10 @@ impl Conn {
                 self.control(op, head.method, body, keep_alive);
                 return send;
             }
+            Route::Stored { id, op } => {
+                self.stored(head, &id, op);
+                return send;
+            }
             Route::NotFound => {
                 let path = head.target.split_once('?').map_or(head.target.as_str(), |(p, _)| p);
                 let message = format!("Invalid URL ({} {path})", head.method_name);
@@ -444,7 +520,7 @@ impl Conn {
         // Built before taking the lock; only used when the key and JSON checks pass.
         let call = match (endpoint, &model) {
             (Some(endpoint), Some(model)) if body_ok && routed => {
-                Some(Call::new(endpoint, &body, model.clone(), stream))
+                Some(Call::new(endpoint, &body, model.clone(), stream, key.as_deref().unwrap_or_default()))
             }
             _ => None,
         };
@@ -461,9 +537,12 @@ impl Conn {
                     Some(k) if state.no_quota_keys.contains(k) => Verdict::NoQuota,
                     Some(_) if endpoint.is_none() => Verdict::Models,
                     Some(_) if !body_ok => Verdict::BadJson,
-                    Some(_) => match call {
+                    Some(k) => match call {
                         None => Verdict::NoModel,
                         Some(Err(rejection)) => Verdict::Rejected(rejection),
+                        Some(Ok(c)) if c.previous().is_some_and(|p| state.response_of(p, k).is_none()) => {
+                            Verdict::PreviousNotFound(c.previous().unwrap_or_default().to_owned())
+                        }
                         // Like the other request checks, before (and without consuming) a script step.
                         Some(Ok(c)) if c.last_is_assistant && state.rejects_prefill.contains(&c.model) => {
                             Verdict::PrefillRejected
@@ -565,6 +644,12 @@ impl Conn {
             }
             Verdict::PrefillRejected => {
                 self.reply_prefill_rejected(keep_alive);
+                send
+            }
+            Verdict::PreviousNotFound(id) => {
+                let message = format!("Previous response with id '{id}' not found.");
+                let (param, code) = (Some("previous_response_id"), Some("previous_response_not_found"));
+                self.reply_openai_error(404, keep_alive, &message, "invalid_request_error", param, code);
                 send
             }
             Verdict::Step(call, step) => self.behave(call, step, keep_alive),
@@ -774,6 +859,13 @@ impl Conn {
             (Endpoint::Embeddings, None) => {
                 answers::write_embeddings(&mut self.ev, &call.model, &[], 0, false, call.prompt_tokens);
             }
+            (Endpoint::Responses, _) => {
+                let (rid, stored) = stored_of(call, id, "completed");
+                resp::write_response(&mut self.ev, &rid, &stored);
+                if call.stores() {
+                    self.shared.lock().store_response(rid, stored);
+                }
+            }
         }
         self.reply_json(200, keep_alive, &[]);
     }
@@ -789,6 +881,9 @@ impl Conn {
     }
 
     async fn stream_answer(&mut self, call: Call, first: Duration, mode: Mode, keep_alive: bool) -> io::Result<Flow> {
+        if call.endpoint == Endpoint::Responses {
+            return self.stream_response(call, first, mode, keep_alive).await;
+        }
         let keep_alive = keep_alive && mode != Mode::MissingDone;
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let events =
@@ -863,5 +958,157 @@ impl Conn {
         self.burst = false;
         self.send_out().await?;
         Ok(if keep_alive { Flow::Continue } else { Flow::Close })
+    }
+}
+
+/// The stored form of a Responses call answered with response number `n`.
+fn stored_of(call: &Call, n: u64, status: &'static str) -> (String, Stored) {
+    let r = call.responses.as_deref();
+    let stored = Stored {
+        key: r.map(|r| r.key.clone()).unwrap_or_default(),
+        model: call.model.clone(),
+        created: unix_now(),
+        input: r.map(|r| r.input.clone()).unwrap_or_default(),
+        text: call.answer.to_owned(),
+        prompt_tokens: call.prompt_tokens,
+        status,
+        previous: r.and_then(|r| r.previous.clone()),
+    };
+    (resp::response_id(n), stored)
+}
+
+impl Conn {
+    /// A streamed Responses API answer: typed events, the same faults as chat streams. A cut or stalled stream never
+    /// sends `response.completed`; the stored response stays `in_progress` until it completes.
+    async fn stream_response(&mut self, call: Call, first: Duration, mode: Mode, keep_alive: bool) -> io::Result<Flow> {
+        let keep_alive = keep_alive && mode != Mode::MissingDone;
+        let n = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let (rid, stored) = stored_of(&call, n, "completed");
+        if call.stores() {
+            let mut pending = stored.clone();
+            pending.status = "in_progress";
+            self.shared.lock().store_response(rid.clone(), pending);
+        }
+        let mut events = ResponsesEvents::new(rid.clone(), stored);
+        self.out.clear();
+        self.ev.clear();
+        http::write_sse_head(&mut self.out, keep_alive);
+        if !first.is_zero() {
+            self.send_out().await?;
+            tokio::time::sleep(first).await;
+        }
+        events.start(&mut self.ev);
+        self.send_event().await?;
+        let mut sent: u32 = 0;
+        for piece in answers::pieces(call.answer) {
+            match mode {
+                Mode::Cut(n) | Mode::Stall(n) | Mode::KeepAlive(n, _) if sent >= n => break,
+                Mode::Malformed(at) if sent == at => {
+                    self.ev.extend_from_slice(MALFORMED_EVENT);
+                    self.send_event().await?;
+                }
+                _ => {}
+            }
+            events.delta(&mut self.ev, piece);
+            self.send_event().await?;
+            sent += 1;
+        }
+        match mode {
+            Mode::Cut(_) => {
+                self.send_out().await?;
+                return Ok(self.reset());
+            }
+            Mode::Stall(_) => {
+                self.send_out().await?;
+                return self.hang().await;
+            }
+            Mode::KeepAlive(_, every_ms) => {
+                self.send_out().await?;
+                let _open = StreamGuard::open(&self.shared);
+                loop {
+                    tokio::time::sleep(Duration::from_millis(every_ms.max(1))).await;
+                    self.ev.extend_from_slice(b": keep-alive\n\n");
+                    if self.send_event().await.is_err() {
+                        return Ok(Flow::Close);
+                    }
+                }
+            }
+            Mode::Malformed(at) if at >= sent => {
+                self.ev.extend_from_slice(MALFORMED_EVENT);
+                self.send_event().await?;
+            }
+            _ => {}
+        }
+        events.finish(&mut self.ev);
+        if call.stores()
+            && let Some(s) = self.shared.lock().responses.get_mut(&rid)
+        {
+            s.status = "completed";
+        }
+        http::write_chunk(&mut self.out, &self.ev);
+        self.ev.clear();
+        self.out.extend_from_slice(http::LAST_CHUNK);
+        self.send_out().await?;
+        Ok(if keep_alive { Flow::Continue } else { Flow::Close })
+    }
+
+    /// `GET`/`DELETE /v1/responses/{id}`, `POST …/cancel`, `GET …/input_items`: only for the key that created it.
+    fn stored(&mut self, head: Head, id: &str, op: StoredOp) {
+        let keep_alive = head.keep_alive;
+        let key = head.bearer.clone();
+        let mut state = self.shared.lock();
+        let invalid = key.as_ref().is_some_and(|k| state.invalid_keys.contains(k));
+        let found = key.as_deref().and_then(|k| state.response_of(id, k)).cloned();
+        if op == StoredOp::Delete && found.is_some() {
+            state.responses.remove(id);
+        }
+        if op == StoredOp::Cancel
+            && found.as_ref().is_some_and(|s| s.status == "in_progress")
+            && let Some(live) = state.responses.get_mut(id)
+        {
+            live.status = "cancelled";
+        }
+        state.record(SeenRequest {
+            path: head.target,
+            model: None,
+            api_key: key.clone(),
+            stream: false,
+            body: Value::Null,
+            at: Instant::now(),
+        });
+        drop(state);
+        if key.is_none() {
+            let message = "You didn't provide an API key.";
+            self.reply_openai_error(401, keep_alive, message, "invalid_request_error", None, Some("invalid_api_key"));
+            return;
+        }
+        if invalid {
+            let message =
+                format!("Incorrect API key provided: {}.", answers::mask_key(key.as_deref().unwrap_or_default()));
+            self.reply_openai_error(401, keep_alive, &message, "invalid_request_error", None, Some("invalid_api_key"));
+            return;
+        }
+        let Some(stored) = found else {
+            let message = format!("Response with id '{id}' not found.");
+            self.reply_openai_error(404, keep_alive, &message, "invalid_request_error", None, None);
+            return;
+        };
+        self.ev.clear();
+        match op {
+            StoredOp::Get => resp::write_response(&mut self.ev, id, &stored),
+            StoredOp::Delete => resp::write_deleted(&mut self.ev, id),
+            StoredOp::InputItems => resp::write_input_items(&mut self.ev, id, &stored.input),
+            StoredOp::Cancel if stored.status == "in_progress" => {
+                let mut cancelled = stored;
+                cancelled.status = "cancelled";
+                let _ = serde_json::to_writer(&mut self.ev, &resp::object(id, &cancelled, None, false));
+            }
+            StoredOp::Cancel => {
+                let message = "Only responses created with background=true can be cancelled.";
+                self.reply_openai_error(400, keep_alive, message, "invalid_request_error", None, None);
+                return;
+            }
+        }
+        self.reply_json(200, keep_alive, &[]);
     }
 }

@@ -11,6 +11,7 @@ pub(crate) const MAX_BODY: usize = 32 * 1024 * 1024;
 pub(crate) enum Method {
     Get,
     Post,
+    Delete,
     Other,
 }
 
@@ -79,6 +80,7 @@ pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<Head>, ParseError> {
     let method = match method_name {
         "GET" => Method::Get,
         "POST" => Method::Post,
+        "DELETE" => Method::Delete,
         _ => Method::Other,
     };
     let mut head = Head {

@@ -12,7 +12,10 @@
 //!
 //! Otherwise the answer is [`FULL_ANSWER`]. A legacy completion prompt ending in a start of it gets the rest.
 //!
-//! Routes: `POST /v1/chat/completions`, `POST /v1/completions`, `POST /v1/embeddings`, `GET /v1/models`, the Azure
+//! Routes: `POST /v1/chat/completions`, `POST /v1/completions`, `POST /v1/embeddings`, `GET /v1/models`, the
+//! Responses API (`POST /v1/responses`, JSON or typed SSE events, with the same fault menu; `GET`/`DELETE
+//! /v1/responses/{id}`, `POST /v1/responses/{id}/cancel`, `GET /v1/responses/{id}/input_items` for responses created
+//! with the same key, 404 otherwise; `previous_response_id` must name one of those), the Azure
 //! `POST /openai/deployments/{deployment}/{chat/completions,completions,embeddings}?api-version=...`, and the control
 //! endpoints `POST /_mock/script` `{"target", "steps": [Behavior]}`, `POST /_mock/invalid_key` `{"key"}`,
 //! `POST /_mock/no_quota_key` `{"key"}`, `POST /_mock/rejects_prefill` `{"target"}`, `GET /_mock/requests`,
@@ -27,6 +30,7 @@ mod answers;
 mod behavior;
 mod conn;
 mod http;
+mod responses;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -43,6 +47,9 @@ pub use behavior::Behavior;
 
 /// How many requests [`MockUpstream::requests`] remembers (the oldest are forgotten first).
 pub const MAX_RECORDED_REQUESTS: usize = 10_000;
+
+/// How many created Responses API responses the mock keeps for `GET`/`DELETE`/`previous_response_id`.
+pub const MAX_STORED_RESPONSES: usize = 10_000;
 
 /// The healthy answer text: [`ANSWER_WORDS`] joined by single spaces, plus ".".
 pub fn full_answer() -> String {
@@ -138,7 +145,12 @@ impl MockUpstream {
         self.shared.keep_alive_streams.load(Ordering::SeqCst)
     }
 
-    /// Forgets scripts, keys, targets that reject prefill and recorded requests.
+    /// Forgets the recorded requests only (scripts, keys and stored responses stay).
+    pub fn clear_requests(&self) {
+        self.shared.lock().requests.clear();
+    }
+
+    /// Forgets scripts, keys, targets that reject prefill, stored responses and recorded requests.
     pub fn clear(&self) {
         self.shared.clear();
     }
@@ -200,6 +212,9 @@ struct State {
     /// Targets that refuse every assistant prefill.
     rejects_prefill: HashSet<String>,
     requests: VecDeque<SeenRequest>,
+    /// Responses API responses created and stored, by id; `stored_order` forgets the oldest past the limit.
+    responses: HashMap<String, responses::Stored>,
+    stored_order: VecDeque<String>,
 }
 
 impl State {
@@ -208,6 +223,22 @@ impl State {
             self.requests.pop_front();
         }
         self.requests.push_back(request);
+    }
+
+    /// Keeps a created response (the oldest are forgotten past [`MAX_STORED_RESPONSES`]).
+    fn store_response(&mut self, id: String, stored: responses::Stored) {
+        if self.stored_order.len() >= MAX_STORED_RESPONSES
+            && let Some(old) = self.stored_order.pop_front()
+        {
+            self.responses.remove(&old);
+        }
+        self.stored_order.push_back(id.clone());
+        self.responses.insert(id, stored);
+    }
+
+    /// The stored response `id` if `key` created it (another key sees nothing, like another OpenAI account).
+    fn response_of(&self, id: &str, key: &str) -> Option<&responses::Stored> {
+        self.responses.get(id).filter(|s| s.key == key)
     }
 
     /// The next step for `target` and when its script was set; `None` when it is not scripted.
@@ -264,5 +295,7 @@ impl Shared {
         state.no_quota_keys.clear();
         state.rejects_prefill.clear();
         state.requests.clear();
+        state.responses.clear();
+        state.stored_order.clear();
     }
 }

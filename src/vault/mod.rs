@@ -678,6 +678,37 @@ impl Vault {
         self.cooldowns.subscribe()
     }
 
+    /// Records that provider key `key_id` created stored response `response_id` (ids only, never content), so calls
+    /// about it and follow-ups go to the account that holds it. The one write on a request's path: it must land before
+    /// the client can name the response in its next request (possibly on another replica).
+    pub async fn record_response_key(
+        &self,
+        key_set_id: Uuid,
+        response_id: &str,
+        key_id: Uuid,
+    ) -> Result<(), VaultError> {
+        self.while_reachable(async {
+            Ok(queries::record_response_key(&self.pool, key_set_id, response_id, key_id).await?)
+        })
+        .await
+    }
+
+    /// Which key created `response_id`: `None` when unknown to this key set, `Some(None)` when that key was removed.
+    pub async fn response_key(&self, key_set_id: Uuid, response_id: &str) -> Result<Option<Option<Uuid>>, VaultError> {
+        self.while_reachable(async { Ok(queries::response_key(&self.pool, key_set_id, response_id).await?) }).await
+    }
+
+    /// Forgets which key created responses older than `kept` (providers keep stored responses 30 days by default).
+    pub async fn prune_response_keys(&self, kept: Duration) -> Result<u64, VaultError> {
+        let before = Utc::now() - chrono::Duration::from_std(kept).unwrap_or(chrono::Duration::MAX);
+        Ok(queries::prune_response_keys(&self.pool, before).await?)
+    }
+
+    /// Forgets a response its upstream deleted.
+    pub async fn forget_response(&self, key_set_id: Uuid, response_id: &str) -> Result<(), VaultError> {
+        self.while_reachable(async { Ok(queries::forget_response(&self.pool, key_set_id, response_id).await?) }).await
+    }
+
     /// A key set's provider keys as `(id, provider, masked key)`, for alert digests (which carry key ids, never keys).
     pub async fn masked_keys(&self, key_set_id: Uuid) -> Result<Vec<(Uuid, String, String)>, VaultError> {
         Ok(queries::masked_keys(&self.pool, key_set_id).await?)

@@ -458,3 +458,42 @@ pub async fn mark_email_verified(pool: &PgPool, key_set_id: Uuid, email: &str) -
         .await
         .map(|r| r.rows_affected() == 1)
 }
+
+/// Remembers which provider key created a stored response (a repeat of the same id changes nothing).
+pub async fn record_response_key(pool: &PgPool, key_set_id: Uuid, response_id: &str, key_id: Uuid) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO vault_response_keys (key_set_id, response_id, key_id) \
+         SELECT $1, $2, id FROM vault_provider_keys WHERE key_set_id = $1 AND id = $3 \
+         ON CONFLICT (key_set_id, response_id) DO NOTHING",
+    )
+    .bind(key_set_id)
+    .bind(response_id)
+    .bind(key_id)
+    .execute(pool)
+    .await
+    .map(|_| ())
+}
+
+/// `None`: not recorded; `Some(None)`: recorded, but its key has since been removed from the set.
+pub async fn response_key(pool: &PgPool, key_set_id: Uuid, response_id: &str) -> sqlx::Result<Option<Option<Uuid>>> {
+    sqlx::query_scalar("SELECT key_id FROM vault_response_keys WHERE key_set_id = $1 AND response_id = $2")
+        .bind(key_set_id)
+        .bind(response_id)
+        .fetch_optional(pool)
+        .await
+}
+
+pub async fn forget_response(pool: &PgPool, key_set_id: Uuid, response_id: &str) -> sqlx::Result<()> {
+    sqlx::query("DELETE FROM vault_response_keys WHERE key_set_id = $1 AND response_id = $2")
+        .bind(key_set_id)
+        .bind(response_id)
+        .execute(pool)
+        .await
+        .map(|_| ())
+}
+
+/// Forgets records older than `before`; returns how many.
+pub async fn prune_response_keys(pool: &PgPool, before: DateTime<Utc>) -> sqlx::Result<u64> {
+    let done = sqlx::query("DELETE FROM vault_response_keys WHERE created_at < $1").bind(before).execute(pool).await?;
+    Ok(done.rows_affected())
+}

@@ -24,10 +24,10 @@ use uuid::Uuid;
 
 use crate::helpers::{TestDatabase, random_secret};
 
-struct Harness {
-    engine: Arc<Engine>,
+pub(crate) struct Harness {
+    pub engine: Arc<Engine>,
     events: mpsc::Receiver<Event>,
-    mock: MockUpstream,
+    pub mock: MockUpstream,
     _db: Arc<TestDatabase>,
 }
 
@@ -35,7 +35,10 @@ async fn harness(tweak: impl FnOnce(&mut EngineSettings)) -> Harness {
     harness_with(tweak, None).await
 }
 
-async fn harness_with(tweak: impl FnOnce(&mut EngineSettings), answers: Option<Arc<dyn AnswerSource>>) -> Harness {
+pub(crate) async fn harness_with(
+    tweak: impl FnOnce(&mut EngineSettings),
+    answers: Option<Arc<dyn AnswerSource>>,
+) -> Harness {
     let mock = MockUpstream::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let db = TestDatabase::create().await;
     let vault = Vault::new(
@@ -60,7 +63,7 @@ async fn harness_with(tweak: impl FnOnce(&mut EngineSettings), answers: Option<A
     Harness { engine: Arc::new(engine), events, mock, _db: db }
 }
 
-fn key_set(fallbacks: &[&str]) -> Arc<OpenKeySet> {
+pub(crate) fn key_set(fallbacks: &[&str]) -> Arc<OpenKeySet> {
     let key = ProviderKey {
         id: Uuid::new_v4(),
         provider: Provider::Openai,
@@ -81,7 +84,7 @@ fn request(model: &str, stream: bool) -> GatewayRequest {
 
 impl Harness {
     /// Every event emitted so far, split into attempts and outcomes.
-    async fn drain(&mut self) -> (Vec<AttemptEvent>, Vec<OutcomeEvent>) {
+    pub(crate) async fn drain(&mut self) -> (Vec<AttemptEvent>, Vec<OutcomeEvent>) {
         // The outcome is emitted last; give spawned stream pumps a moment.
         tokio::time::sleep(Duration::from_millis(50)).await;
         let (mut attempts, mut outcomes) = (Vec::new(), Vec::new());
@@ -207,9 +210,9 @@ async fn an_unrescued_broken_stream_is_partial_with_its_fault_as_an_event() {
 /// A stand-in for the semantic cache: answers every lookup but the busy-time one (to let that request reach the
 /// upstream), and remembers what the engine asked and handed over.
 #[derive(Default)]
-struct Recorder {
+pub(crate) struct Recorder {
     asked: std::sync::Mutex<Vec<(AskReason, String)>>,
-    completed: std::sync::Mutex<Vec<Completion>>,
+    pub completed: std::sync::Mutex<Vec<Completion>>,
 }
 
 impl AnswerSource for Recorder {
@@ -232,7 +235,7 @@ impl AnswerSource for Recorder {
     }
 }
 
-fn caching_set(policy: serde_json::Value) -> Arc<OpenKeySet> {
+pub(crate) fn caching_set(policy: serde_json::Value) -> Arc<OpenKeySet> {
     let set = key_set(&[]);
     let mut policy: Policy = serde_json::from_value(policy).unwrap();
     policy.caching = true;

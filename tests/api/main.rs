@@ -17,6 +17,7 @@ mod models;
 mod openapi;
 mod outage;
 mod replicas;
+mod responses;
 mod rotation;
 mod secrets;
 mod startup;

@@ -259,8 +259,22 @@ async fn trace_logs_hold_no_key_and_no_token() {
     let res =
         client.post(format!("{base}/v1/chat/completions")).bearer_auth(&token).json(&streaming).send().await.unwrap();
     assert!(res.text().await.unwrap().contains("[DONE]"));
+    // The Responses API: a stored response, then a call about it with the key that created it.
+    let created: serde_json::Value = client
+        .post(format!("{base}/v1/responses"))
+        .bearer_auth(&token)
+        .json(&json!({"model": "gpt-4o", "input": "hi"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap();
+    let res = client.get(format!("{base}/v1/responses/{id}")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(res.status(), 200);
     let seen: Vec<String> = mock.requests().into_iter().filter_map(|r| r.api_key).collect();
-    assert_eq!(seen, vec![k1.clone(), k2.clone(), k2.clone()], "the keys really went upstream");
+    assert_eq!(seen, vec![k1.clone(), k2.clone(), k2.clone(), k2.clone(), k2.clone()], "the keys really went upstream");
     let not_found = client.get(format!("{base}/v1/keys/{token}?key={k1}")).send().await.unwrap();
     assert_eq!(not_found.status(), 404);
     assert_eq!(client.get(&url).bearer_auth(format!("{token}x")).send().await.unwrap().status(), 401);
