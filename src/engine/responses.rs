@@ -445,7 +445,8 @@ impl Engine {
         if reqwest::Url::parse(&url).is_err() {
             return Err(StoredCallError::BadQuery);
         }
-        let step = Step { model: String::new(), provider, url, endpoint: base.to_owned(), keys: Vec::new() };
+        let step =
+            Step { model: String::new(), provider, url, endpoint: base.to_owned(), parsed: None, keys: Vec::new() };
         if !self.egress_allows(&step) {
             return Err(StoredCallError::Unusable);
         }
@@ -455,7 +456,7 @@ impl Engine {
         )))
         .map_err(|_| StoredCallError::Unusable)?;
         auth.set_sensitive(true);
-        let request = self.client.request(method, &step.url).header(reqwest::header::AUTHORIZATION, auth);
+        let request = self.clients.get().request(method, &step.url).header(reqwest::header::AUTHORIZATION, auth);
         let limit = self.settings.max_upstream_body;
         let read = async {
             let mut response = request.send().await.map_err(|e| {
