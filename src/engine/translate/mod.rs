@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod anthropic;
+pub mod gemini;
 mod openai;
 
 use serde_json::{Map, Value};
@@ -46,8 +47,8 @@ pub struct Malformed(pub String);
 
 impl Malformed {
     fn json(e: &serde_json::Error) -> Self {
-        // serde's message names the field and position, never the content.
-        Self(format!("not a valid answer: {e}"))
+        // Where and what kind, not serde's message: that can quote the answer's text, which must not reach the logs.
+        Self(format!("not a valid answer ({:?} error at line {}, column {})", e.classify(), e.line(), e.column()))
     }
 }
 
@@ -138,8 +139,9 @@ fn str_field<'a>(v: &'a Value, key: &str, at: &dyn Fn() -> String) -> Result<&'a
         .ok_or_else(|| Unsupported::new(format!("{}.{key}", at()), format!("`{key}` must be a string")))
 }
 
-/// A message's text parts: a string, or an array of `{type: "text"}` parts (others are refused by `what`).
-fn text_parts<'a>(content: &'a Value, at: &str, provider: &str) -> Result<Vec<&'a str>, Unsupported> {
+/// A message's text parts: a string, or an array of `{type: "text"}` parts (others are refused). `at` names the
+/// content in a refusal; it is only built for one.
+fn text_parts<'a>(content: &'a Value, at: &dyn Fn() -> String, provider: &str) -> Result<Vec<&'a str>, Unsupported> {
     match content {
         Value::Null => Ok(Vec::new()),
         Value::String(s) => Ok(vec![s.as_str()]),
@@ -147,15 +149,15 @@ fn text_parts<'a>(content: &'a Value, at: &str, provider: &str) -> Result<Vec<&'
             .iter()
             .enumerate()
             .map(|(i, p)| match p.get("type").and_then(Value::as_str) {
-                Some("text") => str_field(p, "text", &|| format!("{at}[{i}]")),
+                Some("text") => str_field(p, "text", &|| format!("{}[{i}]", at())),
                 Some(other) => Err(Unsupported::new(
-                    format!("{at}[{i}]"),
+                    format!("{}[{i}]", at()),
                     format!("a `{other}` part has no {provider} equivalent in this message"),
                 )),
-                None => Err(Unsupported::new(format!("{at}[{i}].type"), "a content part needs a `type`")),
+                None => Err(Unsupported::new(format!("{}[{i}].type", at()), "a content part needs a `type`")),
             })
             .collect(),
-        _ => Err(Unsupported::new(at, "`content` must be a string or an array of parts")),
+        _ => Err(Unsupported::new(at(), "`content` must be a string or an array of parts")),
     }
 }
 

@@ -4,6 +4,7 @@ use actix_web::web::Bytes;
 use serde_json::Value;
 
 use super::anthropic::anthropic_request;
+use super::gemini::gemini_request;
 use crate::engine::upstream::SseReader;
 
 /// `(event name, data)` of each event of a well-formed SSE text (the fixtures).
@@ -200,6 +201,9 @@ proptest::proptest! {
     #[test]
     fn request_translators_never_panic(chat in arbitrary::json()) {
         if let Ok(body) = anthropic_request(&chat, "m", 64, true) {
+            proptest::prop_assert!(serde_json::from_slice::<Value>(&body).is_ok());
+        }
+        if let Ok(body) = gemini_request(&chat, false) {
             proptest::prop_assert!(serde_json::from_slice::<Value>(&body).is_ok());
         }
     }

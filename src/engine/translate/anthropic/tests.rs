@@ -1,7 +1,9 @@
 use serde_json::{Value, json};
 
 use super::*;
+use crate::engine::classify::FailureClass;
 use crate::engine::translate::tests::{assemble, sse_events, through_sse_reader};
+use crate::engine::translate::{Malformed, StreamStatus, Unsupported};
 
 fn request(chat: Value) -> Value {
     let body = anthropic_request(&chat, "claude-sonnet-4-5", 1024, false).unwrap();
@@ -316,6 +318,9 @@ fn malformed_answers_are_errors_not_panics() {
     {
         assert!(anthropic_response(body, "m", "id", 0).is_err(), "{}", String::from_utf8_lossy(body));
     }
+    // The error can be logged: it says where, never what the answer said.
+    let Malformed(why) = anthropic_response(br#"{"content": "secret-canary"}"#, "m", "id", 0).unwrap_err();
+    assert!(!why.contains("secret-canary") && why.contains("column"), "{why}");
 }
 
 /// The documented stream of a text answer, then a tool call whose input arrives in pieces.
