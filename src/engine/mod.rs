@@ -35,6 +35,7 @@ mod select;
 pub mod settings;
 mod stream;
 pub mod substitute;
+mod translate;
 pub mod upstream;
 
 use std::sync::Arc;
