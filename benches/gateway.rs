@@ -4,7 +4,7 @@
 //!
 //!     scripts/bench            # provisions everything, including LiteLLM, and runs this
 //!     DATABASE_URL=... cargo bench --bench gateway -- [--mock-port N] [--litellm-url URL --litellm-key KEY]
-//!         [--baseline-bin PATH]   # also measure another build (e.g. the previous commit's) in the same run
+//!         [--baseline-bin PATH]...  # also measure other builds (e.g. the previous commit's) in the same run
 //!         [--wire-only]           # only the streamed / plain × 1 / 50 connections rows
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, clippy::panic)]
 
@@ -71,9 +71,14 @@ async fn run() {
     let mock_pid = guard.0[0].id();
     wait_ready(&format!("http://{mock_addr}/_mock/health")).await;
     let mut gateways = vec![start_gateway(BIN, "via reliablegpt".to_owned(), mock_addr, &mut guard).await];
-    if let Some(bin) = arg("--baseline-bin") {
-        gateways.push(start_gateway(&bin, "via baseline build".to_owned(), mock_addr, &mut guard).await);
-        println!("\nbaseline build: {bin}");
+    // `--baseline-bin` may be given more than once (e.g. the build before a piece of work and the previous commit's).
+    let args: Vec<String> = std::env::args().collect();
+    let baselines: Vec<&String> = args.windows(2).filter(|w| w[0] == "--baseline-bin").map(|w| &w[1]).collect();
+    for (i, bin) in baselines.iter().enumerate() {
+        let label =
+            if baselines.len() == 1 { "via baseline build".to_owned() } else { format!("via baseline {}", i + 1) };
+        gateways.push(start_gateway(bin, label.clone(), mock_addr, &mut guard).await);
+        println!("\n{label}: {bin}");
     }
     let mut idle_rss = Vec::new();
     for gw in &gateways {

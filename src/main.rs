@@ -53,11 +53,6 @@ enum Command {
     },
 }
 
-/// mimalloc: the request path allocates many small short-lived objects (headers, JSON values, futures); glibc's
-/// allocator cost about 8 % of the gateway's CPU under load.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
