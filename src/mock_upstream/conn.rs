@@ -880,6 +880,53 @@ impl Conn {
         self.send_out().await
     }
 
+    /// Before content piece number `sent`: whether a fault mode stops the pieces here (a malformed event due now is
+    /// written first).
+    async fn before_piece(&mut self, mode: Mode, sent: u32) -> io::Result<bool> {
+        match mode {
+            Mode::Cut(n) | Mode::Stall(n) | Mode::KeepAlive(n, _) if sent >= n => return Ok(true),
+            Mode::Malformed(at) if sent == at => {
+                self.ev.extend_from_slice(MALFORMED_EVENT);
+                self.send_event().await?;
+            }
+            _ => {}
+        }
+        Ok(false)
+    }
+
+    /// After the content pieces (`sent` of them): a fault mode ends the stream here (`Some`); otherwise a malformed
+    /// event still due is written and the stream goes on to its end (`None`).
+    async fn after_pieces(&mut self, mode: Mode, sent: u32) -> io::Result<Option<Flow>> {
+        match mode {
+            Mode::Cut(_) => {
+                // Whatever `out` holds was written; the head alone when there was no token to send.
+                self.send_out().await?;
+                Ok(Some(self.reset()))
+            }
+            Mode::Stall(_) => {
+                self.send_out().await?;
+                self.hang().await.map(Some)
+            }
+            Mode::KeepAlive(_, every_ms) => {
+                self.send_out().await?;
+                let _open = StreamGuard::open(&self.shared);
+                loop {
+                    tokio::time::sleep(Duration::from_millis(every_ms.max(1))).await;
+                    self.ev.extend_from_slice(b": keep-alive\n\n");
+                    if self.send_event().await.is_err() {
+                        return Ok(Some(Flow::Close));
+                    }
+                }
+            }
+            Mode::Malformed(at) if at >= sent => {
+                self.ev.extend_from_slice(MALFORMED_EVENT);
+                self.send_event().await?;
+                Ok(None)
+            }
+            _ => Ok(None),
+        }
+    }
+
     async fn stream_answer(&mut self, call: Call, first: Duration, mode: Mode, keep_alive: bool) -> io::Result<Flow> {
         if call.endpoint == Endpoint::Responses {
             return self.stream_response(call, first, mode, keep_alive).await;
@@ -904,44 +951,15 @@ impl Conn {
         let mut total = 0;
         for piece in answers::pieces(call.answer) {
             total += 1;
-            match mode {
-                Mode::Cut(n) | Mode::Stall(n) | Mode::KeepAlive(n, _) if sent >= n => break,
-                Mode::Malformed(at) if sent == at => {
-                    self.ev.extend_from_slice(MALFORMED_EVENT);
-                    self.send_event().await?;
-                }
-                _ => {}
+            if self.before_piece(mode, sent).await? {
+                break;
             }
             events.content(&mut self.ev, piece);
             self.send_event().await?;
             sent += 1;
         }
-        match mode {
-            Mode::Cut(_) => {
-                // Whatever `out` holds was written; the head alone when there was no token to send.
-                self.send_out().await?;
-                return Ok(self.reset());
-            }
-            Mode::Stall(_) => {
-                self.send_out().await?;
-                return self.hang().await;
-            }
-            Mode::KeepAlive(_, every_ms) => {
-                self.send_out().await?;
-                let _open = StreamGuard::open(&self.shared);
-                loop {
-                    tokio::time::sleep(Duration::from_millis(every_ms.max(1))).await;
-                    self.ev.extend_from_slice(b": keep-alive\n\n");
-                    if self.send_event().await.is_err() {
-                        return Ok(Flow::Close);
-                    }
-                }
-            }
-            Mode::Malformed(at) if at >= sent => {
-                self.ev.extend_from_slice(MALFORMED_EVENT);
-                self.send_event().await?;
-            }
-            _ => {}
+        if let Some(flow) = self.after_pieces(mode, sent).await? {
+            return Ok(flow);
         }
         events.finish(&mut self.ev);
         self.send_event().await?;
@@ -1001,43 +1019,15 @@ impl Conn {
         self.send_event().await?;
         let mut sent: u32 = 0;
         for piece in answers::pieces(call.answer) {
-            match mode {
-                Mode::Cut(n) | Mode::Stall(n) | Mode::KeepAlive(n, _) if sent >= n => break,
-                Mode::Malformed(at) if sent == at => {
-                    self.ev.extend_from_slice(MALFORMED_EVENT);
-                    self.send_event().await?;
-                }
-                _ => {}
+            if self.before_piece(mode, sent).await? {
+                break;
             }
             events.delta(&mut self.ev, piece);
             self.send_event().await?;
             sent += 1;
         }
-        match mode {
-            Mode::Cut(_) => {
-                self.send_out().await?;
-                return Ok(self.reset());
-            }
-            Mode::Stall(_) => {
-                self.send_out().await?;
-                return self.hang().await;
-            }
-            Mode::KeepAlive(_, every_ms) => {
-                self.send_out().await?;
-                let _open = StreamGuard::open(&self.shared);
-                loop {
-                    tokio::time::sleep(Duration::from_millis(every_ms.max(1))).await;
-                    self.ev.extend_from_slice(b": keep-alive\n\n");
-                    if self.send_event().await.is_err() {
-                        return Ok(Flow::Close);
-                    }
-                }
-            }
-            Mode::Malformed(at) if at >= sent => {
-                self.ev.extend_from_slice(MALFORMED_EVENT);
-                self.send_event().await?;
-            }
-            _ => {}
+        if let Some(flow) = self.after_pieces(mode, sent).await? {
+            return Ok(flow);
         }
         events.finish(&mut self.ev);
         if call.stores()

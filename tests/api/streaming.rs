@@ -17,6 +17,13 @@ async fn stream(gw: &GatewayTest, fallbacks: &[&str], model: &str) -> crate::hel
     gw.post("/v1/chat/completions", &token, stream_body(model), &[]).await
 }
 
+/// A streamed gpt-4o request on a fresh one-key set, its body left to the caller to read.
+async fn open_stream(gw: &GatewayTest) -> reqwest::Response {
+    let token = gw.key_set(&[K1], &[]).await;
+    let request = gw.app.client.post(gw.app.url("/v1/chat/completions")).bearer_auth(&token);
+    request.json(&stream_body("gpt-4o")).send().await.unwrap()
+}
+
 fn words(n: usize) -> String {
     full_answer().split(' ').take(n).collect::<Vec<_>>().join(" ")
 }
@@ -88,16 +95,7 @@ async fn a_stream_of_keep_alive_comments_only_is_a_stall() {
 async fn a_client_that_leaves_a_keep_alive_stream_releases_the_upstream() {
     let gw = spawn_gateway().await;
     gw.mock.script("gpt-4o", vec![Behavior::StreamKeepAlive { after_tokens: 2, every_ms: 50 }]);
-    let token = gw.key_set(&[K1], &[]).await;
-    let mut res = gw
-        .app
-        .client
-        .post(gw.app.url("/v1/chat/completions"))
-        .bearer_auth(&token)
-        .json(&stream_body("gpt-4o"))
-        .send()
-        .await
-        .unwrap();
+    let mut res = open_stream(&gw).await;
     assert_eq!(res.status(), 200);
     let first = res.chunk().await.unwrap().expect("a first chunk");
     assert!(!first.is_empty());
@@ -270,16 +268,7 @@ async fn a_legacy_completion_stream_is_continued_by_extending_the_prompt() {
 async fn events_that_arrive_together_leave_in_one_write() {
     let gw = spawn_gateway().await;
     gw.mock.script("gpt-4o", vec![Behavior::StreamBurst]);
-    let token = gw.key_set(&[K1], &[]).await;
-    let res = gw
-        .app
-        .client
-        .post(gw.app.url("/v1/chat/completions"))
-        .bearer_auth(&token)
-        .json(&stream_body("gpt-4o"))
-        .send()
-        .await
-        .unwrap();
+    let res = open_stream(&gw).await;
     assert_eq!(res.status(), 200);
     let mut body = futures_util::StreamExt::boxed(res.bytes_stream());
     let (mut chunks, mut text) = (0, Vec::new());

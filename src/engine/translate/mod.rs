@@ -65,6 +65,46 @@ const IGNORED: &[&str] = &[
     "prediction",
 ];
 
+/// One `function` tool of the request, as every provider declares it.
+struct FunctionTool<'a> {
+    name: &'a str,
+    description: Option<&'a str>,
+    /// The JSON Schema of its arguments; `None` when the tool takes none.
+    parameters: Option<&'a Value>,
+}
+
+/// The request's `tools`: only `function` tools, and none with `strict: true` (no provider can guarantee arguments
+/// that match the schema).
+fn function_tools<'a>(value: &'a Value, provider: &str) -> Result<Vec<FunctionTool<'a>>, Unsupported> {
+    let list = value.as_array().ok_or_else(|| Unsupported::new("tools", "`tools` must be an array"))?;
+    list.iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let at = || format!("tools[{i}]");
+            if t.get("type").and_then(Value::as_str) != Some("function") {
+                let message = format!("only `function` tools have {} {provider} equivalent", article(provider));
+                return Err(Unsupported::new(format!("{}.type", at()), message));
+            }
+            let f = t.get("function").ok_or_else(|| Unsupported::new(format!("{}.function", at()), "missing"))?;
+            if f.get("strict").and_then(Value::as_bool) == Some(true) {
+                return Err(Unsupported::new(
+                    format!("{}.function.strict", at()),
+                    format!("{provider} cannot guarantee arguments that match the schema (`strict: true`)"),
+                ));
+            }
+            Ok(FunctionTool {
+                name: str_field(f, "name", &|| format!("{}.function", at()))?,
+                description: f.get("description").and_then(Value::as_str),
+                parameters: f.get("parameters").filter(|p| !p.is_null()),
+            })
+        })
+        .collect()
+}
+
+fn article(word: &str) -> &'static str {
+    if word.starts_with(['A', 'E', 'I', 'O', 'U']) { "an" } else { "a" }
+}
+
 /// The request as an object, with `null` fields treated as absent.
 fn fields(chat: &Value) -> Result<impl Iterator<Item = (&str, &Value)>, Unsupported> {
     let map: &Map<String, Value> =

@@ -177,31 +177,14 @@ pub fn anthropic_request(
 }
 
 fn tools(value: &Value) -> Result<Vec<Tool<'_>>, Unsupported> {
-    let list = value.as_array().ok_or_else(|| Unsupported::new("tools", "`tools` must be an array"))?;
-    list.iter()
-        .enumerate()
-        .map(|(i, t)| {
-            let at = || format!("tools[{i}]");
-            if t.get("type").and_then(Value::as_str) != Some("function") {
-                return Err(Unsupported::new(
-                    format!("{}.type", at()),
-                    "only `function` tools have an Anthropic equivalent",
-                ));
-            }
-            let f = t.get("function").ok_or_else(|| Unsupported::new(format!("{}.function", at()), "missing"))?;
-            if f.get("strict").and_then(Value::as_bool) == Some(true) {
-                return Err(Unsupported::new(
-                    format!("{}.function.strict", at()),
-                    "Anthropic cannot guarantee arguments that match the schema (`strict: true`)",
-                ));
-            }
-            Ok(Tool {
-                name: str_field(f, "name", &|| format!("{}.function", at()))?,
-                description: f.get("description").and_then(Value::as_str),
-                input_schema: f.get("parameters").filter(|p| !p.is_null()).unwrap_or(&NO_PARAMETERS),
-            })
+    Ok(super::super::function_tools(value, "Anthropic")?
+        .into_iter()
+        .map(|f| Tool {
+            name: f.name,
+            description: f.description,
+            input_schema: f.parameters.unwrap_or(&NO_PARAMETERS),
         })
-        .collect()
+        .collect())
 }
 
 fn choice(value: Option<&Value>, parallel: bool, has_tools: bool) -> Result<Option<ToolChoice<'_>>, Unsupported> {

@@ -241,31 +241,10 @@ fn response_format<'a>(value: &'a Value, config: &mut GenerationConfig<'a>) -> R
 }
 
 fn declarations(value: &Value) -> Result<Vec<Declaration<'_>>, Unsupported> {
-    let list = value.as_array().ok_or_else(|| Unsupported::new("tools", "`tools` must be an array"))?;
-    list.iter()
-        .enumerate()
-        .map(|(i, t)| {
-            let at = || format!("tools[{i}]");
-            if t.get("type").and_then(Value::as_str) != Some("function") {
-                return Err(Unsupported::new(
-                    format!("{}.type", at()),
-                    "only `function` tools have a Gemini equivalent",
-                ));
-            }
-            let f = t.get("function").ok_or_else(|| Unsupported::new(format!("{}.function", at()), "missing"))?;
-            if f.get("strict").and_then(Value::as_bool) == Some(true) {
-                return Err(Unsupported::new(
-                    format!("{}.function.strict", at()),
-                    "Gemini cannot guarantee arguments that match the schema (`strict: true`)",
-                ));
-            }
-            Ok(Declaration {
-                name: str_field(f, "name", &|| format!("{}.function", at()))?,
-                description: f.get("description").and_then(Value::as_str),
-                parameters_json_schema: f.get("parameters").filter(|p| !p.is_null()),
-            })
-        })
-        .collect()
+    Ok(super::super::function_tools(value, "Gemini")?
+        .into_iter()
+        .map(|f| Declaration { name: f.name, description: f.description, parameters_json_schema: f.parameters })
+        .collect())
 }
 
 fn calling_config(value: Option<&Value>, has_tools: bool) -> Result<Option<ToolConfig<'_>>, Unsupported> {
