@@ -8,7 +8,7 @@
 use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
-use actix_web::web::Bytes;
+use actix_web::web::{Bytes, BytesMut};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -216,13 +216,26 @@ pub(super) async fn pump(mut job: StreamJob, mut reader: SseReader, first: SseEv
                     Ok(Ok(None)) => break fault(&mut job, &mut seen, Fault::EndedEarly).await,
                     Ok(Ok(Some(event))) => event,
                 };
-                let step = seen.step(&event.data);
+                let mut step = seen.step(&event.data);
                 let forward = matches!(step, Next::Forward | Next::End { .. } | Next::Failed);
-                if forward && job.tx.send(event.raw).await.is_err() {
+                let mut broke = None;
+                let mut bytes = event.raw;
+                if step == Next::Forward {
+                    let gathered = gather(&job, &mut seen, &mut reader, bytes).await;
+                    bytes = gathered.bytes;
+                    broke = gathered.fault;
+                    if let Some(last) = gathered.ended {
+                        step = last;
+                    }
+                }
+                if forward && job.tx.send(bytes).await.is_err() {
                     break end(&mut job, &mut seen, RequestOutcome::Cancelled, None, false);
                 }
                 if forward {
                     stalls_at = Instant::now() + idle;
+                }
+                if let Some(why) = broke {
+                    break fault(&mut job, &mut seen, why).await;
                 }
                 step
             }
@@ -250,6 +263,63 @@ pub(super) async fn pump(mut job: StreamJob, mut reader: SseReader, first: SseEv
         }
     };
     let _ = job.done.send(ended);
+}
+
+/// What [`gather`] joined.
+struct Gathered {
+    bytes: Bytes,
+    /// The joined events ended the stream (`response.completed`, `response.incomplete`, or the upstream's error).
+    ended: Option<Next>,
+    /// The read after the joined events found the stream broken or ended early.
+    fault: Option<Fault>,
+}
+
+/// Joins to `first` every event the upstream has already delivered, as the chat pump does: one read's events leave in
+/// one write, and nothing waits for the network.
+async fn gather(job: &StreamJob, seen: &mut Seen, reader: &mut SseReader, first: Bytes) -> Gathered {
+    use futures_util::FutureExt as _;
+    let mut batch: Option<BytesMut> = None;
+    let mut out = Gathered { bytes: Bytes::new(), ended: None, fault: None };
+    while batch.as_ref().map_or(first.len(), BytesMut::len) < super::stream::MAX_WRITE {
+        let read = match reader.next_event().now_or_never() {
+            Some(read) => read,
+            None => {
+                super::stream::let_ready_tasks_run().await;
+                match reader.next_event().now_or_never() {
+                    Some(read) => read,
+                    None => break,
+                }
+            }
+        };
+        let event = match read {
+            Ok(Some(event)) => event,
+            Ok(None) => {
+                out.fault = Some(Fault::EndedEarly);
+                break;
+            }
+            Err(_) => {
+                out.fault = Some(Fault::Cut);
+                break;
+            }
+        };
+        let step = seen.step(&event.data);
+        match step {
+            Next::Skip => {}
+            Next::Malformed => {
+                job.engine.metrics.malformed_chunk();
+                tracing::warn!("dropped a malformed upstream Responses stream event");
+            }
+            Next::Forward | Next::End { .. } | Next::Failed => {
+                batch.get_or_insert_with(|| BytesMut::from(&first[..])).extend_from_slice(&event.raw);
+                if step != Next::Forward {
+                    out.ended = Some(step);
+                    break;
+                }
+            }
+        }
+    }
+    out.bytes = batch.map_or(first, BytesMut::freeze);
+    out
 }
 
 /// The stream broke after the client saw bytes: account it like a failed attempt, end it with an error event (unless

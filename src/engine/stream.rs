@@ -122,7 +122,7 @@ enum Step {
 }
 
 /// At most this much is gathered into one write: a fast upstream's backlog still reaches the client in pieces.
-const MAX_WRITE: usize = 64 * 1024;
+pub(super) const MAX_WRITE: usize = 64 * 1024;
 const DONE: &[u8] = b"data: [DONE]\n\n";
 
 impl StreamJob {
@@ -441,7 +441,7 @@ impl StreamJob {
 
 /// Goes to the back of the runtime's queue once: every task that is ready runs first. Unlike `yield_now`, which
 /// waits for the runtime's next poll of the network, this costs no system call.
-async fn let_ready_tasks_run() {
+pub(super) async fn let_ready_tasks_run() {
     let mut yielded = false;
     std::future::poll_fn(|cx| {
         if yielded {

@@ -1010,6 +1010,7 @@ impl Conn {
         let mut events = ResponsesEvents::new(rid.clone(), stored);
         self.out.clear();
         self.ev.clear();
+        self.burst = mode == Mode::Burst;
         http::write_sse_head(&mut self.out, keep_alive);
         if !first.is_zero() {
             self.send_out().await?;
@@ -1038,6 +1039,7 @@ impl Conn {
         http::write_chunk(&mut self.out, &self.ev);
         self.ev.clear();
         self.out.extend_from_slice(http::LAST_CHUNK);
+        self.burst = false;
         self.send_out().await?;
         Ok(if keep_alive { Flow::Continue } else { Flow::Close })
     }

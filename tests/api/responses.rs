@@ -182,6 +182,29 @@ async fn a_stream_passes_its_typed_events_through_and_falls_back_before_the_firs
     assert!(completed["usage"]["input_tokens"].as_u64().unwrap() > 0);
 }
 
+/// As for chat: events that reach the gateway together leave it in one write (the client counts HTTP chunks, which
+/// are never merged, so the count only errs upward).
+#[tokio::test]
+async fn typed_events_that_arrive_together_leave_in_one_write() {
+    let gw = spawn_gateway().await;
+    gw.mock.script("gpt-4o", vec![Behavior::StreamBurst]);
+    let token = gw.key_set(&[K1], &[]).await;
+    let request = gw.app.client.post(gw.app.url("/v1/responses")).bearer_auth(&token);
+    let res = request.json(&stream_body("gpt-4o")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let mut body = futures_util::StreamExt::boxed(res.bytes_stream());
+    let (mut chunks, mut text) = (0, Vec::new());
+    while let Some(chunk) = futures_util::StreamExt::next(&mut body).await {
+        chunks += 1;
+        text.extend_from_slice(&chunk.unwrap());
+    }
+    let events = events(&String::from_utf8(text).unwrap());
+    assert_eq!(deltas(&events), full_answer());
+    assert_eq!(events.last().map(|(n, _)| n.as_str()), Some("response.completed"));
+    assert!(events.len() > 20, "{} events", events.len());
+    assert!(chunks <= 3, "{} events arrived in {chunks} chunks", events.len());
+}
+
 async fn assert_cut_short(behavior: Behavior, words_sent: usize, why: &str) {
     let gw = spawn_gateway().await;
     gw.mock.script("gpt-4o", vec![behavior]);
