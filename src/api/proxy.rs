@@ -13,6 +13,7 @@ use super::openapi::GatewayErrors;
 use super::request_context::UpstreamTime;
 use super::{ApiError, AppState, GATEWAY_BODY_LIMIT};
 use crate::engine::substitute::SubstituteSource;
+use crate::engine::surface::BodyBroken;
 use crate::engine::{DEFAULT_INSTANCE, Endpoint, GatewayRequest, Reply, Served, valid_instance};
 use actix_web::web::Bytes;
 
@@ -98,6 +99,19 @@ pub(super) fn respond(reply: Reply) -> HttpResponse {
             });
             let res = sse_headers(&mut res).streaming(futures_util::StreamExt::chain(first, rest));
             (res, served.upstream_time)
+        }
+        Reply::Bytes { status, content_type, first, rest, served } => {
+            let mut res = HttpResponse::build(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY));
+            served_headers(&mut res, &served);
+            // actix and reqwest use different versions of `http`: the value is copied over.
+            let content_type = content_type
+                .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok())
+                .unwrap_or_else(|| HeaderValue::from_static("application/octet-stream"));
+            res.insert_header((CONTENT_TYPE, content_type));
+            let first = futures_util::stream::once(async move { Ok::<_, BodyBroken>(first) });
+            let rest =
+                futures_util::stream::unfold(rest, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+            (res.streaming(futures_util::StreamExt::chain(first, rest)), served.upstream_time)
         }
         Reply::Substitute { body, stream, source, served } => {
             let mut res = HttpResponse::Ok();

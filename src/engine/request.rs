@@ -6,6 +6,7 @@ use actix_web::web::Bytes;
 use serde_json::{Value, json};
 
 use super::plan::Endpoint;
+use super::upstream::Wire;
 
 /// The customer instance of requests that name none.
 pub const DEFAULT_INSTANCE: &str = "default";
@@ -54,6 +55,16 @@ impl GatewayRequest {
             hedge: None,
             caching: None,
             pinned_key: None,
+        }
+    }
+
+    /// How the upstream's answer is read.
+    pub fn wire(&self) -> Wire {
+        match self.endpoint {
+            Endpoint::Speech => Wire::Bytes,
+            Endpoint::ImageGenerations => Wire::SlowJson,
+            _ if self.stream => Wire::Sse,
+            _ => Wire::Json,
         }
     }
 
