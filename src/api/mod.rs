@@ -109,6 +109,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/v1/moderations", "POST").route(web::post().to(surface::moderations)))
         .service(resource("/v1/images/generations", "POST").route(web::post().to(surface::image_generations)))
         .service(resource("/v1/audio/speech", "POST").route(web::post().to(surface::speech)))
+        .service(resource("/v1/audio/transcriptions", "POST").route(web::post().to(surface::transcriptions)))
         .service(resource("/v1/responses", "POST").route(web::post().to(responses::create)))
         .service(
             resource("/v1/responses/{id}", "GET, HEAD, DELETE")

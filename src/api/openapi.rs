@@ -14,7 +14,7 @@ use super::{alerts, cache, health, keys, models, proxy, responses, surface};
     paths(
         health::healthz, health::readyz, proxy::metrics, keys::create, keys::get, keys::update, keys::revoke,
         proxy::chat, proxy::completions, proxy::embeddings, surface::moderations, surface::image_generations,
-        surface::speech, responses::create, responses::get, responses::delete,
+        surface::speech, surface::transcriptions, responses::create, responses::get, responses::delete,
         responses::cancel, responses::input_items, models::list, models::retrieve, cache::get, cache::lookup,
         cache::store, cache::purge, cache::mint_token, alerts::get_settings, alerts::put_settings, alerts::verify,
         alerts::list, alerts::events

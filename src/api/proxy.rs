@@ -168,9 +168,17 @@ fn served_headers(res: &mut HttpResponseBuilder, served: &Served) {
 /// Reads the body within `limit` and parses it, keeping the raw bytes to forward unchanged.
 pub(super) async fn read_json(
     http: &HttpRequest,
-    mut payload: web::Payload,
+    payload: web::Payload,
     limit: usize,
 ) -> Result<(Bytes, Value), ApiError> {
+    let raw = read_body(http, payload, limit).await?;
+    let value = serde_json::from_slice::<crate::object::UniqueKeys>(&raw)
+        .map_err(|e| super::error::json_error(actix_web::error::JsonPayloadError::Deserialize(e), limit))?;
+    Ok((raw, Value::Object(value.0)))
+}
+
+/// Reads the body within `limit` (413 past it, 408 when the client is too slow).
+pub(super) async fn read_body(http: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<Bytes, ApiError> {
     let declared = http
         .headers()
         .get(actix_web::http::header::CONTENT_LENGTH)
@@ -193,10 +201,7 @@ pub(super) async fn read_json(
         }
         buffer.extend_from_slice(&chunk);
     }
-    let raw = buffer.freeze();
-    let value = serde_json::from_slice::<crate::object::UniqueKeys>(&raw)
-        .map_err(|e| super::error::json_error(actix_web::error::JsonPayloadError::Deserialize(e), limit))?;
-    Ok((raw, Value::Object(value.0)))
+    Ok(buffer.freeze())
 }
 
 pub(super) fn parse(
@@ -280,6 +285,7 @@ pub(super) fn parse(
         hedge,
         caching,
         pinned_key: None,
+        form: None,
     })
 }
 

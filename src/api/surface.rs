@@ -8,8 +8,9 @@ use serde_json::Value;
 use super::auth::Gateway;
 use super::openapi::GatewayErrors;
 use super::{ApiError, GATEWAY_BODY_LIMIT, proxy};
-use crate::engine::Endpoint;
+use crate::engine::{Endpoint, Form, multipart};
 use crate::vault::Provider;
+use serde_json::json;
 
 /// OpenAI's default when a moderation request names no model.
 pub const DEFAULT_MODERATION_MODEL: &str = "omni-moderation-latest";
@@ -71,6 +72,58 @@ pub async fn image_generations(gw: Gateway, req: HttpRequest, body: web::Payload
 )]
 pub async fn speech(gw: Gateway, req: HttpRequest, body: web::Payload) -> Result<HttpResponse, ApiError> {
     forward(gw, &req, body, Endpoint::Speech).await
+}
+
+/// Largest transcription upload: OpenAI takes audio files up to 25 MB; the rest is room for the other form fields.
+pub const TRANSCRIPTION_BODY_LIMIT: usize = 26 * 1024 * 1024;
+
+/// Speech to text: the `multipart/form-data` upload is forwarded byte for byte (same boundary and parts); a fallback
+/// changes only the `model` part. Fallbacks only to transcription models.
+#[utoipa::path(
+    post, path = "/v1/audio/transcriptions", tag = "gateway", security(("token" = [])),
+    request_body(content = String, content_type = "multipart/form-data", description = "OpenAI transcription form: `file` (the audio) and `model` required, other fields passed on. At most 26 MiB."),
+    params(
+        ("x-reliablegpt-fallback" = Option<String>, Header, description = "Comma list of models overriding the policy's fallback_strategy (only catalog transcription models are used)"),
+        ("x-reliablegpt-instance" = Option<String>, Header, description = "Customer instance id, carried on every engine event"),
+        ("x-reliablegpt-timeout-ms" = Option<u64>, Header, description = "Deadline of the answer's first bytes in ms (1-600000); default the request timeout, at least 180 s"),
+        ("x-reliablegpt-hedge-ms" = Option<u64>, Header, description = "Start the next target in parallel if the first has sent nothing after this long"),
+    ),
+    responses(
+        (status = 200, description = "The upstream's answer as it is, with its Content-Type (`{\"text\": …}` JSON, or text, SRT, VTT, events); gateway headers as for chat."),
+        GatewayErrors,
+    )
+)]
+pub async fn transcriptions(gw: Gateway, req: HttpRequest, body: web::Payload) -> Result<HttpResponse, ApiError> {
+    let Gateway(set, state) = gw;
+    let content_type = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let Some(boundary) = multipart::boundary(&content_type) else {
+        return Err(ApiError::invalid("content-type", "must be multipart/form-data with a boundary"));
+    };
+    let boundary = boundary.to_owned();
+    let raw = proxy::read_body(&req, body, TRANSCRIPTION_BODY_LIMIT).await?;
+    let parts = multipart::parts(&raw, &boundary)
+        .map_err(|why| ApiError::bad_json(format!("The multipart form could not be read: {why}.")))?;
+    if !parts.iter().any(|p| p.name == "file" && p.filename.is_some()) {
+        return Err(ApiError::invalid("file", "is required (a file part)"));
+    }
+    let mut models = parts.iter().filter(|p| p.name == "model");
+    let (Some(part), None) = (models.next(), models.next()) else {
+        return Err(ApiError::invalid("model", "is required, once"));
+    };
+    let Ok(model) = std::str::from_utf8(&raw[part.value.clone()]) else {
+        return Err(ApiError::invalid("model", "must be a model name of 1-256 characters"));
+    };
+    let range = part.value.clone();
+    // The headers are parsed as for chat; the engine plans with the model and forwards the form.
+    let mut request = proxy::parse(&req, raw.clone(), json!({"model": model}), Endpoint::Transcriptions)?;
+    request.form = Some(Form { content_type, model: range });
+    let reply = state.engine.serve(set, request).await;
+    Ok(proxy::respond(reply))
 }
 
 async fn forward(

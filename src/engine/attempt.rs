@@ -49,8 +49,8 @@ impl Engine {
         }
         let started = Instant::now();
         let body = cx.req.body_for(&target.step.model);
-        let wire = cx.req.wire();
-        let primary = self.call(target, body, wire, cx.deadline);
+        let (wire, content_type) = (cx.req.wire(), cx.req.content_type());
+        let primary = self.call(target, body, content_type, wire, cx.deadline);
         run.attempts += 1;
         let Some(after) = hedge else {
             let result = primary.await;
@@ -66,7 +66,7 @@ impl Engine {
                 let hedge_target = pick.target?;
                 hedged = Some((hedge_target, Instant::now()));
                 let body = cx.req.body_for(&hedge_target.step.model);
-                Some(self.call(hedge_target, body, wire, cx.deadline))
+                Some(self.call(hedge_target, body, content_type, wire, cx.deadline))
             })
             .await
         };
@@ -106,14 +106,15 @@ impl Engine {
         &self,
         target: Target<'_>,
         body: Bytes,
+        content_type: &str,
         wire: Wire,
         deadline: Instant,
     ) -> Result<AttemptOk, AttemptFailure> {
         let mut limits = self.limits(deadline);
-        if wire == Wire::SlowJson {
+        if matches!(wire, Wire::SlowJson | Wire::SlowBytes) {
             limits.first_byte_by = deadline;
         }
-        upstream::attempt(&self.clients.get(), target.step, target.key, body, wire, &limits).await
+        upstream::attempt(&self.clients.get(), target.step, target.key, body, content_type, wire, &limits).await
     }
 
     /// Time limits of an attempt starting now.

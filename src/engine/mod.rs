@@ -24,6 +24,7 @@ pub mod events;
 mod health;
 mod hedge;
 pub mod metrics;
+pub mod multipart;
 mod outcome;
 mod pacing;
 pub mod plan;
@@ -59,7 +60,7 @@ use metrics::Metrics;
 use outcome::Ending;
 pub use plan::{Endpoint, ProviderKind, Step};
 use plan::{Plan, PlanInput};
-pub use request::{Continuation, DEFAULT_INSTANCE, GatewayRequest, continuation_instruction, valid_instance};
+pub use request::{Continuation, DEFAULT_INSTANCE, Form, GatewayRequest, continuation_instruction, valid_instance};
 use run::{Cx, Run};
 use select::Target;
 pub use stream::StreamEnd;
@@ -258,7 +259,9 @@ impl Engine {
         let started = Instant::now();
         let req = Arc::new(req);
         let default_timeout = match req.endpoint {
-            Endpoint::ImageGenerations => self.settings.request_timeout.max(surface::IMAGE_MIN_TIMEOUT),
+            Endpoint::ImageGenerations | Endpoint::Transcriptions => {
+                self.settings.request_timeout.max(surface::SLOW_MIN_TIMEOUT)
+            }
             _ => self.settings.request_timeout,
         };
         let cx = Cx {

@@ -26,6 +26,9 @@ pub enum Endpoint {
     ImageGenerations,
     /// Binary audio out, streamed to the client as it arrives.
     Speech,
+    /// A `multipart/form-data` upload forwarded byte for byte (only the `model` part changes on fallback); the answer
+    /// (JSON, text, SRT, VTT or events) is passed through like speech.
+    Transcriptions,
 }
 
 impl Endpoint {
@@ -38,6 +41,7 @@ impl Endpoint {
             Self::Moderations => "/moderations",
             Self::ImageGenerations => "/images/generations",
             Self::Speech => "/audio/speech",
+            Self::Transcriptions => "/audio/transcriptions",
         }
     }
 
@@ -50,6 +54,7 @@ impl Endpoint {
             Self::Moderations => ModelKind::Moderation,
             Self::ImageGenerations => ModelKind::Image,
             Self::Speech => ModelKind::Speech,
+            Self::Transcriptions => ModelKind::Transcription,
         }
     }
 
@@ -62,6 +67,7 @@ impl Endpoint {
             Self::Moderations => "moderations",
             Self::ImageGenerations => "images",
             Self::Speech => "speech",
+            Self::Transcriptions => "transcriptions",
         }
     }
 

@@ -103,7 +103,7 @@ impl StreamJob {
                 let body = body_with(&self.req.body, &target.step.model, Some(continuation));
                 let started = Instant::now();
                 self.run.attempts += 1;
-                let result = engine.call(target, body, Wire::Sse, deadline).await;
+                let result = engine.call(target, body, "application/json", Wire::Sse, deadline).await;
                 engine.report_result(&cx, &mut self.run, target, AttemptRole::Rescue, &result, started.elapsed());
                 let failure = match result {
                     Ok(AttemptOk::Stream { reader, first }) => {

@@ -1,10 +1,12 @@
-//! The pass-through surface: moderations, image generation and text to speech. These go through the same pipeline
-//! as chat (plan, select, attempt, decide; keys, breakers, retries, timeouts) with three differences:
+//! The pass-through surface: moderations, image generation, text to speech and transcriptions (a form upload, see
+//! [`super::multipart`]). These go through the same pipeline as chat (plan, select, attempt, decide; keys, breakers,
+//! retries, timeouts) with three differences:
 //! - fallbacks go only to catalog models of the endpoint's kind (`plan::compatible`);
 //! - nothing answers from elsewhere: no semantic cache, no `graceful_string` (neither is an image or audio);
-//! - speech is binary: its body is forwarded chunk by chunk as it arrives, with the upstream's `Content-Type`. A
-//!   break before the first byte falls back like any attempt; after it, nothing can continue an audio stream, so the
-//!   client's response is aborted (no clean end of a truncated file) and the request ends `partial`.
+//! - speech (and a transcription's answer, whatever its format) is forwarded chunk by chunk as it arrives, with the
+//!   upstream's `Content-Type`. A break before the first byte falls back like any attempt; after it, nothing can
+//!   continue the body, so the client's response is aborted (no clean end of a truncated file) and the request ends
+//!   `partial`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,9 +27,9 @@ use super::run::{Cx, Run};
 use super::upstream::ByteStream;
 use crate::vault::OpenKeySet;
 
-/// The default deadline of an image request when the client sets none and the operator's request timeout is shorter:
-/// large or high-quality images routinely take longer than a chat answer.
-pub const IMAGE_MIN_TIMEOUT: Duration = Duration::from_secs(180);
+/// The default deadline of an image or transcription request when the client sets none and the operator's request
+/// timeout is shorter: large or high-quality images, and long recordings, routinely take longer than a chat answer.
+pub const SLOW_MIN_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// A pass-through body broke after bytes reached the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -95,6 +95,8 @@ pub enum Wire {
     Sse,
     /// Passed through as bytes: the first chunk is awaited, the rest is left to the caller.
     Bytes,
+    /// The same, from an API that answers once its work is done (transcriptions): no first-byte limit.
+    SlowBytes,
 }
 
 /// Error bodies are read only this far (their code and message come first).
@@ -141,6 +143,7 @@ pub async fn attempt(
     step: &Step,
     key: &ProviderKey,
     body: Bytes,
+    content_type: &str,
     wire: Wire,
     limits: &Limits,
 ) -> Result<AttemptOk, AttemptFailure> {
@@ -149,7 +152,8 @@ pub async fn attempt(
         Some(url) => client.post(url.clone()),
         None => client.post(&step.url),
     };
-    let mut request = request.header(CONTENT_TYPE, "application/json").body(body);
+    let content_type = HeaderValue::from_str(content_type).unwrap_or(HeaderValue::from_static("application/json"));
+    let mut request = request.header(CONTENT_TYPE, content_type).body(body);
     let secret = key.secret.expose_secret();
     let auth = match step.provider {
         ProviderKind::Azure => HeaderValue::from_str(secret).map(|v| ("api-key", v)),
@@ -187,7 +191,7 @@ pub async fn attempt(
             retry_after: wait,
         });
     }
-    if wire == Wire::Bytes {
+    if matches!(wire, Wire::Bytes | Wire::SlowBytes) {
         return first_chunk(response, status, limits).await;
     }
     let is_sse = response

@@ -71,6 +71,7 @@ enum Endpoint {
     Moderations,
     Images,
     Speech,
+    Transcriptions,
 }
 
 /// A call about a stored Responses API response.
@@ -127,6 +128,7 @@ fn route(method: Method, target: &str) -> Route {
             "embeddings" => Endpoint::Embeddings,
             "images/generations" => Endpoint::Images,
             "audio/speech" => Endpoint::Speech,
+            "audio/transcriptions" => Endpoint::Transcriptions,
             _ => return Route::AzureNotFound,
         };
         let has_version = query.split('&').any(|pair| pair.strip_prefix("api-version=").is_some_and(|v| !v.is_empty()));
@@ -156,6 +158,7 @@ fn route(method: Method, target: &str) -> Route {
         (Method::Post, "/v1/moderations") => Endpoint::Moderations,
         (Method::Post, "/v1/images/generations") => Endpoint::Images,
         (Method::Post, "/v1/audio/speech") => Endpoint::Speech,
+        (Method::Post, "/v1/audio/transcriptions") => Endpoint::Transcriptions,
         (Method::Get, "/v1/models") => return Route::Models,
         _ => return Route::NotFound,
     };
@@ -225,10 +228,11 @@ impl Call {
             surface: None,
         };
         match endpoint {
-            Endpoint::Moderations | Endpoint::Images | Endpoint::Speech => {
+            Endpoint::Moderations | Endpoint::Images | Endpoint::Speech | Endpoint::Transcriptions => {
                 let parsed = match endpoint {
                     Endpoint::Moderations => surface::moderation(body),
                     Endpoint::Images => surface::image(body, &call.model),
+                    Endpoint::Transcriptions => surface::transcription(body),
                     _ => surface::speech(body),
                 };
                 let parsed = parsed.map_err(|(message, param, code)| Rejection { message, param, code })?;
@@ -389,6 +393,14 @@ fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// JSON, or a `multipart/form-data` upload as the JSON of its fields ([`surface::form_json`]).
+fn parse_body(head: &Head, bytes: &[u8]) -> Option<Value> {
+    match head.content_type.as_deref().and_then(crate::engine::multipart::boundary) {
+        Some(boundary) => surface::form_json(bytes, boundary),
+        None => parse_json(bytes),
+    }
+}
+
 fn parse_json(bytes: &[u8]) -> Option<Value> {
     if bytes.is_empty() { None } else { serde_json::from_slice(bytes).ok() }
 }
@@ -432,7 +444,7 @@ impl Conn {
                         return Ok(Flow::Close);
                     }
                 }
-                let body = parse_json(&self.buf[head.len..end]);
+                let body = parse_body(&head, &self.buf[head.len..end]);
                 self.buf.drain(..end);
                 body
             }
@@ -440,7 +452,7 @@ impl Conn {
                 match http::parse_chunked(&self.buf[head.len..]) {
                     Ok(Some((bytes, used))) => {
                         self.buf.drain(..head.len + used);
-                        break parse_json(&bytes);
+                        break parse_body(&head, &bytes);
                     }
                     Ok(None) => {
                         if head.expect_continue && !sent_continue {
@@ -890,9 +902,12 @@ impl Conn {
             (Endpoint::Embeddings, None) => {
                 answers::write_embeddings(&mut self.ev, &call.model, &[], 0, false, call.prompt_tokens);
             }
-            (Endpoint::Moderations | Endpoint::Images | Endpoint::Speech, _) => {
+            (Endpoint::Moderations | Endpoint::Images | Endpoint::Speech | Endpoint::Transcriptions, _) => {
                 if let Some(surface) = &call.surface {
-                    surface::write_json(&mut self.ev, surface, &call.model, unix_now());
+                    let content_type = surface::write_answer(&mut self.ev, surface, &call.model, unix_now());
+                    self.out.clear();
+                    http::write_response(&mut self.out, 200, content_type, &[], keep_alive, &self.ev);
+                    return;
                 }
             }
             (Endpoint::Responses, _) => {

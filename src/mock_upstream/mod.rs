@@ -18,7 +18,9 @@
 //! Responses API (`POST /v1/responses`, JSON or typed SSE events, with the same fault menu; `GET`/`DELETE
 //! /v1/responses/{id}`, `POST /v1/responses/{id}/cancel`, `GET /v1/responses/{id}/input_items` for responses created
 //! with the same key, 404 otherwise; `previous_response_id` must name one of those), the Azure
-//! `POST /openai/deployments/{deployment}/{chat/completions,completions,embeddings,images/generations,audio/speech}
+//! `POST /v1/audio/transcriptions` (a `multipart/form-data` upload, recorded as the JSON of its fields),
+//! `POST /openai/deployments/{deployment}/{chat/completions,completions,embeddings,images/generations,audio/speech,
+//! audio/transcriptions}
 //! ?api-version=...`, and the control
 //! endpoints `POST /_mock/script` `{"target", "steps": [Behavior]}`, `POST /_mock/invalid_key` `{"key"}`,
 //! `POST /_mock/no_quota_key` `{"key"}`, `POST /_mock/rejects_prefill` `{"target"}`, `GET /_mock/requests`,

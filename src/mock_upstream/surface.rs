@@ -1,7 +1,8 @@
 //! The rest of OpenAI's surface in its wire format: moderations (a result per input with `categories`,
 //! `category_scores` and, for omni models, `category_applied_input_types`), image generation (`data[].url`, or
-//! `data[].b64_json` when asked and always for `gpt-image-1`, which also reports `usage`) and text to speech (binary
-//! audio with the format's `Content-Type`, sent in chunks so a fault can cut it midway).
+//! `data[].b64_json` when asked and always for `gpt-image-1`, which also reports `usage`), text to speech (binary
+//! audio with the format's `Content-Type`, sent in chunks so a fault can cut it midway) and transcriptions of
+//! `multipart/form-data` uploads (`{"text"}`, `verbose_json`, or `text/plain`).
 //!
 //! Answers are deterministic: [`speech_audio`] gives the exact bytes a speech request gets, [`image_b64`] the exact
 //! base64 of an image.
@@ -46,6 +47,14 @@ pub(super) enum SurfaceCall {
     Moderation { texts: Vec<String> },
     Image { prompt: String, n: usize, b64: bool },
     Speech { input: String, voice: String, content_type: &'static str },
+    Transcription { filename: String, bytes: u64, digest: String, format: TranscriptFormat },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum TranscriptFormat {
+    Json,
+    Text,
+    VerboseJson,
 }
 
 /// A refusal as (message, param, code).
@@ -110,15 +119,67 @@ pub(super) fn speech(body: &Value) -> Result<SurfaceCall, Refusal> {
     Ok(SurfaceCall::Speech { input: input.to_owned(), voice: voice.to_owned(), content_type })
 }
 
+/// A `multipart/form-data` body as JSON: each text field by name, and each file part as
+/// `{"filename", "content_type", "bytes", "fnv64"}` (its length and a digest of its exact bytes). `None` when the form
+/// cannot be read.
+pub fn form_json(body: &[u8], boundary: &str) -> Option<Value> {
+    let parts = crate::engine::multipart::parts(body, boundary).ok()?;
+    let mut map = serde_json::Map::new();
+    for part in parts {
+        let bytes = &body[part.value.clone()];
+        let value = match &part.filename {
+            Some(filename) => json!({"filename": filename, "content_type": part.content_type, "bytes": bytes.len(),
+                                     "fnv64": format!("{:016x}", seed_bytes(bytes))}),
+            None => Value::String(String::from_utf8_lossy(bytes).into_owned()),
+        };
+        map.insert(part.name, value);
+    }
+    Some(Value::Object(map))
+}
+
+/// The text a healthy transcription of this file by `model` gets: it names the file's size and digest, so a test can
+/// tell the upload arrived byte for byte.
+pub fn transcript(model: &str, filename: &str, bytes: u64, digest: &str) -> String {
+    format!("Transcript of {filename} ({bytes} bytes, fnv64 {digest}) by {model}.")
+}
+
+/// [`transcript`] of a file given by its bytes.
+pub fn transcript_of(model: &str, filename: &str, file: &[u8]) -> String {
+    transcript(model, filename, file.len() as u64, &format!("{:016x}", seed_bytes(file)))
+}
+
+pub(super) fn transcription(body: &Value) -> Result<SurfaceCall, Refusal> {
+    let Some(file) = body.get("file").filter(|f| f.is_object()) else {
+        return Err(missing("file", "Missing required parameter: 'file'."));
+    };
+    let format = match body.get("response_format").and_then(Value::as_str).unwrap_or("json") {
+        "json" => TranscriptFormat::Json,
+        "text" => TranscriptFormat::Text,
+        "verbose_json" => TranscriptFormat::VerboseJson,
+        _ => return Err(("Invalid value for 'response_format'.", Some("response_format"), Some("invalid_value"))),
+    };
+    Ok(SurfaceCall::Transcription {
+        filename: file.get("filename").and_then(Value::as_str).unwrap_or_default().to_owned(),
+        bytes: file.get("bytes").and_then(Value::as_u64).unwrap_or_default(),
+        digest: file.get("fnv64").and_then(Value::as_str).unwrap_or_default().to_owned(),
+        format,
+    })
+}
+
 impl SurfaceCall {
     /// The prompt's characters, for the token estimate.
     pub(super) fn chars(&self) -> usize {
         match self {
+            Self::Transcription { .. } => 0,
             Self::Moderation { texts } => texts.iter().map(|t| t.chars().count()).sum(),
             Self::Image { prompt, .. } => prompt.chars().count(),
             Self::Speech { input, .. } => input.chars().count(),
         }
     }
+}
+
+fn seed_bytes(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// A 64-bit FNV-1a of the parts, for deterministic answers.
@@ -166,10 +227,25 @@ pub fn image_url(model: &str, prompt: &str, index: usize) -> String {
     format!("https://images.mock.invalid/{model}/img-{:016x}-{index}.png", seed(&[model, prompt]))
 }
 
-/// Writes the JSON answer of a moderation or image call into `out`. Ids and URLs derive from the request, so the same
-/// request gets the same bytes (images: within the same second of `created`).
-pub(super) fn write_json(out: &mut Vec<u8>, call: &SurfaceCall, model: &str, created: u64) {
+/// Writes the answer of a moderation, image or transcription call into `out`; returns its Content-Type. Ids and URLs
+/// derive from the request, so the same request gets the same bytes (images: within the same second of `created`).
+pub(super) fn write_answer(out: &mut Vec<u8>, call: &SurfaceCall, model: &str, created: u64) -> &'static str {
     let value = match call {
+        SurfaceCall::Transcription { filename, bytes, digest, format } => {
+            let text = transcript(model, filename, *bytes, digest);
+            match format {
+                TranscriptFormat::Text => {
+                    out.extend_from_slice(text.as_bytes());
+                    out.push(b'\n');
+                    return "text/plain; charset=utf-8";
+                }
+                TranscriptFormat::Json => json!({"text": text}),
+                TranscriptFormat::VerboseJson => {
+                    json!({"task": "transcribe", "language": "english", "duration": 1.5, "text": text,
+                           "segments": [{"id": 0, "start": 0.0, "end": 1.5, "text": text}]})
+                }
+            }
+        }
         SurfaceCall::Moderation { texts } => {
             let omni = model.starts_with("omni-");
             let results: Vec<Value> = texts
@@ -224,6 +300,7 @@ pub(super) fn write_json(out: &mut Vec<u8>, call: &SurfaceCall, model: &str, cre
         SurfaceCall::Speech { .. } => Value::Null,
     };
     let _ = serde_json::to_writer(out, &value);
+    "application/json"
 }
 
 #[cfg(test)]
@@ -239,7 +316,7 @@ mod tests {
         assert!(std::str::from_utf8(&a).is_err(), "binary, not text");
         let call = moderation(&json!({"input": ["fine", "an attack"]})).unwrap();
         let mut out = Vec::new();
-        write_json(&mut out, &call, "omni-moderation-latest", 0);
+        write_answer(&mut out, &call, "omni-moderation-latest", 0);
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["results"].as_array().unwrap().len(), 2);
         assert_eq!(

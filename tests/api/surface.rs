@@ -423,3 +423,136 @@ async fn the_model_list_includes_the_new_kinds() {
         assert!(ids.contains(&model), "{model} in {ids:?}");
     }
 }
+
+const BOUNDARY: &str = "----rgptTestBoundary7MA4YWxkTrZu0gW";
+
+/// A transcription form: the audio (binary, with CRLF and dashes to trip naive parsers), `model`, and two more
+/// fields that must arrive unchanged.
+fn form(model: Option<&str>, file: Option<&[u8]>, response_format: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    let mut field = |name: &str, value: &[u8], file: bool| {
+        body.extend_from_slice(format!("--{BOUNDARY}\r\n").as_bytes());
+        if file {
+            body.extend_from_slice(
+                format!("Content-Disposition: form-data; name=\"{name}\"; filename=\"talk.mp3\"\r\nContent-Type: audio/mpeg\r\n\r\n")
+                    .as_bytes(),
+            );
+        } else {
+            body.extend_from_slice(format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n").as_bytes());
+        }
+        body.extend_from_slice(value);
+        body.extend_from_slice(b"\r\n");
+    };
+    if let Some(file) = file {
+        field("file", file, true);
+    }
+    if let Some(model) = model {
+        field("model", model.as_bytes(), false);
+    }
+    field("language", b"en", false);
+    field("response_format", response_format.as_bytes(), false);
+    body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
+    body
+}
+
+fn audio_file() -> Vec<u8> {
+    let mut audio = speech_audio("tts-1", "a recording", "alloy");
+    // Looks like a delimiter, but is not this form's boundary (which, by the rules, never occurs in the content).
+    audio.extend_from_slice(format!("\r\n--{}\r\n--", &BOUNDARY[..BOUNDARY.len() - 1]).as_bytes());
+    audio.extend_from_slice(&speech_audio("tts-1", "more", "alloy")[..1000]);
+    audio
+}
+
+async fn transcribe(gw: &GatewayTest, token: &str, body: Vec<u8>, headers: &[(&str, &str)]) -> reqwest::Response {
+    let mut req = gw
+        .app
+        .client
+        .post(gw.app.url("/v1/audio/transcriptions"))
+        .bearer_auth(token)
+        .header("content-type", format!("multipart/form-data; boundary={BOUNDARY}"))
+        .body(body);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn a_transcription_upload_is_forwarded_byte_for_byte_and_a_fallback_rewrites_only_the_model_part() {
+    use reliablegpt::mock_upstream::surface::transcript_of;
+    let gw = spawn_gateway().await;
+    let token = gw.key_set(&[K1], &["tts-1", "unknown-model", "gpt-4o-transcribe"]).await;
+    let audio = audio_file();
+    let res = transcribe(&gw, &token, form(Some("whisper-1"), Some(&audio), "json"), &[]).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(header(res.headers(), "x-reliablegpt-model"), Some("whisper-1"));
+    assert_eq!(header(res.headers(), "content-type"), Some("application/json"));
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body, json!({"text": transcript_of("whisper-1", "talk.mp3", &audio)}), "the file arrived intact");
+    let seen = gw.mock.requests().pop().unwrap();
+    assert_eq!(seen.path, "/v1/audio/transcriptions");
+    assert_eq!((seen.body["language"].as_str(), seen.body["model"].as_str()), (Some("en"), Some("whisper-1")));
+    assert_eq!(seen.body["file"]["content_type"], "audio/mpeg");
+
+    // 5xx: retried, then the same-kind fallback, skipping the speech model and the unknown one; only `model` changed.
+    gw.mock.clear_requests();
+    gw.mock.script("whisper-1", vec![Behavior::server_error()]);
+    let res = transcribe(&gw, &token, form(Some("whisper-1"), Some(&audio), "text"), &[]).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(header(res.headers(), "x-reliablegpt-model"), Some("gpt-4o-transcribe"));
+    assert_eq!(header(res.headers(), "x-reliablegpt-fallback-reason"), Some("transient"));
+    assert_eq!(header(res.headers(), "content-type"), Some("text/plain; charset=utf-8"), "the upstream's type");
+    assert_eq!(res.text().await.unwrap(), format!("{}\n", transcript_of("gpt-4o-transcribe", "talk.mp3", &audio)));
+    assert_eq!(gw.models_seen(), vec!["whisper-1", "whisper-1", "whisper-1", "gpt-4o-transcribe"]);
+    let last = gw.mock.requests().pop().unwrap().body;
+    assert_eq!(last["language"], "en");
+    assert_eq!(last["response_format"], "text");
+
+    // 429 moves on; a revoked key rotates.
+    gw.mock.clear_requests();
+    gw.mock.script("whisper-1", vec![Behavior::rate_limited(None)]);
+    gw.mock.set_invalid_key(K1);
+    let token = gw.key_set(&[K1, K2], &["gpt-4o-transcribe"]).await;
+    let res = transcribe(&gw, &token, form(Some("whisper-1"), Some(&audio), "json"), &[]).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(header(res.headers(), "x-reliablegpt-model"), Some("gpt-4o-transcribe"));
+    assert_eq!(gw.keys_seen(), vec![K1, K2, K2], "K1 refused, K2 rate-limited on whisper-1, K2 on the fallback");
+}
+
+#[tokio::test]
+async fn transcription_errors_are_clear_and_nothing_is_sent() {
+    let gw = spawn_gateway().await;
+    let token = gw.key_set(&[K1], &["tts-1"]).await;
+    let audio = audio_file();
+    let res = gw
+        .app
+        .client
+        .post(gw.app.url("/v1/audio/transcriptions"))
+        .bearer_auth(&token)
+        .json(&json!({"model": "whisper-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(res, 400).await["param"], "content-type");
+    let res = transcribe(&gw, &token, form(Some("whisper-1"), None, "json"), &[]).await;
+    assert_eq!(error_of(res, 400).await["param"], "file");
+    let res = transcribe(&gw, &token, form(None, Some(&audio), "json"), &[]).await;
+    assert_eq!(error_of(res, 400).await["param"], "model");
+    let mut cut = form(Some("whisper-1"), Some(&audio), "json");
+    cut.truncate(cut.len() - 10);
+    let error = error_of(transcribe(&gw, &token, cut, &[]).await, 400).await;
+    assert!(error["message"].as_str().unwrap().contains("multipart"), "{error}");
+    // Over the size bound: 413, before anything reaches an upstream.
+    let huge = form(Some("whisper-1"), Some(&vec![7u8; 26 * 1024 * 1024 + 1]), "json");
+    let error = error_of(transcribe(&gw, &token, huge, &[]).await, 413).await;
+    assert_eq!(error["code"], "payload_too_large");
+    assert!(gw.mock.requests().is_empty());
+    // No fallback to another kind.
+    gw.mock.script("whisper-1", vec![Behavior::overloaded()]);
+    let res = transcribe(&gw, &token, form(Some("whisper-1"), Some(&audio), "json"), &[]).await;
+    error_of(res, 503).await;
+    assert_eq!(gw.models_seen(), vec!["whisper-1"; 3]);
+    let res = gw.app.client.get(gw.app.url("/v1/audio/transcriptions")).send().await.unwrap();
+    assert_eq!(res.headers()["allow"], "POST");
+    error_of(res, 405).await;
+}

@@ -1,6 +1,7 @@
-"""Moderations, image generation and text to speech through the gateway with the real `openai` SDK
-(`moderations.create`, `images.generate`, `audio.speech.create`); the same calls straight against the mock prove it
-speaks these APIs as the SDK expects; and a fallback to a same-kind model is invisible to the SDK."""
+"""Moderations, image generation, text to speech and transcription through the gateway with the real `openai` SDK
+(`moderations.create`, `images.generate`, `audio.speech.create`, `audio.transcriptions.create`); the same calls
+straight against the mock prove it speaks these APIs as the SDK expects; and a fallback to a same-kind model is
+invisible to the SDK."""
 
 import openai
 import pytest
@@ -76,3 +77,29 @@ def test_bad_input_is_an_sdk_bad_request_error(stack):
     with pytest.raises(openai.BadRequestError) as err:
         gw.audio.speech.create(model="tts-1", voice="alloy", input="")
     assert err.value.body["param"] == "input"
+
+
+def test_audio_transcriptions_create(target):
+    audio = b"ID3\x04\x00" + bytes(range(256)) * 40 + b"\r\n--not-the-boundary\r\n"
+    res = target.audio.transcriptions.create(model="whisper-1", file=("talk.mp3", audio, "audio/mpeg"), language="en")
+    assert res.text.startswith(f"Transcript of talk.mp3 ({len(audio)} bytes, fnv64 ")
+    assert res.text.endswith("by whisper-1.")
+    text = target.audio.transcriptions.create(model="whisper-1", file=("talk.mp3", audio), response_format="text")
+    assert "by whisper-1." in text
+
+
+def test_a_transcription_falls_back_with_only_the_model_changed(stack):
+    stack.clear()
+    gw = client(f"{stack.gateway}/v1", stack.key_set(["tts-1", "gpt-4o-transcribe"]))
+    stack.script("whisper-1", [{"kind": "error", "status": 502}])
+    audio = bytes(range(256)) * 100
+    raw = gw.audio.transcriptions.with_raw_response.create(model="whisper-1", file=("a.wav", audio, "audio/wav"))
+    assert raw.headers["x-reliablegpt-model"] == "gpt-4o-transcribe"
+    assert raw.parse().text.endswith(f"({len(audio)} bytes, fnv64 {fnv64(audio)}) by gpt-4o-transcribe.")
+
+
+def fnv64(data: bytes) -> str:
+    h = 0xCBF29CE484222325
+    for b in data:
+        h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return f"{h:016x}"
