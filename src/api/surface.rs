@@ -66,7 +66,7 @@ pub async fn image_generations(gw: Gateway, req: HttpRequest, body: web::Payload
         ("x-reliablegpt-hedge-ms" = Option<u64>, Header, description = "Start the next target in parallel if the first has sent nothing after this long"),
     ),
     responses(
-        (status = 200, description = "The audio bytes as the upstream sends them, with its `Content-Type` (e.g. `audio/mpeg`); gateway headers as for chat. A body broken after its first bytes is aborted (never ended cleanly).", content_type = "application/octet-stream"),
+        (status = 200, description = "The audio bytes as the upstream sends them, with its `Content-Type` (e.g. `audio/mpeg`); gateway headers as for chat. A body broken after its first bytes is aborted (never ended cleanly)."),
         GatewayErrors,
     )
 )]
