@@ -13,6 +13,7 @@ mod proxy;
 pub mod rate_limit;
 mod request_context;
 mod responses;
+mod surface;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -105,6 +106,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/v1/chat/completions", "POST").route(web::post().to(proxy::chat)))
         .service(resource("/v1/completions", "POST").route(web::post().to(proxy::completions)))
         .service(resource("/v1/embeddings", "POST").route(web::post().to(proxy::embeddings)))
+        .service(resource("/v1/moderations", "POST").route(web::post().to(surface::moderations)))
+        .service(resource("/v1/images/generations", "POST").route(web::post().to(surface::image_generations)))
+        .service(resource("/v1/audio/speech", "POST").route(web::post().to(surface::speech)))
+        .service(resource("/v1/audio/transcriptions", "POST").route(web::post().to(surface::transcriptions)))
         .service(resource("/v1/responses", "POST").route(web::post().to(responses::create)))
         .service(
             resource("/v1/responses/{id}", "GET, HEAD, DELETE")

@@ -6,14 +6,15 @@ use utoipa::openapi::{ContentBuilder, HeaderBuilder, Object, Ref, RefOr, Respons
 use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
 
 use super::error::ErrorBody;
-use super::{alerts, cache, health, keys, models, proxy, responses};
+use super::{alerts, cache, health, keys, models, proxy, responses, surface};
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "reliablegpt", description = "A reliability gateway for LLM apps: point any OpenAI SDK at it."),
     paths(
         health::healthz, health::readyz, proxy::metrics, keys::create, keys::get, keys::update, keys::revoke,
-        proxy::chat, proxy::completions, proxy::embeddings, responses::create, responses::get, responses::delete,
+        proxy::chat, proxy::completions, proxy::embeddings, surface::moderations, surface::image_generations,
+        surface::speech, surface::transcriptions, responses::create, responses::get, responses::delete,
         responses::cancel, responses::input_items, models::list, models::retrieve, cache::get, cache::lookup,
         cache::store, cache::purge, cache::mint_token, alerts::get_settings, alerts::put_settings, alerts::verify,
         alerts::list, alerts::events

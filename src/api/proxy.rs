@@ -13,6 +13,7 @@ use super::openapi::GatewayErrors;
 use super::request_context::UpstreamTime;
 use super::{ApiError, AppState, GATEWAY_BODY_LIMIT};
 use crate::engine::substitute::SubstituteSource;
+use crate::engine::surface::BodyBroken;
 use crate::engine::{DEFAULT_INSTANCE, Endpoint, GatewayRequest, Reply, Served, valid_instance};
 use actix_web::web::Bytes;
 
@@ -99,6 +100,19 @@ pub(super) fn respond(reply: Reply) -> HttpResponse {
             let res = sse_headers(&mut res).streaming(futures_util::StreamExt::chain(first, rest));
             (res, served.upstream_time)
         }
+        Reply::Bytes { status, content_type, first, rest, served } => {
+            let mut res = HttpResponse::build(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY));
+            served_headers(&mut res, &served);
+            // actix and reqwest use different versions of `http`: the value is copied over.
+            let content_type = content_type
+                .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok())
+                .unwrap_or_else(|| HeaderValue::from_static("application/octet-stream"));
+            res.insert_header((CONTENT_TYPE, content_type));
+            let first = futures_util::stream::once(async move { Ok::<_, BodyBroken>(first) });
+            let rest =
+                futures_util::stream::unfold(rest, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+            (res.streaming(futures_util::StreamExt::chain(first, rest)), served.upstream_time)
+        }
         Reply::Substitute { body, stream, source, served } => {
             let mut res = HttpResponse::Ok();
             served_headers(&mut res, &served);
@@ -154,9 +168,17 @@ fn served_headers(res: &mut HttpResponseBuilder, served: &Served) {
 /// Reads the body within `limit` and parses it, keeping the raw bytes to forward unchanged.
 pub(super) async fn read_json(
     http: &HttpRequest,
-    mut payload: web::Payload,
+    payload: web::Payload,
     limit: usize,
 ) -> Result<(Bytes, Value), ApiError> {
+    let raw = read_body(http, payload, limit).await?;
+    let value = serde_json::from_slice::<crate::object::UniqueKeys>(&raw)
+        .map_err(|e| super::error::json_error(actix_web::error::JsonPayloadError::Deserialize(e), limit))?;
+    Ok((raw, Value::Object(value.0)))
+}
+
+/// Reads the body within `limit` (413 past it, 408 when the client is too slow).
+pub(super) async fn read_body(http: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<Bytes, ApiError> {
     let declared = http
         .headers()
         .get(actix_web::http::header::CONTENT_LENGTH)
@@ -179,10 +201,7 @@ pub(super) async fn read_json(
         }
         buffer.extend_from_slice(&chunk);
     }
-    let raw = buffer.freeze();
-    let value = serde_json::from_slice::<crate::object::UniqueKeys>(&raw)
-        .map_err(|e| super::error::json_error(actix_web::error::JsonPayloadError::Deserialize(e), limit))?;
-    Ok((raw, Value::Object(value.0)))
+    Ok(buffer.freeze())
 }
 
 pub(super) fn parse(
@@ -266,6 +285,7 @@ pub(super) fn parse(
         hedge,
         caching,
         pinned_key: None,
+        form: None,
     })
 }
 

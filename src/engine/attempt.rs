@@ -11,7 +11,7 @@ use super::events::{AttemptEvent, AttemptResult, AttemptRole, Event, Usage};
 use super::plan::{Plan, Step};
 use super::run::{Cx, Run};
 use super::select::{Skipped, Target};
-use super::upstream::{self, AttemptFailure, AttemptOk, Limits};
+use super::upstream::{self, AttemptFailure, AttemptOk, Limits, Wire};
 use super::{Engine, hedge};
 use crate::vault::ProviderKey;
 
@@ -49,7 +49,8 @@ impl Engine {
         }
         let started = Instant::now();
         let body = cx.req.body_for(&target.step.model);
-        let primary = self.call(target, body, cx.req.stream, cx.deadline);
+        let (wire, content_type) = (cx.req.wire(), cx.req.content_type());
+        let primary = self.call(target, body, content_type, wire, cx.deadline);
         run.attempts += 1;
         let Some(after) = hedge else {
             let result = primary.await;
@@ -65,7 +66,7 @@ impl Engine {
                 let hedge_target = pick.target?;
                 hedged = Some((hedge_target, Instant::now()));
                 let body = cx.req.body_for(&hedge_target.step.model);
-                Some(self.call(hedge_target, body, cx.req.stream, cx.deadline))
+                Some(self.call(hedge_target, body, content_type, wire, cx.deadline))
             })
             .await
         };
@@ -105,10 +106,15 @@ impl Engine {
         &self,
         target: Target<'_>,
         body: Bytes,
-        stream: bool,
+        content_type: &str,
+        wire: Wire,
         deadline: Instant,
     ) -> Result<AttemptOk, AttemptFailure> {
-        upstream::attempt(&self.clients.get(), target.step, target.key, body, stream, &self.limits(deadline)).await
+        let mut limits = self.limits(deadline);
+        if matches!(wire, Wire::SlowJson | Wire::SlowBytes) {
+            limits.first_byte_by = deadline;
+        }
+        upstream::attempt(&self.clients.get(), target.step, target.key, body, content_type, wire, &limits).await
     }
 
     /// Time limits of an attempt starting now.
@@ -148,6 +154,15 @@ impl Engine {
                     tokens,
                 }
             }
+            Ok(AttemptOk::Bytes { status, .. }) => Report {
+                step: target.step,
+                key: target.key,
+                role,
+                result: AttemptResult::Success,
+                status: Some(*status),
+                latency,
+                tokens: None,
+            },
             Ok(AttemptOk::Stream { .. }) => Report {
                 step: target.step,
                 key: target.key,

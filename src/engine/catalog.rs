@@ -16,14 +16,26 @@ pub enum ModelKind {
     Chat,
     Completion,
     Embedding,
+    /// `/v1/moderations`.
+    Moderation,
+    /// `/v1/images/generations`.
+    Image,
+    /// `/v1/audio/speech` (text to speech).
+    Speech,
+    /// `/v1/audio/transcriptions`.
+    Transcription,
 }
 
 impl ModelKind {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Chat => "chat",
             Self::Completion => "completion",
             Self::Embedding => "embedding",
+            Self::Moderation => "moderation",
+            Self::Image => "image",
+            Self::Speech => "speech",
+            Self::Transcription => "transcription",
         }
     }
 }

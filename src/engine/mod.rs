@@ -24,6 +24,7 @@ pub mod events;
 mod health;
 mod hedge;
 pub mod metrics;
+pub mod multipart;
 mod outcome;
 mod pacing;
 pub mod plan;
@@ -35,6 +36,7 @@ mod select;
 pub mod settings;
 mod stream;
 pub mod substitute;
+pub mod surface;
 mod translate;
 pub mod upstream;
 
@@ -59,7 +61,7 @@ use metrics::Metrics;
 use outcome::Ending;
 pub use plan::{Endpoint, ProviderKind, Step};
 use plan::{Plan, PlanInput};
-pub use request::{Continuation, DEFAULT_INSTANCE, GatewayRequest, continuation_instruction, valid_instance};
+pub use request::{Continuation, DEFAULT_INSTANCE, Form, GatewayRequest, continuation_instruction, valid_instance};
 use run::{Cx, Run};
 use select::Target;
 pub use stream::StreamEnd;
@@ -89,6 +91,15 @@ pub enum Reply {
     /// An answer that did not come from an upstream (the cache, or the policy's `graceful_string`), already rendered
     /// as the client's endpoint would answer (SSE when `stream`).
     Substitute { body: Bytes, stream: bool, source: SubstituteSource, served: Served },
+    /// A body passed through as it arrives (speech audio), with the upstream's status and `Content-Type`; an `Err`
+    /// means it broke after its first bytes (the client's response must be aborted, not ended).
+    Bytes {
+        status: u16,
+        content_type: Option<reqwest::header::HeaderValue>,
+        first: Bytes,
+        rest: mpsc::Receiver<Result<Bytes, surface::BodyBroken>>,
+        served: Served,
+    },
     /// An error in the OpenAI shape.
     Failed { status: u16, code: &'static str, message: String, retry_after: Option<Duration>, served: Served },
 }
@@ -248,13 +259,20 @@ impl Engine {
     pub async fn serve(self: &Arc<Self>, set: Arc<OpenKeySet>, req: GatewayRequest) -> Reply {
         let started = Instant::now();
         let req = Arc::new(req);
+        let default_timeout = match req.endpoint {
+            Endpoint::ImageGenerations | Endpoint::Transcriptions => {
+                self.settings.request_timeout.max(surface::SLOW_MIN_TIMEOUT)
+            }
+            _ => self.settings.request_timeout,
+        };
         let cx = Cx {
             set: &set,
             req: &req,
             started,
-            deadline: started + req.timeout.unwrap_or(self.settings.request_timeout),
+            deadline: started + req.timeout.unwrap_or(default_timeout),
             hedge: req.hedge.or(set.policy.hedge_ms.map(|ms| Duration::from_millis(u64::from(ms)))),
-            caching: req.caching.unwrap_or(set.policy.caching),
+            // The semantic cache holds text answers only.
+            caching: req.caching.unwrap_or(set.policy.caching) && req.endpoint.generates_text(),
         };
         // Admit.
         let permit = match self
@@ -398,6 +416,22 @@ impl Engine {
                 self.finish(cx, &run, ending);
                 drop(permit);
                 Reply::Upstream { status, body, served }
+            }
+            AttemptOk::Bytes { status, content_type, first, rest } => {
+                let (tx, rx) = mpsc::channel(64);
+                let job = surface::BytesJob {
+                    engine: self.clone(),
+                    set: cx.set.clone(),
+                    req: cx.req.clone(),
+                    plan: plan.clone(),
+                    started: cx.started,
+                    pos,
+                    run,
+                    _permit: permit,
+                    tx,
+                };
+                tokio::spawn(job.pump(rest).in_current_span());
+                Reply::Bytes { status, content_type, first, rest: rx, served }
             }
             AttemptOk::Stream { reader, first } => {
                 let (tx, rx) = mpsc::channel(64);

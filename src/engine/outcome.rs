@@ -7,7 +7,7 @@ use chrono::Utc;
 
 use super::admit::{Permit, Shed};
 use super::events::{Event, OutcomeEvent, RequestOutcome, Usage};
-use super::plan::{Endpoint, Plan, PlanInput, ProviderKind};
+use super::plan::{Plan, PlanInput, ProviderKind};
 use super::run::{Cx, Run};
 use super::substitute::{Ask, AskReason, Completion, Substitute, SubstituteSource, render};
 use super::{Ended, Engine, FailureClass, Reply, Served};
@@ -66,7 +66,7 @@ impl Engine {
         }
         // 4. The policy's graceful answer.
         if let Some(text) = &cx.set.policy.graceful_string
-            && cx.req.endpoint != Endpoint::Embeddings
+            && cx.req.endpoint.generates_text()
         {
             let answer =
                 Substitute { text: text.clone(), model: cx.req.model.clone(), source: SubstituteSource::Graceful };

@@ -20,6 +20,15 @@ pub enum Endpoint {
     Embeddings,
     /// OpenAI's Responses API: chat models, typed stream events, answers stored upstream under the creating account.
     Responses,
+    /// The pass-through surface (see [`super::surface`]): the upstream's answer is forwarded as it is, fallbacks only to
+    /// catalog models of the endpoint's kind, no cache and no `graceful_string`.
+    Moderations,
+    ImageGenerations,
+    /// Binary audio out, streamed to the client as it arrives.
+    Speech,
+    /// A `multipart/form-data` upload forwarded byte for byte (only the `model` part changes on fallback); the answer
+    /// (JSON, text, SRT, VTT or events) is passed through like speech.
+    Transcriptions,
 }
 
 impl Endpoint {
@@ -29,6 +38,10 @@ impl Endpoint {
             Self::Completions => "/completions",
             Self::Embeddings => "/embeddings",
             Self::Responses => "/responses",
+            Self::Moderations => "/moderations",
+            Self::ImageGenerations => "/images/generations",
+            Self::Speech => "/audio/speech",
+            Self::Transcriptions => "/audio/transcriptions",
         }
     }
 
@@ -38,6 +51,10 @@ impl Endpoint {
             Self::Completions => ModelKind::Completion,
             Self::Embeddings => ModelKind::Embedding,
             Self::Responses => ModelKind::Chat,
+            Self::Moderations => ModelKind::Moderation,
+            Self::ImageGenerations => ModelKind::Image,
+            Self::Speech => ModelKind::Speech,
+            Self::Transcriptions => ModelKind::Transcription,
         }
     }
 
@@ -47,7 +64,23 @@ impl Endpoint {
             Self::Completions => "completions",
             Self::Embeddings => "embeddings",
             Self::Responses => "responses",
+            Self::Moderations => "moderations",
+            Self::ImageGenerations => "images",
+            Self::Speech => "speech",
+            Self::Transcriptions => "transcriptions",
         }
+    }
+
+    /// Text-generation endpoints: answers from elsewhere (cache, `graceful_string`) and fallbacks to models the catalog
+    /// does not know apply to them only.
+    pub fn generates_text(self) -> bool {
+        matches!(self, Self::Chat | Self::Completions | Self::Responses)
+    }
+
+    /// Whether Azure deployments are planned: Azure serves these under `/openai/deployments/{d}{path}`. Not the
+    /// Responses API (another path shape) nor moderations (Azure has no moderation endpoint).
+    fn on_azure(self) -> bool {
+        !matches!(self, Self::Responses | Self::Moderations)
     }
 }
 
@@ -200,13 +233,13 @@ fn ordered_steps(set: &OpenKeySet, input: &PlanInput<'_>, catalog: &Catalog) -> 
 
     let mut steps = Vec::new();
     let usable = |key: &crate::vault::ProviderKey| input.only_key.is_none_or(|only| only == key.id);
-    // Azure first. Azure serves the Responses API on another path shape (not per deployment), so it is not planned
-    // for it (yet).
+    // Azure first. Azure serves the Responses API on another path shape (not per deployment) and has no moderations,
+    // so it is not planned for those.
     let azure: Vec<(usize, &crate::vault::ProviderKey)> = set
         .keys
         .iter()
         .enumerate()
-        .filter(|(_, k)| k.provider == Provider::Azure && usable(k) && input.endpoint != Endpoint::Responses)
+        .filter(|(_, k)| k.provider == Provider::Azure && usable(k) && input.endpoint.on_azure())
         .collect();
     if !azure.is_empty() {
         let deployments: Vec<String> = if set.policy.azure_fallback_strategy.is_empty() {
@@ -231,6 +264,15 @@ fn ordered_steps(set: &OpenKeySet, input: &PlanInput<'_>, catalog: &Catalog) -> 
                 &mut steps,
                 azure.iter().filter_map(|(i, key)| {
                     let served = key.target.deployments.as_ref()?.iter().find(|(_, d)| **d == deployment)?.0.clone();
+                    // A deployment of another kind (a chat deployment in `azure_fallback_strategy`) cannot serve an
+                    // image or audio request: only the requested model's deployment and those of catalog models of the
+                    // endpoint's kind are used.
+                    if !input.endpoint.generates_text()
+                        && served != input.model
+                        && !same_kind(catalog, input.endpoint, &served)
+                    {
+                        return None;
+                    }
                     let endpoint = key.target.endpoint.as_deref()?;
                     let version = key.target.api_version.as_deref()?;
                     Some(Step {
@@ -283,9 +325,14 @@ fn push_grouped(steps: &mut Vec<Step>, candidates: impl Iterator<Item = Step>) {
     steps.extend(group);
 }
 
+fn same_kind(catalog: &Catalog, endpoint: Endpoint, model: &str) -> bool {
+    catalog.get(model).is_some_and(|info| info.kind == endpoint.kind())
+}
+
 /// A fallback must be of the request's kind, and embeddings only fall back between models of the same dimension.
+/// Models the catalog does not know are tried only as fallbacks of text generation (chat, completions, responses).
 fn compatible(catalog: &Catalog, input: &PlanInput<'_>, fallback: &str) -> bool {
-    let Some(info) = catalog.get(fallback) else { return input.endpoint != Endpoint::Embeddings };
+    let Some(info) = catalog.get(fallback) else { return input.endpoint.generates_text() };
     if info.kind != input.endpoint.kind() {
         return false;
     }
@@ -444,6 +491,48 @@ mod tests {
         let models: Vec<&str> = steps.iter().map(|s| s.model.as_str()).collect();
         assert_eq!(models, vec!["text-embedding-3-small", "text-embedding-ada-002"]);
         assert!(steps[0].url.ends_with("/embeddings"));
+    }
+
+    #[test]
+    fn surface_endpoints_fall_back_only_to_known_models_of_their_kind_and_use_only_fitting_azure_deployments() {
+        let policy = Policy {
+            fallback_strategy: vec!["gpt-4o".into(), "unknown-model".into(), "tts-1".into(), "dall-e-2".into()],
+            azure_fallback_strategy: vec!["chat".into(), "dalle".into(), "mod".into()],
+            ..Default::default()
+        };
+        let s = set(
+            vec![
+                azure(
+                    "https://a.openai.azure.com",
+                    &[("gpt-4o", "chat"), ("dall-e-3", "dalle"), ("omni-moderation-latest", "mod")],
+                ),
+                key(Provider::Openai, KeyTarget::default()),
+            ],
+            policy,
+        );
+        let mut i = input("dall-e-3");
+        i.endpoint = Endpoint::ImageGenerations;
+        let steps = plan(&s, &i, &Catalog::shipped(), |_| true).steps;
+        assert_eq!(
+            summary(&steps),
+            vec![
+                ("dall-e-3".into(), "azure", vec![0]),
+                ("dall-e-3".into(), "openai", vec![1]),
+                ("dall-e-2".into(), "openai", vec![1])
+            ]
+        );
+        assert!(steps[0].url.starts_with("https://a.openai.azure.com/openai/deployments/dalle/images/generations?"));
+        assert_eq!(steps[1].url, "https://api.openai.com/v1/images/generations");
+        // Azure has no moderations; a requested model unknown to the catalog is still tried.
+        let mut i = input("omni-moderation-latest");
+        i.endpoint = Endpoint::Moderations;
+        let steps = plan(&s, &i, &Catalog::shipped(), |_| true).steps;
+        assert_eq!(summary(&steps), vec![("omni-moderation-latest".into(), "openai", vec![1])]);
+        let mut i = input("my-tts");
+        i.endpoint = Endpoint::Speech;
+        let steps = plan(&s, &i, &Catalog::shipped(), |_| true).steps;
+        assert_eq!(summary(&steps), vec![("my-tts".into(), "openai", vec![1]), ("tts-1".into(), "openai", vec![1])]);
+        assert_eq!(steps[0].url, "https://api.openai.com/v1/audio/speech");
     }
 
     #[test]

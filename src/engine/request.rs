@@ -6,6 +6,7 @@ use actix_web::web::Bytes;
 use serde_json::{Value, json};
 
 use super::plan::Endpoint;
+use super::upstream::Wire;
 
 /// The customer instance of requests that name none.
 pub const DEFAULT_INSTANCE: &str = "default";
@@ -35,6 +36,17 @@ pub struct GatewayRequest {
     pub caching: Option<bool>,
     /// Only this provider key may serve the request (Responses continuing a response stored under its account).
     pub pinned_key: Option<uuid::Uuid>,
+    /// A `multipart/form-data` body (transcriptions): `raw` is the form, `body` is `null`.
+    pub form: Option<Form>,
+}
+
+/// What the engine keeps of a form upload.
+#[derive(Debug, Clone)]
+pub struct Form {
+    /// The client's Content-Type, boundary included, sent upstream as it is.
+    pub content_type: String,
+    /// Where the `model` part's value lies in the raw body.
+    pub model: std::ops::Range<usize>,
 }
 
 impl GatewayRequest {
@@ -54,12 +66,35 @@ impl GatewayRequest {
             hedge: None,
             caching: None,
             pinned_key: None,
+            form: None,
+        }
+    }
+
+    /// How the upstream's answer is read.
+    pub fn wire(&self) -> Wire {
+        match self.endpoint {
+            Endpoint::Speech => Wire::Bytes,
+            Endpoint::Transcriptions => Wire::SlowBytes,
+            Endpoint::ImageGenerations => Wire::SlowJson,
+            _ if self.stream => Wire::Sse,
+            _ => Wire::Json,
         }
     }
 
     /// The body for `model`: the client's bytes untouched when it is the requested model.
     pub(super) fn body_for(&self, model: &str) -> Bytes {
-        if model == self.model { self.raw.clone() } else { body_with(&self.body, model, None) }
+        if model == self.model {
+            return self.raw.clone();
+        }
+        match &self.form {
+            Some(form) => super::multipart::replace(&self.raw, form.model.clone(), model),
+            None => body_with(&self.body, model, None),
+        }
+    }
+
+    /// The Content-Type of the body sent upstream.
+    pub(super) fn content_type(&self) -> &str {
+        self.form.as_ref().map_or("application/json", |f| f.content_type.as_str())
     }
 }
 

@@ -18,7 +18,7 @@ use super::plan::Endpoint;
 use super::request::{Continuation, body_with};
 use super::run::Cx;
 use super::stream::StreamJob;
-use super::upstream::{AttemptOk, SseEvent, SseReader};
+use super::upstream::{AttemptOk, SseEvent, SseReader, Wire};
 
 /// A continuation that produced its first event.
 pub(super) struct Rescued {
@@ -103,7 +103,7 @@ impl StreamJob {
                 let body = body_with(&self.req.body, &target.step.model, Some(continuation));
                 let started = Instant::now();
                 self.run.attempts += 1;
-                let result = engine.call(target, body, true, deadline).await;
+                let result = engine.call(target, body, "application/json", Wire::Sse, deadline).await;
                 engine.report_result(&cx, &mut self.run, target, AttemptRole::Rescue, &result, started.elapsed());
                 let failure = match result {
                     Ok(AttemptOk::Stream { reader, first }) => {
@@ -111,7 +111,7 @@ impl StreamJob {
                         tracing::info!(model = %target.step.model, instruction, "stream rescued");
                         return Ok(Rescued { pos: target.pos, reader, first, instruction });
                     }
-                    Ok(AttemptOk::Body { .. }) => {
+                    Ok(AttemptOk::Body { .. } | AttemptOk::Bytes { .. }) => {
                         // Answered without streaming: nothing to splice in.
                         engine.breakers.release_probe(&target.candidate.breaker);
                         pos = plan.next_step(target.pos);

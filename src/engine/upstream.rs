@@ -73,6 +73,30 @@ pub enum AttemptOk {
         reader: SseReader,
         first: SseEvent,
     },
+    /// A body forwarded as it arrives, whatever its type (audio): its first chunk (read before the attempt counts as
+    /// answered, so a reset before any byte still falls back) and the rest.
+    Bytes {
+        status: u16,
+        content_type: Option<HeaderValue>,
+        first: Bytes,
+        rest: ByteStream,
+    },
+}
+
+/// How an answer is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// A whole JSON body, up to `max_body`.
+    Json,
+    /// The same, from an API that answers only once its work is done (images, often 10-60 s): no first-byte limit,
+    /// only the request's deadline.
+    SlowJson,
+    /// Server-sent events when the upstream answers with them (else a JSON body).
+    Sse,
+    /// Passed through as bytes: the first chunk is awaited, the rest is left to the caller.
+    Bytes,
+    /// The same, from an API that answers once its work is done (transcriptions): no first-byte limit.
+    SlowBytes,
 }
 
 /// Error bodies are read only this far (their code and message come first).
@@ -119,14 +143,17 @@ pub async fn attempt(
     step: &Step,
     key: &ProviderKey,
     body: Bytes,
-    stream: bool,
+    content_type: &str,
+    wire: Wire,
     limits: &Limits,
 ) -> Result<AttemptOk, AttemptFailure> {
+    let stream = wire == Wire::Sse;
     let request = match &step.parsed {
         Some(url) => client.post(url.clone()),
         None => client.post(&step.url),
     };
-    let mut request = request.header(CONTENT_TYPE, "application/json").body(body);
+    let content_type = HeaderValue::from_str(content_type).unwrap_or(HeaderValue::from_static("application/json"));
+    let mut request = request.header(CONTENT_TYPE, content_type).body(body);
     let secret = key.secret.expose_secret();
     let auth = match step.provider {
         ProviderKind::Azure => HeaderValue::from_str(secret).map(|v| ("api-key", v)),
@@ -163,6 +190,9 @@ pub async fn attempt(
             body: Some(body),
             retry_after: wait,
         });
+    }
+    if matches!(wire, Wire::Bytes | Wire::SlowBytes) {
+        return first_chunk(response, status, limits).await;
     }
     let is_sse = response
         .headers()
@@ -211,6 +241,26 @@ pub async fn attempt(
     }
     let body = read_body(response, limits.max_body, limits.deadline).await?;
     Ok(AttemptOk::Body { status, usage: usage_in_body(&body), body })
+}
+
+/// A pass-through answer once its first bytes arrived (by the first-byte limit).
+async fn first_chunk(response: reqwest::Response, status: u16, limits: &Limits) -> Result<AttemptOk, AttemptFailure> {
+    let content_type = response.headers().get(CONTENT_TYPE).cloned();
+    let mut rest: ByteStream = Box::pin(response.bytes_stream());
+    loop {
+        match tokio::time::timeout_at(limits.first_byte_by.into(), rest.next()).await {
+            Err(_) => {
+                return Err(AttemptFailure::transport(
+                    FailureClass::Timeout,
+                    "no body bytes before the first-byte limit",
+                ));
+            }
+            Ok(Some(Err(e))) => return Err(transport_error(&e)),
+            Ok(Some(Ok(chunk))) if chunk.is_empty() => continue,
+            Ok(Some(Ok(first))) => return Ok(AttemptOk::Bytes { status, content_type, first, rest }),
+            Ok(None) => return Ok(AttemptOk::Bytes { status, content_type, first: Bytes::new(), rest }),
+        }
+    }
 }
 
 /// The `usage` object of an OpenAI JSON answer, found without parsing the whole body (it comes last).
@@ -327,7 +377,7 @@ impl SseEvent {
     }
 }
 
-type ByteStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
+pub type ByteStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
 
 /// Why an upstream stream could not be read further.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -15,6 +15,7 @@ use super::answers::{self, DONE_EVENT, FULL_ANSWER, MALFORMED_EVENT, MODELS_BODY
 use super::behavior::{self, Behavior};
 use super::http::{self, BodyKind, Head, Method, ParseError};
 use super::responses::{self as resp, ResponsesEvents, Stored};
+use super::surface::{self, SurfaceCall};
 use super::{SeenRequest, Shared, StreamGuard};
 
 const JSON: &str = "application/json";
@@ -67,6 +68,10 @@ enum Endpoint {
     Completions,
     Embeddings,
     Responses,
+    Moderations,
+    Images,
+    Speech,
+    Transcriptions,
 }
 
 /// A call about a stored Responses API response.
@@ -121,6 +126,9 @@ fn route(method: Method, target: &str) -> Route {
             "chat/completions" => Endpoint::Chat,
             "completions" => Endpoint::Completions,
             "embeddings" => Endpoint::Embeddings,
+            "images/generations" => Endpoint::Images,
+            "audio/speech" => Endpoint::Speech,
+            "audio/transcriptions" => Endpoint::Transcriptions,
             _ => return Route::AzureNotFound,
         };
         let has_version = query.split('&').any(|pair| pair.strip_prefix("api-version=").is_some_and(|v| !v.is_empty()));
@@ -147,6 +155,10 @@ fn route(method: Method, target: &str) -> Route {
         (Method::Post, "/v1/chat/completions") => Endpoint::Chat,
         (Method::Post, "/v1/completions") => Endpoint::Completions,
         (Method::Post, "/v1/embeddings") => Endpoint::Embeddings,
+        (Method::Post, "/v1/moderations") => Endpoint::Moderations,
+        (Method::Post, "/v1/images/generations") => Endpoint::Images,
+        (Method::Post, "/v1/audio/speech") => Endpoint::Speech,
+        (Method::Post, "/v1/audio/transcriptions") => Endpoint::Transcriptions,
         (Method::Get, "/v1/models") => return Route::Models,
         _ => return Route::NotFound,
     };
@@ -165,6 +177,8 @@ struct Call {
     embed: Option<Embed>,
     /// Responses API only (boxed: the other endpoints need none of it).
     responses: Option<Box<ResponsesCall>>,
+    /// Moderations, images and speech ([`surface`]).
+    surface: Option<Box<SurfaceCall>>,
 }
 
 /// What a Responses API answer needs from the request.
@@ -211,8 +225,22 @@ impl Call {
             answer: FULL_ANSWER,
             embed: None,
             responses: None,
+            surface: None,
         };
         match endpoint {
+            Endpoint::Moderations | Endpoint::Images | Endpoint::Speech | Endpoint::Transcriptions => {
+                let parsed = match endpoint {
+                    Endpoint::Moderations => surface::moderation(body),
+                    Endpoint::Images => surface::image(body, &call.model),
+                    Endpoint::Transcriptions => surface::transcription(body),
+                    _ => surface::speech(body),
+                };
+                let parsed = parsed.map_err(|(message, param, code)| Rejection { message, param, code })?;
+                call.prompt_tokens = answers::tokens_of_chars(parsed.chars());
+                // Speech is sent in chunks, so the stream faults (cut, stall, slow first bytes) apply to it.
+                call.stream = endpoint == Endpoint::Speech;
+                call.surface = Some(Box::new(parsed));
+            }
             Endpoint::Responses => {
                 let r = call.responses.insert(Box::new(ResponsesCall {
                     key: key.to_owned(),
@@ -365,6 +393,14 @@ fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// JSON, or a `multipart/form-data` upload as the JSON of its fields ([`surface::form_json`]).
+fn parse_body(head: &Head, bytes: &[u8]) -> Option<Value> {
+    match head.content_type.as_deref().and_then(crate::engine::multipart::boundary) {
+        Some(boundary) => surface::form_json(bytes, boundary),
+        None => parse_json(bytes),
+    }
+}
+
 fn parse_json(bytes: &[u8]) -> Option<Value> {
     if bytes.is_empty() { None } else { serde_json::from_slice(bytes).ok() }
 }
@@ -408,7 +444,7 @@ impl Conn {
                         return Ok(Flow::Close);
                     }
                 }
-                let body = parse_json(&self.buf[head.len..end]);
+                let body = parse_body(&head, &self.buf[head.len..end]);
                 self.buf.drain(..end);
                 body
             }
@@ -416,7 +452,7 @@ impl Conn {
                 match http::parse_chunked(&self.buf[head.len..]) {
                     Ok(Some((bytes, used))) => {
                         self.buf.drain(..head.len + used);
-                        break parse_json(&bytes);
+                        break parse_body(&head, &bytes);
                     }
                     Ok(None) => {
                         if head.expect_continue && !sent_continue {
@@ -515,7 +551,14 @@ impl Conn {
         let key = if azure { head.api_key.or(head.bearer) } else { head.bearer };
         let body_ok = body.is_some();
         let body = body.unwrap_or(Value::Null);
-        let model = deployment.or_else(|| body.get("model").and_then(Value::as_str).map(str::to_owned));
+        let model = deployment.or_else(|| body.get("model").and_then(Value::as_str).map(str::to_owned)).or_else(|| {
+            // OpenAI's defaults for the endpoints where `model` is optional.
+            match endpoint {
+                Some(Endpoint::Moderations) => Some(surface::DEFAULT_MODERATION_MODEL.to_owned()),
+                Some(Endpoint::Images) => Some(surface::DEFAULT_IMAGE_MODEL.to_owned()),
+                _ => None,
+            }
+        });
         let stream = body.get("stream").and_then(Value::as_bool) == Some(true);
         // Built before taking the lock; only used when the key and JSON checks pass.
         let call = match (endpoint, &model) {
@@ -859,6 +902,14 @@ impl Conn {
             (Endpoint::Embeddings, None) => {
                 answers::write_embeddings(&mut self.ev, &call.model, &[], 0, false, call.prompt_tokens);
             }
+            (Endpoint::Moderations | Endpoint::Images | Endpoint::Speech | Endpoint::Transcriptions, _) => {
+                if let Some(surface) = &call.surface {
+                    let content_type = surface::write_answer(&mut self.ev, surface, &call.model, unix_now());
+                    self.out.clear();
+                    http::write_response(&mut self.out, 200, content_type, &[], keep_alive, &self.ev);
+                    return;
+                }
+            }
             (Endpoint::Responses, _) => {
                 let (rid, stored) = stored_of(call, id, "completed");
                 resp::write_response(&mut self.ev, &rid, &stored);
@@ -931,6 +982,10 @@ impl Conn {
         if call.endpoint == Endpoint::Responses {
             return self.stream_response(call, first, mode, keep_alive).await;
         }
+        if let Some(SurfaceCall::Speech { input, voice, content_type }) = call.surface.as_deref() {
+            let audio = surface::speech_audio(&call.model, input, voice);
+            return self.stream_speech(&audio, content_type, first, mode, keep_alive).await;
+        }
         let keep_alive = keep_alive && mode != Mode::MissingDone;
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let events =
@@ -974,6 +1029,50 @@ impl Conn {
         }
         self.out.extend_from_slice(http::LAST_CHUNK);
         self.burst = false;
+        self.send_out().await?;
+        Ok(if keep_alive { Flow::Continue } else { Flow::Close })
+    }
+}
+
+impl Conn {
+    /// A speech answer: chunked binary audio with its `Content-Type`; a cut or stall after `n` chunks.
+    async fn stream_speech(
+        &mut self,
+        audio: &[u8],
+        content_type: &str,
+        first: Duration,
+        mode: Mode,
+        keep_alive: bool,
+    ) -> io::Result<Flow> {
+        self.out.clear();
+        self.ev.clear();
+        self.out.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Type: ");
+        self.out.extend_from_slice(content_type.as_bytes());
+        self.out.extend_from_slice(b"\r\nTransfer-Encoding: chunked\r\n");
+        if !keep_alive {
+            self.out.extend_from_slice(b"Connection: close\r\n");
+        }
+        self.out.extend_from_slice(b"\r\n");
+        if !first.is_zero() {
+            self.send_out().await?;
+            tokio::time::sleep(first).await;
+        }
+        for (sent, chunk) in audio.chunks(surface::SPEECH_CHUNK).enumerate() {
+            match mode {
+                Mode::Cut(n) if sent >= n as usize => {
+                    self.send_out().await?;
+                    return Ok(self.reset());
+                }
+                Mode::Stall(n) | Mode::KeepAlive(n, _) if sent >= n as usize => {
+                    self.send_out().await?;
+                    return self.hang().await;
+                }
+                _ => {}
+            }
+            self.ev.extend_from_slice(chunk);
+            self.send_event().await?;
+        }
+        self.out.extend_from_slice(http::LAST_CHUNK);
         self.send_out().await?;
         Ok(if keep_alive { Flow::Continue } else { Flow::Close })
     }

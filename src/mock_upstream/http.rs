@@ -34,6 +34,8 @@ pub(crate) struct Head {
     pub bearer: Option<String>,
     /// The `api-key` header (Azure).
     pub api_key: Option<String>,
+    /// The `Content-Type` header (a form upload's boundary is read from it).
+    pub content_type: Option<String>,
     /// Bytes of the head including the blank line.
     pub len: usize,
 }
@@ -92,6 +94,7 @@ pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<Head>, ParseError> {
         expect_continue: false,
         bearer: None,
         api_key: None,
+        content_type: None,
         len,
     };
     let mut content_length: Option<usize> = None;
@@ -134,6 +137,8 @@ pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<Head>, ParseError> {
             if !value.is_empty() {
                 head.api_key = Some(value.to_owned());
             }
+        } else if name.eq_ignore_ascii_case("content-type") {
+            head.content_type = Some(value.to_owned());
         } else if name.eq_ignore_ascii_case("expect") {
             head.expect_continue = value.eq_ignore_ascii_case("100-continue");
         }

@@ -12,11 +12,16 @@
 //!
 //! Otherwise the answer is [`FULL_ANSWER`]. A legacy completion prompt ending in a start of it gets the rest.
 //!
-//! Routes: `POST /v1/chat/completions`, `POST /v1/completions`, `POST /v1/embeddings`, `GET /v1/models`, the
+//! Routes: `POST /v1/chat/completions`, `POST /v1/completions`, `POST /v1/embeddings`, `GET /v1/models`,
+//! `POST /v1/moderations`, `POST /v1/images/generations`, `POST /v1/audio/speech` (binary audio in chunks; see
+//! [`surface`]; the same fault menu, stream faults cutting or stalling the audio after N chunks), the
 //! Responses API (`POST /v1/responses`, JSON or typed SSE events, with the same fault menu; `GET`/`DELETE
 //! /v1/responses/{id}`, `POST /v1/responses/{id}/cancel`, `GET /v1/responses/{id}/input_items` for responses created
 //! with the same key, 404 otherwise; `previous_response_id` must name one of those), the Azure
-//! `POST /openai/deployments/{deployment}/{chat/completions,completions,embeddings}?api-version=...`, and the control
+//! `POST /v1/audio/transcriptions` (a `multipart/form-data` upload, recorded as the JSON of its fields),
+//! `POST /openai/deployments/{deployment}/{chat/completions,completions,embeddings,images/generations,audio/speech,
+//! audio/transcriptions}
+//! ?api-version=...`, and the control
 //! endpoints `POST /_mock/script` `{"target", "steps": [Behavior]}`, `POST /_mock/invalid_key` `{"key"}`,
 //! `POST /_mock/no_quota_key` `{"key"}`, `POST /_mock/rejects_prefill` `{"target"}`, `GET /_mock/requests`,
 //! `POST /_mock/clear`, `GET /_mock/health`.
@@ -31,6 +36,7 @@ mod behavior;
 mod conn;
 mod http;
 mod responses;
+pub mod surface;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};

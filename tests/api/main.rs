@@ -22,3 +22,4 @@ mod rotation;
 mod secrets;
 mod startup;
 mod streaming;
+mod surface;
