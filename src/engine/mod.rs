@@ -430,7 +430,7 @@ impl Engine {
                     _permit: permit,
                     tx,
                 };
-                tokio::spawn(job.pump(rest).in_current_span());
+                tokio::spawn(job.pump(rest, first.len()).in_current_span());
                 Reply::Bytes { status, content_type, first, rest: rx, served }
             }
             AttemptOk::Stream { reader, first } => {

@@ -51,15 +51,23 @@ pub(super) struct BytesJob {
 }
 
 impl BytesJob {
-    /// Forwards the rest of the body; the idle timeout bounds each gap. Runs the "after" step when it ends.
-    pub(super) async fn pump(mut self, mut rest: ByteStream) {
+    /// Forwards the rest of the body (`sent`: the bytes of the first chunk, already handed over); the idle timeout
+    /// bounds each gap, and the upstream body limit (`RELIABLEGPT_MAX_UPSTREAM_BODY_BYTES`) the whole body's size, as
+    /// for JSON answers. Runs the "after" step when it ends.
+    pub(super) async fn pump(mut self, mut rest: ByteStream, sent: usize) {
         let idle = self.engine.settings.stream_idle_timeout;
+        let limit = self.engine.settings.max_upstream_body;
+        let mut forwarded = sent;
         let broken = loop {
             match tokio::time::timeout(idle, rest.next()).await {
                 Err(_) => break Some((FailureClass::Timeout, "the upstream went silent")),
                 Ok(Some(Err(_))) => break Some((FailureClass::Transient, "the upstream connection broke")),
                 Ok(None) => break None,
                 Ok(Some(Ok(chunk))) => {
+                    forwarded = forwarded.saturating_add(chunk.len());
+                    if forwarded > limit {
+                        break Some((FailureClass::Refused, "the upstream body grew past the size limit"));
+                    }
                     if !chunk.is_empty() && self.tx.send(Ok(chunk)).await.is_err() {
                         self.end(RequestOutcome::Cancelled);
                         return;

@@ -329,6 +329,31 @@ async fn speech_falls_back_before_the_first_byte_and_aborts_a_body_cut_after_it(
     assert_eq!(a.header("x-reliablegpt-fallback-reason"), Some("timeout"));
 }
 
+/// Streamed audio is bounded like a JSON answer: past `RELIABLEGPT_MAX_UPSTREAM_BODY_BYTES` the client's body is
+/// aborted (a cut file must not look whole), not forwarded without end.
+#[tokio::test]
+async fn a_speech_body_over_the_size_limit_is_aborted() {
+    let gw = spawn_gateway_with(|e| {
+        e.insert(reliablegpt::config::env::MAX_UPSTREAM_BODY_BYTES.to_owned(), "10000".to_owned());
+    })
+    .await;
+    let token = gw.key_set(&[K1], &[]).await;
+    let res = gw.app.client.post(gw.app.url(SPEECH.path)).bearer_auth(&token).json(&SPEECH.body("tts-1")).send();
+    let mut res = res.await.unwrap();
+    assert_eq!(res.status(), 200);
+    let mut got = Vec::new();
+    let ended = loop {
+        match res.chunk().await {
+            Ok(Some(chunk)) => got.extend_from_slice(&chunk),
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
+    const { assert!(SPEECH_BYTES > 10_000, "the mock's audio must be larger than the limit") };
+    assert!(ended.is_err(), "an oversized body must not end cleanly ({} bytes)", got.len());
+    assert!(got.len() <= 10_000, "{} bytes forwarded past the limit", got.len());
+}
+
 #[tokio::test]
 async fn images_wait_past_the_first_byte_limit_for_the_image() {
     // The first-byte limit (600 ms in tests) does not apply: image APIs answer when the image is done.
