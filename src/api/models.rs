@@ -7,6 +7,7 @@ use utoipa::ToSchema;
 use super::auth::Gateway;
 use super::error::ErrorBody;
 use super::{ApiError, AppState};
+use crate::engine::catalog::ModelProvider;
 use crate::vault::{OpenKeySet, Provider};
 
 /// OpenAI's model object.
@@ -80,7 +81,8 @@ fn reachable(set: &OpenKeySet, state: &AppState) -> Vec<Model> {
                 }
             }
             (Provider::Openai, None) => {
-                for model in state.engine.catalog().names() {
+                let catalog = state.engine.catalog();
+                for model in catalog.names().into_iter().filter(|m| catalog.provider(m) == ModelProvider::Openai) {
                     add(model, "openai");
                 }
                 for model in &set.policy.fallback_strategy {
@@ -90,6 +92,17 @@ fn reachable(set: &OpenKeySet, state: &AppState) -> Vec<Model> {
             (Provider::Openai, Some(_)) => {
                 for model in &set.policy.fallback_strategy {
                     add(model, "custom");
+                }
+            }
+            (Provider::Anthropic | Provider::Gemini, _) => {
+                let (own, owner) = match key.provider {
+                    Provider::Anthropic => (ModelProvider::Anthropic, "anthropic"),
+                    _ => (ModelProvider::Gemini, "gemini"),
+                };
+                let catalog = state.engine.catalog();
+                let models = catalog.names().into_iter().chain(set.policy.fallback_strategy.iter().map(String::as_str));
+                for model in models.filter(|m| catalog.provider(m) == own) {
+                    add(model, owner);
                 }
             }
         }

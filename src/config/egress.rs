@@ -3,7 +3,8 @@
 use super::{Group, Source, parse, settings};
 use crate::egress::{EgressPolicy, HostPattern};
 
-pub const DEFAULT_ALLOWED_UPSTREAM_HOSTS: &str = "api.openai.com,*.openai.azure.com";
+pub const DEFAULT_ALLOWED_UPSTREAM_HOSTS: &str =
+    "api.openai.com,*.openai.azure.com,api.anthropic.com,generativelanguage.googleapis.com";
 
 settings! {
     struct EgressSettings {

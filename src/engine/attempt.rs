@@ -7,6 +7,7 @@ use actix_web::web::Bytes;
 use chrono::Utc;
 
 use super::classify::FailureClass;
+use super::dialect::Translation;
 use super::events::{AttemptEvent, AttemptResult, AttemptRole, Event, Usage};
 use super::plan::{Plan, Step};
 use super::run::{Cx, Run};
@@ -114,7 +115,15 @@ impl Engine {
         if matches!(wire, Wire::SlowJson | Wire::SlowBytes) {
             limits.first_byte_by = deadline;
         }
-        upstream::attempt(&self.clients.get(), target.step, target.key, body, content_type, wire, &limits).await
+        if !target.step.provider.translated() {
+            let client = self.clients.get();
+            return upstream::attempt(&client, target.step, target.key, body, content_type, wire, &limits, None).await;
+        }
+        let default_max_tokens = self.catalog.default_max_tokens(&target.step.model);
+        let (translation, body) = Translation::request(target.step, &body, wire == Wire::Sse, default_max_tokens)?;
+        let client = self.clients.get();
+        upstream::attempt(&client, target.step, target.key, body, "application/json", wire, &limits, Some(translation))
+            .await
     }
 
     /// Time limits of an attempt starting now.

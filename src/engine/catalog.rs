@@ -40,11 +40,28 @@ impl ModelKind {
     }
 }
 
+/// Which API serves a model: OpenAI's (and every OpenAI-compatible server, Azure included), or one the engine translates
+/// chat completions to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelProvider {
+    Openai,
+    Anthropic,
+    Gemini,
+}
+
+/// `max_tokens` sent to a provider that requires one (Anthropic) when neither the request nor the catalog gives one.
+pub const FALLBACK_MAX_TOKENS: u32 = 4096;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelInfo {
     pub context_window: u32,
     pub kind: ModelKind,
+    /// Which API serves it; absent = by name (`claude-` → Anthropic, `gemini-` → Gemini, else OpenAI).
+    pub provider: Option<ModelProvider>,
+    /// `max_tokens` sent when a request gives none to a provider that requires one (Anthropic).
+    pub default_max_tokens: Option<u32>,
     pub dimensions: Option<u32>,
     /// Whether the model continues a trailing assistant message; `None` = unknown.
     pub assistant_prefill: Option<bool>,
@@ -153,6 +170,26 @@ impl Catalog {
         self.get(model)?.context_upgrade.as_deref()
     }
 
+    /// Which API serves `model`: the catalog's `provider`, else by name (`claude-…` → Anthropic, `gemini-…` → Gemini,
+    /// anything else → OpenAI or an OpenAI-compatible server).
+    pub fn provider(&self, model: &str) -> ModelProvider {
+        if let Some(provider) = self.get(model).and_then(|m| m.provider) {
+            return provider;
+        }
+        if model.starts_with("claude-") {
+            ModelProvider::Anthropic
+        } else if model.starts_with("gemini-") {
+            ModelProvider::Gemini
+        } else {
+            ModelProvider::Openai
+        }
+    }
+
+    /// `max_tokens` for a request that gives none, to a provider that requires one.
+    pub fn default_max_tokens(&self, model: &str) -> u32 {
+        self.get(model).and_then(|m| m.default_max_tokens).unwrap_or(FALLBACK_MAX_TOKENS)
+    }
+
     /// The model's name for metric labels: the catalog's name (a snapshot counts as its base), or [`OTHER`], so that
     /// callers cannot grow the label set.
     pub fn label(&self, model: &str) -> &str {
@@ -161,6 +198,14 @@ impl Catalog {
 }
 
 fn strip_snapshot(model: &str) -> Option<&str> {
+    // Anthropic's `-YYYYMMDD` suffix (`claude-sonnet-4-5-20250929`).
+    if let Some((base, date)) = model.rsplit_once('-')
+        && date.len() == 8
+        && date.starts_with("20")
+        && date.bytes().all(|c| c.is_ascii_digit())
+    {
+        return Some(base);
+    }
     // `-YYYY-MM-DD` suffix. Checked: eleven bytes from the end may fall inside a multi-byte character.
     let (base, date) = model.split_at_checked(model.len().checked_sub(11)?)?;
     let b = date.as_bytes();
@@ -316,6 +361,26 @@ mod tests {
             let info = c.get(name).unwrap();
             assert_eq!(info.assistant_prefill.is_some(), info.kind == ModelKind::Chat, "{name}");
         }
+    }
+
+    #[test]
+    fn providers_by_catalog_then_by_name_and_anthropic_snapshots() {
+        let c = Catalog::shipped();
+        assert_eq!(c.provider("claude-sonnet-4-5"), ModelProvider::Anthropic);
+        assert_eq!(c.provider("claude-sonnet-4-5-20250929"), ModelProvider::Anthropic);
+        assert_eq!(c.label("claude-sonnet-4-5-20250929"), "claude-sonnet-4-5");
+        assert_eq!(c.provider("claude-future-9"), ModelProvider::Anthropic, "unknown, by prefix");
+        assert_eq!(c.provider("gemini-2.5-pro"), ModelProvider::Gemini);
+        assert_eq!(c.provider("gemini-next"), ModelProvider::Gemini);
+        assert_eq!(c.provider("gpt-4o"), ModelProvider::Openai);
+        assert_eq!(c.provider("llama-3-70b"), ModelProvider::Openai);
+        assert_eq!(c.default_max_tokens("claude-haiku-4-5"), 8192);
+        assert_eq!(c.default_max_tokens("claude-future-9"), FALLBACK_MAX_TOKENS);
+        // The catalog's word wins over the name.
+        let own =
+            load_with("[models.\"claude-proxy\"]\ncontext_window = 1000\nkind = \"chat\"\nprovider = \"openai\"\n")
+                .unwrap();
+        assert_eq!(own.provider("claude-proxy"), ModelProvider::Openai);
     }
 
     #[test]

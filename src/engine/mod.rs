@@ -20,6 +20,7 @@ mod chunk;
 pub mod classify;
 mod clients;
 mod decide;
+mod dialect;
 pub mod events;
 mod health;
 mod hedge;
@@ -472,7 +473,14 @@ impl Engine {
     /// Azure endpoints and custom base URLs are customer data: check them against the egress settings before a key is
     /// sent there. (OpenAI's base URL is the operator's own setting.)
     fn egress_allows(&self, step: &Step) -> bool {
-        if step.provider == ProviderKind::Openai {
+        // The operator's OpenAI base URL and Anthropic's and Gemini's own APIs are not customer data.
+        let provider_default = match step.provider {
+            ProviderKind::Openai => true,
+            ProviderKind::Anthropic => step.endpoint == plan::ANTHROPIC_BASE_URL,
+            ProviderKind::Gemini => step.endpoint == plan::GEMINI_BASE_URL,
+            ProviderKind::Azure | ProviderKind::Custom => false,
+        };
+        if provider_default {
             return true;
         }
         match url::Url::parse(&step.url)

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use uuid::Uuid;
 
 use super::breaker::TargetKey;
-use super::catalog::{Catalog, ModelKind};
+use super::catalog::{Catalog, ModelKind, ModelProvider};
 use crate::vault::{OpenKeySet, Provider};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,7 +90,16 @@ pub enum ProviderKind {
     Openai,
     Azure,
     Custom,
+    /// Anthropic's Messages API: chat completions translated to it and back.
+    Anthropic,
+    /// Google's Gemini API: chat completions translated to `generateContent` and back.
+    Gemini,
 }
+
+/// Anthropic's API, where a key without `base_url` is sent.
+pub const ANTHROPIC_BASE_URL: &str = "https://api.anthropic.com";
+/// Gemini's API, where a key without `base_url` is sent.
+pub const GEMINI_BASE_URL: &str = "https://generativelanguage.googleapis.com";
 
 impl ProviderKind {
     pub fn as_str(self) -> &'static str {
@@ -98,7 +107,14 @@ impl ProviderKind {
             Self::Openai => "openai",
             Self::Azure => "azure",
             Self::Custom => "custom",
+            Self::Anthropic => "anthropic",
+            Self::Gemini => "gemini",
         }
+    }
+
+    /// Whether the engine translates chat completions to this provider's own API.
+    pub fn translated(self) -> bool {
+        matches!(self, Self::Anthropic | Self::Gemini)
     }
 }
 
@@ -111,6 +127,8 @@ pub struct Step {
     pub url: String,
     /// `url` parsed once when the plan is built (requests reuse it instead of parsing the text each time).
     pub parsed: Option<url::Url>,
+    /// Gemini only: the streaming URL (`:streamGenerateContent?alt=sse`), parsed; `url` is the non-streaming one.
+    pub stream_url: Option<url::Url>,
     /// Endpoint identity for breakers (base URL or Azure endpoint + deployment).
     pub endpoint: String,
     /// Indexes into the key set's keys, in the set's order.
@@ -222,6 +240,10 @@ pub fn plan(set: &OpenKeySet, input: &PlanInput<'_>, catalog: &Catalog, allowed:
     steps.retain(|s| allowed(s));
     for step in &mut steps {
         step.parsed = url::Url::parse(&step.url).ok();
+        if step.provider == ProviderKind::Gemini {
+            let streaming = step.url.replace(":generateContent", ":streamGenerateContent?alt=sse");
+            step.stream_url = url::Url::parse(&streaming).ok();
+        }
     }
     Plan::new(steps, set)
 }
@@ -284,14 +306,31 @@ fn ordered_steps(set: &OpenKeySet, input: &PlanInput<'_>, catalog: &Catalog) -> 
                         ),
                         endpoint: format!("{endpoint}/openai/deployments/{deployment}"),
                         parsed: None,
+                        stream_url: None,
                         keys: vec![*i],
                     })
                 }),
             );
         }
     }
-    // Then OpenAI and OpenAI-compatible keys, model by model.
+    // Then, model by model, the keys of the API that serves it: Anthropic and Gemini models on the set's keys of that
+    // provider (chat completions only: the engine translates them), everything else on OpenAI and OpenAI-compatible
+    // keys. A key set without keys of a model's provider tries it on its OpenAI-compatible keys, as before providers
+    // were known by name.
     for model in models {
+        let translated = match catalog.provider(model) {
+            ModelProvider::Anthropic => Some(Provider::Anthropic),
+            ModelProvider::Gemini => Some(Provider::Gemini),
+            ModelProvider::Openai => None,
+        };
+        if let Some(provider) = translated
+            && set.keys.iter().any(|k| k.provider == provider)
+        {
+            if input.endpoint == Endpoint::Chat {
+                push_grouped(&mut steps, translated_steps(set, provider, model, &usable));
+            }
+            continue;
+        }
         push_grouped(
             &mut steps,
             set.keys.iter().enumerate().filter(|(_, k)| k.provider == Provider::Openai && usable(k)).map(|(i, key)| {
@@ -305,12 +344,45 @@ fn ordered_steps(set: &OpenKeySet, input: &PlanInput<'_>, catalog: &Catalog) -> 
                     url: format!("{base}{}", input.endpoint.path()),
                     endpoint: base.to_owned(),
                     parsed: None,
+                    stream_url: None,
                     keys: vec![i],
                 }
             }),
         );
     }
     steps
+}
+
+/// Steps for `model` on the set's Anthropic or Gemini keys. Gemini names the model in the URL: a name that is not one
+/// plain path segment is never planned there.
+fn translated_steps<'s>(
+    set: &'s OpenKeySet,
+    provider: Provider,
+    model: &'s str,
+    usable: &'s impl Fn(&crate::vault::ProviderKey) -> bool,
+) -> impl Iterator<Item = Step> + 's {
+    let plain_segment = crate::vault::input::is_deployment_name(model);
+    set.keys.iter().enumerate().filter(move |(_, k)| k.provider == provider && usable(k)).filter_map(move |(i, key)| {
+        let (kind, default) = match provider {
+            Provider::Anthropic => (ProviderKind::Anthropic, ANTHROPIC_BASE_URL),
+            _ => (ProviderKind::Gemini, GEMINI_BASE_URL),
+        };
+        let base = key.target.base_url.as_deref().unwrap_or(default);
+        let url = match kind {
+            ProviderKind::Anthropic => format!("{base}/v1/messages"),
+            _ if plain_segment => format!("{base}/v1beta/models/{model}:generateContent"),
+            _ => return None,
+        };
+        Some(Step {
+            model: model.to_owned(),
+            provider: kind,
+            url,
+            endpoint: base.to_owned(),
+            parsed: None,
+            stream_url: None,
+            keys: vec![i],
+        })
+    })
 }
 
 /// Appends one step per distinct (url, model) among `candidates`, merging their keys in order.
@@ -403,6 +475,63 @@ mod tests {
             ]
         );
         assert_eq!(steps[0].url, "https://api.openai.com/v1/chat/completions");
+    }
+
+    fn keyed(provider: Provider, base_url: Option<&str>) -> ProviderKey {
+        key(provider, KeyTarget { base_url: base_url.map(str::to_owned), ..KeyTarget::default() })
+    }
+
+    #[test]
+    fn a_mixed_fallback_list_goes_to_each_models_provider() {
+        let policy = Policy {
+            fallback_strategy: vec!["claude-sonnet-4-5".into(), "gemini-2.5-pro".into(), "gpt-4o-mini".into()],
+            ..Default::default()
+        };
+        let s = set(
+            vec![
+                keyed(Provider::Openai, None),
+                keyed(Provider::Anthropic, None),
+                keyed(Provider::Gemini, Some("https://gemini.example")),
+                keyed(Provider::Anthropic, None),
+            ],
+            policy,
+        );
+        let steps = plan(&s, &input("gpt-4o"), &Catalog::shipped(), |_| true).steps;
+        assert_eq!(
+            summary(&steps),
+            vec![
+                ("gpt-4o".into(), "openai", vec![0]),
+                ("claude-sonnet-4-5".into(), "anthropic", vec![1, 3]),
+                ("gemini-2.5-pro".into(), "gemini", vec![2]),
+                ("gpt-4o-mini".into(), "openai", vec![0]),
+            ]
+        );
+        assert_eq!(steps[1].url, "https://api.anthropic.com/v1/messages");
+        assert_eq!(steps[2].url, "https://gemini.example/v1beta/models/gemini-2.5-pro:generateContent");
+        assert_eq!(
+            steps[2].stream_url.as_ref().map(url::Url::as_str),
+            Some("https://gemini.example/v1beta/models/gemini-2.5-pro:streamGenerateContent?alt=sse")
+        );
+        assert!(steps.iter().all(|s| s.provider == ProviderKind::Gemini || s.stream_url.is_none()));
+
+        // Only chat completions are translated: the Responses API never plans them.
+        let responses = PlanInput { endpoint: Endpoint::Responses, ..input("gpt-4o") };
+        let steps = plan(&s, &responses, &Catalog::shipped(), |_| true).steps;
+        assert_eq!(
+            summary(&steps),
+            vec![("gpt-4o".into(), "openai", vec![0]), ("gpt-4o-mini".into(), "openai", vec![0])]
+        );
+    }
+
+    #[test]
+    fn provider_models_without_a_key_of_their_provider_stay_on_openai_compatible_keys() {
+        let s = set(vec![keyed(Provider::Openai, Some("https://llm.example/v1"))], Policy::default());
+        let steps = plan(&s, &input("claude-sonnet-4-5"), &Catalog::shipped(), |_| true).steps;
+        assert_eq!(summary(&steps), vec![("claude-sonnet-4-5".into(), "custom", vec![0])]);
+        // A Gemini model name that is not one path segment is never put into a Gemini URL.
+        let s = set(vec![keyed(Provider::Gemini, None)], Policy::default());
+        assert!(plan(&s, &input("gemini-x/../../v1/files"), &Catalog::shipped(), |_| true).steps.is_empty());
+        assert_eq!(plan(&s, &input("gemini-exp-1206"), &Catalog::shipped(), |_| true).steps.len(), 1);
     }
 
     #[test]

@@ -515,8 +515,15 @@ impl Engine {
         if reqwest::Url::parse(&url).is_err() {
             return Err(StoredCallError::BadQuery);
         }
-        let step =
-            Step { model: String::new(), provider, url, endpoint: base.to_owned(), parsed: None, keys: Vec::new() };
+        let step = Step {
+            model: String::new(),
+            provider,
+            url,
+            endpoint: base.to_owned(),
+            parsed: None,
+            stream_url: None,
+            keys: Vec::new(),
+        };
         if !self.egress_allows(&step) {
             return Err(StoredCallError::Unusable);
         }

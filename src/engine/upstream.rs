@@ -10,8 +10,10 @@ use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use secrecy::ExposeSecret;
 
 use super::classify::{FailureClass, classify_response, retry_after};
+use super::dialect::{ANTHROPIC_VERSION, StreamTranslator, Translation, stream_error_event};
 use super::events::Usage;
 use super::plan::{ProviderKind, Step};
+use super::translate::StreamStatus;
 use crate::egress::EgressPolicy;
 use crate::vault::ProviderKey;
 
@@ -138,6 +140,9 @@ fn too_large(max: usize) -> AttemptFailure {
     AttemptFailure::transport(FailureClass::Refused, format!("response larger than {max} bytes"))
 }
 
+/// One call. `translation`: the body is already in the provider's own dialect (Anthropic, Gemini), and the answer,
+/// stream events and errors are translated back to chat completions.
+#[allow(clippy::too_many_arguments)]
 pub async fn attempt(
     client: &reqwest::Client,
     step: &Step,
@@ -146,9 +151,14 @@ pub async fn attempt(
     content_type: &str,
     wire: Wire,
     limits: &Limits,
+    translation: Option<Translation>,
 ) -> Result<AttemptOk, AttemptFailure> {
     let stream = wire == Wire::Sse;
-    let request = match &step.parsed {
+    let url = match (&step.stream_url, stream) {
+        (Some(streaming), true) => Some(streaming),
+        _ => step.parsed.as_ref(),
+    };
+    let request = match url {
         Some(url) => client.post(url.clone()),
         None => client.post(&step.url),
     };
@@ -157,6 +167,11 @@ pub async fn attempt(
     let secret = key.secret.expose_secret();
     let auth = match step.provider {
         ProviderKind::Azure => HeaderValue::from_str(secret).map(|v| ("api-key", v)),
+        ProviderKind::Anthropic => {
+            request = request.header("anthropic-version", HeaderValue::from_static(ANTHROPIC_VERSION));
+            HeaderValue::from_str(secret).map(|v| ("x-api-key", v))
+        }
+        ProviderKind::Gemini => HeaderValue::from_str(secret).map(|v| ("x-goog-api-key", v)),
         // The formatted header is wiped when dropped; the copy `HeaderValue` makes is marked sensitive below.
         _ => HeaderValue::from_str(&zeroize::Zeroizing::new(format!("Bearer {secret}")))
             .map(|v| (AUTHORIZATION.as_str(), v)),
@@ -182,7 +197,10 @@ pub async fn attempt(
         // An error body is only read for its code and message.
         let body =
             read_body(response, limits.max_body.min(ERROR_BODY_LIMIT), limits.deadline).await.unwrap_or_default();
-        let class = classify_response(status, &body);
+        let (class, body) = match &translation {
+            Some(t) => t.error(status, &body),
+            None => (classify_response(status, &body), body),
+        };
         return Err(AttemptFailure {
             class,
             status: Some(status),
@@ -201,6 +219,9 @@ pub async fn attempt(
         .is_some_and(|v| v.starts_with("text/event-stream"));
     if stream && is_sse {
         let mut reader = SseReader::new(response.bytes_stream(), limits.max_event);
+        if let Some(t) = &translation {
+            reader = reader.translated(t.stream());
+        }
         loop {
             let next = tokio::time::timeout_at(limits.first_byte_by.into(), reader.next_event()).await;
             match next {
@@ -231,7 +252,8 @@ pub async fn attempt(
                                 Some("error" | "response.failed")
                             ) =>
                     {
-                        return Err(AttemptFailure::transport(FailureClass::Transient, "in-band stream error"));
+                        let class = reader.failed.unwrap_or(FailureClass::Transient);
+                        return Err(AttemptFailure::transport(class, "in-band stream error"));
                     }
                     EventData::Malformed => continue,
                     _ => return Ok(AttemptOk::Stream { reader, first: event }),
@@ -239,7 +261,10 @@ pub async fn attempt(
             }
         }
     }
-    let body = read_body(response, limits.max_body, limits.deadline).await?;
+    let mut body = read_body(response, limits.max_body, limits.deadline).await?;
+    if let Some(t) = &translation {
+        body = t.answer(&body)?;
+    }
     Ok(AttemptOk::Body { status, usage: usage_in_body(&body), body })
 }
 
@@ -395,17 +420,80 @@ pub struct SseReader {
     /// Bytes of `buffer` already searched for an event's end (a long event arriving in pieces is scanned once).
     scanned: usize,
     ended: bool,
+    /// Another provider's stream: its events become chat chunk events, handed out from `pending`.
+    translator: Option<Box<Translated>>,
+    /// The class of the in-band error a translated stream reported (it is handed out as a chat `{"error"}` event).
+    pub failed: Option<FailureClass>,
+}
+
+struct Translated {
+    translator: StreamTranslator,
+    pending: std::collections::VecDeque<SseEvent>,
+    out: Vec<u8>,
+    /// The provider's answer is complete (or failed): nothing more is read.
+    finished: bool,
 }
 
 impl SseReader {
     /// Events larger than `max_event` bytes are refused, so a hostile upstream cannot grow the buffer without bound.
     pub fn new(stream: impl Stream<Item = reqwest::Result<Bytes>> + Send + 'static, max_event: usize) -> Self {
-        Self { stream: Box::pin(stream), max_event, buffer: BytesMut::with_capacity(4096), scanned: 0, ended: false }
+        Self {
+            stream: Box::pin(stream),
+            max_event,
+            buffer: BytesMut::with_capacity(4096),
+            scanned: 0,
+            ended: false,
+            translator: None,
+            failed: None,
+        }
+    }
+
+    /// The same stream read through `translator`: `next_event` hands out chat completion chunk events (and
+    /// `data: [DONE]` once the provider's answer is complete).
+    pub fn translated(mut self, translator: StreamTranslator) -> Self {
+        let pending = std::collections::VecDeque::new();
+        self.translator = Some(Box::new(Translated { translator, pending, out: Vec::new(), finished: false }));
+        self
     }
 
     /// The next complete event; `Ok(None)` at a clean end of stream; `Err` when the connection broke or an event
     /// outgrew the limit.
     pub async fn next_event(&mut self) -> Result<Option<SseEvent>, SseError> {
+        if self.translator.is_none() {
+            return self.next_raw().await;
+        }
+        loop {
+            let Some(t) = self.translator.as_deref_mut() else { return Ok(None) };
+            if let Some(event) = t.pending.pop_front() {
+                return Ok(Some(event));
+            }
+            if t.finished {
+                return Ok(None);
+            }
+            let Some(raw) = self.next_raw().await? else { return Ok(None) };
+            let Some(t) = self.translator.as_deref_mut() else { return Ok(None) };
+            t.out.clear();
+            match t.translator.event(&raw, &mut t.out) {
+                Ok(StreamStatus::Continue) => {}
+                Ok(StreamStatus::Finished) => t.finished = true,
+                Ok(StreamStatus::Failed { class, message }) => {
+                    t.finished = true;
+                    self.failed = Some(class);
+                    t.pending.push_back(parse_event(stream_error_event(class, &message)));
+                    continue;
+                }
+                // Like an OpenAI stream's malformed chunk: skipped.
+                Err(_) => continue,
+            }
+            // Complete events, each ending with a blank line: one buffer, sliced without copies.
+            let mut all = Bytes::from(std::mem::take(&mut t.out));
+            while let Some(end) = find_blank_line(&all) {
+                t.pending.push_back(parse_event(all.split_to(end + 2)));
+            }
+        }
+    }
+
+    async fn next_raw(&mut self) -> Result<Option<SseEvent>, SseError> {
         loop {
             let from = self.scanned.saturating_sub(1).min(self.buffer.len());
             if let Some(end) = find_blank_line(&self.buffer[from..]).map(|i| i + from) {

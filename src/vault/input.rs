@@ -87,13 +87,15 @@ pub enum KeyInput {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderKeyInput {
-    /// `openai` (also any OpenAI-compatible server via `base_url`) or `azure`.
+    /// `openai` (also any OpenAI-compatible server via `base_url`), `azure`, `anthropic` or `gemini`.
     #[schema(example = "openai")]
     pub provider: String,
     /// The secret. Stored encrypted; never returned.
     #[schema(pattern = r"^\s*[!-~]{1,512}\s*$")]
     pub key: String,
-    /// OpenAI only: an OpenAI-compatible base URL (https, allowlisted host). Default: OpenAI's.
+    /// `openai`, `anthropic`, `gemini`: the API's base URL (https, allowlisted host), as the provider's SDK takes it.
+    /// Default: the provider's own (`https://api.openai.com/v1`, `https://api.anthropic.com`,
+    /// `https://generativelanguage.googleapis.com`); for `openai`, any OpenAI-compatible server.
     pub base_url: Option<String>,
     /// Azure only: `https://NAME.openai.azure.com`.
     pub endpoint: Option<String>,
@@ -244,6 +246,10 @@ impl fmt::Debug for ProviderKeyInput {
 pub enum Provider {
     Openai,
     Azure,
+    /// Anthropic's Messages API (the engine translates chat completions to it).
+    Anthropic,
+    /// Google's Gemini API (`generateContent`; the engine translates chat completions to it).
+    Gemini,
 }
 
 impl Provider {
@@ -251,6 +257,8 @@ impl Provider {
         match self {
             Self::Openai => "openai",
             Self::Azure => "azure",
+            Self::Anthropic => "anthropic",
+            Self::Gemini => "gemini",
         }
     }
 
@@ -258,6 +266,8 @@ impl Provider {
         match text {
             "openai" => Some(Self::Openai),
             "azure" => Some(Self::Azure),
+            "anthropic" => Some(Self::Anthropic),
+            "gemini" => Some(Self::Gemini),
             _ => None,
         }
     }
@@ -486,7 +496,7 @@ fn parse_key(param: &str, value: serde_json::Value, egress: &EgressPolicy) -> Re
         }
     };
     let provider = Provider::parse(&input.provider)
-        .ok_or_else(|| invalid(format!("{param}.provider"), "must be `openai` or `azure`"))?;
+        .ok_or_else(|| invalid(format!("{param}.provider"), "must be `openai`, `azure`, `anthropic` or `gemini`"))?;
     let secret = parse_secret(&format!("{param}.key"), input.key)?;
     let url = |field: &str, text: &str| {
         egress
@@ -495,7 +505,7 @@ fn parse_key(param: &str, value: serde_json::Value, egress: &EgressPolicy) -> Re
             .map_err(|e| invalid(format!("{param}.{field}"), e.to_string()))
     };
     let target = match provider {
-        Provider::Openai => {
+        Provider::Openai | Provider::Anthropic | Provider::Gemini => {
             for (field, present) in [
                 ("endpoint", input.endpoint.is_some()),
                 ("api_version", input.api_version.is_some()),
@@ -719,7 +729,10 @@ mod tests {
 
     fn egress() -> EgressPolicy {
         EgressPolicy::new(
-            vec![HostPattern::parse("api.openai.com").unwrap(), HostPattern::parse("*.openai.azure.com").unwrap()],
+            ["api.openai.com", "*.openai.azure.com", "generativelanguage.googleapis.com"]
+                .into_iter()
+                .map(|h| HostPattern::parse(h).unwrap())
+                .collect(),
             false,
         )
     }
@@ -751,6 +764,13 @@ mod tests {
         assert_eq!(set.keys[0].provider, Provider::Openai);
         assert_eq!(set.keys[1].target.base_url.as_deref(), Some("https://api.openai.com/v1"));
         assert_eq!(set.keys[2].provider, Provider::Azure);
+        let more = create(json!({"user_email": "a@b.co", "keys": [
+            {"provider": "anthropic", "key": KEY},
+            {"provider": "gemini", "key": KEY, "base_url": "https://generativelanguage.googleapis.com/"},
+        ]}))
+        .unwrap();
+        assert_eq!((more.keys[0].provider, more.keys[1].provider), (Provider::Anthropic, Provider::Gemini));
+        assert_eq!(more.keys[1].target.base_url.as_deref(), Some("https://generativelanguage.googleapis.com"));
         assert_eq!(set.keys[2].target.endpoint.as_deref(), Some("https://name.openai.azure.com"));
         assert_eq!(set.keys[0].masked(), "sk-...cdef");
         assert_eq!(set.policy.fallback_strategy, vec!["gpt-4o", "gpt-4o-mini"]);
@@ -782,7 +802,15 @@ mod tests {
             (json!({"user_email": "a@b.co", "keys": [""]}), "keys[0].key"),
             (json!({"user_email": "a@b.co", "keys": [42]}), "keys[0]"),
             (json!({"user_email": "a@b.co", "keys": [KEY, KEY]}), "keys[1]"),
-            (json!({"user_email": "a@b.co", "keys": [{"provider": "anthropic", "key": KEY}]}), "keys[0].provider"),
+            (json!({"user_email": "a@b.co", "keys": [{"provider": "cohere", "key": KEY}]}), "keys[0].provider"),
+            (
+                json!({"user_email": "a@b.co", "keys": [{"provider": "gemini", "key": KEY, "api_version": "2024-10-21"}]}),
+                "keys[0].api_version",
+            ),
+            (
+                json!({"user_email": "a@b.co", "keys": [{"provider": "anthropic", "key": KEY, "base_url": "http://api.anthropic.com"}]}),
+                "keys[0].base_url",
+            ),
             (json!({"user_email": "a@b.co", "keys": [{"provider": "openai", "key": KEY, "extra": 1}]}), "keys[0]"),
             (
                 json!({"user_email": "a@b.co", "keys": [{"provider": "openai", "key": KEY, "base_url": "http://api.openai.com"}]}),
@@ -1056,7 +1084,7 @@ mod tests {
         let anything = object_of(
             0.5,
             vec![
-                ("provider", or_junk(strings(&["openai", "azure", "anthropic", "OpenAI"]))),
+                ("provider", or_junk(strings(&["openai", "azure", "anthropic", "gemini", "cohere", "OpenAI"]))),
                 ("key", secret()),
                 ("base_url", or_junk(strings(urls))),
                 ("endpoint", or_junk(strings(urls))),
@@ -1264,6 +1292,12 @@ mod tests {
                     }
                 }
                 Provider::Openai => {}
+                Provider::Anthropic | Provider::Gemini
+                    if k.target.endpoint.is_some() || k.target.deployments.is_some() =>
+                {
+                    return Err("azure fields on an anthropic or gemini key".into());
+                }
+                Provider::Anthropic | Provider::Gemini => {}
             }
         }
         Ok(())

@@ -168,6 +168,16 @@ pub fn anthropic_request(
         .and_then(Value::as_array)
         .ok_or_else(|| Unsupported::new("messages", "`messages` must be an array"))?;
     turns(messages, &mut req)?;
+    // A final assistant turn is a prefill, which Anthropic refuses when it ends with whitespace.
+    if let Some(last) = req.messages.last_mut().filter(|t| t.role == "assistant") {
+        if let Some(Block::Text { text }) = last.content.last_mut() {
+            *text = text.trim_end();
+        }
+        last.content.retain(|b| !matches!(b, Block::Text { text } if text.is_empty()));
+        if last.content.is_empty() {
+            req.messages.pop();
+        }
+    }
     if req.messages.is_empty() {
         return Err(Unsupported::new("messages", "Anthropic needs at least one user or assistant message"));
     }

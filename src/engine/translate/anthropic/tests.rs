@@ -576,3 +576,24 @@ fn anthropic_errors_are_classified() {
     }
     assert_eq!(classify_anthropic(502, b"\xff\xfe"), Transient);
 }
+
+#[test]
+fn a_prefill_loses_its_trailing_whitespace_and_an_empty_one_is_dropped() {
+    let body = request(json!({"messages": [
+        {"role": "user", "content": "Count to five."},
+        {"role": "assistant", "content": "One, two, \n"},
+    ]}));
+    assert_eq!(body["messages"][1], json!({"role": "assistant", "content": [{"type": "text", "text": "One, two,"}]}));
+    let body = request(json!({"messages": [
+        {"role": "user", "content": "Count to five."},
+        {"role": "assistant", "content": "  "},
+    ]}));
+    assert_eq!(body["messages"].as_array().unwrap().len(), 1, "{body}");
+    // Earlier assistant turns keep their text as it is.
+    let body = request(json!({"messages": [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b "},
+        {"role": "user", "content": "c"},
+    ]}));
+    assert_eq!(body["messages"][1]["content"][0]["text"], "b ");
+}
