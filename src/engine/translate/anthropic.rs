@@ -3,10 +3,7 @@
 mod answer;
 mod request;
 
-// Unused until the provider step wires them in (`dead_code` does not cover re-exports).
-#[allow(unused_imports)]
 pub use answer::{AnthropicStream, anthropic_response, classify_anthropic};
-#[allow(unused_imports)]
 pub use request::anthropic_request;
 
 #[cfg(test)]

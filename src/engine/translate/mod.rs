@@ -2,8 +2,6 @@
 //! request bodies out, answers and stream events back in the OpenAI shape. Whatever has no equivalent upstream is
 //! refused with the field it came from ([`Unsupported`]), never dropped; fields that cannot change the answer
 //! (`user`, `store`, `metadata`, …) are the only ones ignored.
-// Wired in by the provider step of issue 9; until then only the tests call it.
-#![allow(dead_code)]
 
 pub mod anthropic;
 pub mod gemini;
