@@ -19,8 +19,8 @@ pub struct Model {
     pub object: &'static str,
     /// Always 0: the gateway does not know when the provider published the model.
     pub created: u64,
-    /// `openai`, `azure` (a deployment mapped in an Azure key) or `custom` (a `fallback_strategy` model
-    /// reached through a key's custom base URL).
+    /// `openai`, `azure` (a deployment mapped in an Azure key), `custom` (a `fallback_strategy` model
+    /// reached through a key's custom base URL), `anthropic` or `gemini` (models of those providers, for their keys).
     #[schema(example = "openai")]
     pub owned_by: &'static str,
 }
