@@ -6,6 +6,7 @@
 //!     DATABASE_URL=... cargo bench --bench gateway -- [--mock-port N] [--litellm-url URL --litellm-key KEY]
 //!         [--baseline-bin PATH]...  # also measure other builds (e.g. the previous commit's) in the same run
 //!         [--wire-only]           # only the streamed / plain × 1 / 50 connections rows
+//!         [--translation-only]    # only the translated-Anthropic vs pass-through rows
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, clippy::panic)]
 
 mod harness;
@@ -89,6 +90,14 @@ async fn run() {
         idle_rss.push(rss_kib(gw.pid));
     }
     let gw_addr = gateways[0].addr;
+    if std::env::args().any(|a| a == "--translation-only") {
+        translation_rows(mock_addr, mock_pid, &gateways[0]).await;
+        drop(guard);
+        for gw in gateways {
+            gw.db.drop().await;
+        }
+        return;
+    }
     if std::env::args().any(|a| a == "--wire-only") {
         // Only the streamed / plain rows (for profiling runs).
         wire_rows(mock_addr, mock_pid, &gateways).await;
@@ -148,6 +157,7 @@ async fn run() {
         max_rows.push(g);
     }
     wire_rows(mock_addr, mock_pid, &gateways).await;
+    translation_rows(mock_addr, mock_pid, &gateways[0]).await;
 
     // The same load with the semantic cache on (write-through of every answer; repeats are recognised in memory).
     let caching_token = harness::create_token(
@@ -332,4 +342,77 @@ fn print_wire(row: &str, label: &str, s: &Stats, mock: &Stats, cpu: Duration) {
         100.0 * s.throughput() / mock.throughput().max(0.001),
         cpu.as_secs_f64() * 1e6
     );
+}
+
+const CLAUDE_CHAT: &str = r#"{"model":"claude-sonnet-4-5","messages":[{"role":"user","content":"Say the alphabet."}]}"#;
+const CLAUDE_STREAM: &str =
+    r#"{"model":"claude-sonnet-4-5","stream":true,"messages":[{"role":"user","content":"Say the alphabet."}]}"#;
+/// The same question in Anthropic's own dialect, sent to the mock directly.
+const MESSAGES: &str = r#"{"model":"claude-sonnet-4-5","max_tokens":8192,"messages":[{"role":"user","content":[{"type":"text","text":"Say the alphabet."}]}]}"#;
+const MESSAGES_STREAM: &str = r#"{"model":"claude-sonnet-4-5","max_tokens":8192,"stream":true,"messages":[{"role":"user","content":[{"type":"text","text":"Say the alphabet."}]}]}"#;
+const TRANSLATION_REQUESTS: usize = 3_000;
+
+/// What translation costs: the same answer through the gateway as an OpenAI pass-through (`gpt-4o` on an OpenAI key)
+/// and translated from Anthropic (`claude-sonnet-4-5` on an Anthropic key), each next to the mock answering its own
+/// dialect directly. The gateway's cost is (through − direct) at p50 on one connection, and its own CPU per request
+/// at 50 connections; the translated extra is the difference between the two rows.
+async fn translation_rows(mock_addr: SocketAddr, mock_pid: u32, gw: &Gateway) {
+    let claude = harness::create_token(
+        gw.addr,
+        &json!({"user_email": "bench@example.com",
+                "keys": [{"provider": "anthropic", "key": "sk-ant-bench-00000000000000000000000", "base_url": format!("http://{mock_addr}")}]}),
+    )
+    .await;
+    let anthropic_headers = [("x-api-key", "sk-ant-bench-direct"), ("anthropic-version", "2023-06-01")];
+    println!("\n## Translation cost: Anthropic answers translated to chat completions vs OpenAI pass-through\n");
+    println!(
+        "| answer | path | p50 1 conn (ms) | p99 1 conn (ms) | gateway p50 cost (µs) | req/s 50 conns | CPU µs / request (the target's) |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    let mut costs = Vec::new();
+    for (kind, openai, translated, native) in
+        [("plain", CHAT, CLAUDE_CHAT, MESSAGES), ("streamed", STREAM, CLAUDE_STREAM, MESSAGES_STREAM)]
+    {
+        let rows = [
+            (
+                "OpenAI pass-through",
+                loadgen::request("/v1/chat/completions", mock_addr, Some("sk-bench-direct"), &[], openai),
+                loadgen::request("/v1/chat/completions", gw.addr, Some(&gw.token), &[], openai),
+            ),
+            (
+                "Anthropic translated",
+                loadgen::request("/v1/messages", mock_addr, None, &anthropic_headers, native),
+                loadgen::request("/v1/chat/completions", gw.addr, Some(&claude), &[], translated),
+            ),
+        ];
+        let mut cpu_of = Vec::new();
+        for (label, direct, through) in rows {
+            loadgen::sequential(gw.addr, through.clone(), 300).await;
+            let d = loadgen::sequential(mock_addr, direct.clone(), TRANSLATION_REQUESTS).await;
+            let t = loadgen::sequential(gw.addr, through.clone(), TRANSLATION_REQUESTS).await;
+            let (dm, dcpu) = measured(mock_pid, loadgen::max_throughput(mock_addr, direct, RUN, 50)).await;
+            let (tm, tcpu) = measured(gw.pid, loadgen::max_throughput(gw.addr, through, RUN, 50)).await;
+            let cost = t.percentile(0.5).saturating_sub(d.percentile(0.5));
+            for (path, s, m, cpu, c) in
+                [("mock direct", &d, &dm, dcpu, None), ("via reliablegpt", &t, &tm, tcpu, Some(cost))]
+            {
+                println!(
+                    "| {kind}, {label} | {path} | {} | {} | {} | {:.0} | {:.1} |",
+                    ms(s.percentile(0.5)),
+                    ms(s.percentile(0.99)),
+                    c.map_or(String::new(), |c| format!("{:.0}", c.as_secs_f64() * 1e6)),
+                    m.throughput(),
+                    cpu.as_secs_f64() * 1e6,
+                );
+                if s.errors > 0 || m.errors > 0 {
+                    println!("|   ({} + {} errors in that row) | | | | | | |", s.errors, m.errors);
+                }
+            }
+            costs.push(cost);
+            cpu_of.push(tcpu);
+        }
+        let extra_p50 = costs[costs.len() - 1].as_secs_f64() - costs[costs.len() - 2].as_secs_f64();
+        let extra_cpu = cpu_of[1].as_secs_f64() - cpu_of[0].as_secs_f64();
+        println!("| {kind}: translated − pass-through | | | | {:.0} | | {:.1} |", extra_p50 * 1e6, extra_cpu * 1e6);
+    }
 }
