@@ -61,6 +61,17 @@ pub enum Behavior {
     /// Streaming: the whole answer and the `finish_reason: "stop"` chunk but no `data: [DONE]`; the chunked body is
     /// ended properly. Non-streaming: healthy.
     MissingDone,
+    /// Streaming: `after_tokens` content pieces, then the dialect's in-band error and the end of the body (the stream
+    /// fails midway, as an overloaded model's does): Anthropic `event: error` with `{"type":"error","error":{..}}`
+    /// (type by `status`), Gemini a last `data: {"error":{"code","message","status"}}`, OpenAI chat and completions
+    /// `data: {"error":{..}}` without `[DONE]`, the Responses API an `error` event; speech is cut. `status` defaults
+    /// to the dialect's overload: 529 (Anthropic), 503 (Gemini), 500 (OpenAI). Non-streaming: that error as the HTTP
+    /// status with the dialect's body.
+    StreamError {
+        after_tokens: u32,
+        #[serde(default)]
+        status: Option<u16>,
+    },
     /// 400 `invalid_request_error` when the last message is an assistant prefill, with the message of models that never
     /// accept prefill; any other request is served healthily, including an instruction to continue (a last user turn
     /// quoting the cut-off answer). One step refuses one prefill; for a model that refuses every prefill see
@@ -189,7 +200,9 @@ mod tests {
             {"kind": "context_limit", "max_tokens": 10, "with_code": false},
             {"kind": "reset_before_headers"},
             {"kind": "stream_cut", "after_tokens": 3},
-            {"kind": "flapping", "down_ms": 1, "up_ms": 2}
+            {"kind": "flapping", "down_ms": 1, "up_ms": 2},
+            {"kind": "stream_error", "after_tokens": 2},
+            {"kind": "stream_error", "after_tokens": 0, "status": 500}
         ]))
         .unwrap();
         assert_eq!(steps[0], Behavior::ok());
@@ -199,6 +212,8 @@ mod tests {
         assert_eq!((message.as_str(), param, retry_after.as_deref()), ("", &None, Some("2")));
         assert_eq!(steps[3], Behavior::ContextLimit { max_tokens: 10, with_code: false });
         assert_eq!(steps[6], Behavior::Flapping { down_ms: 1, up_ms: 2 });
+        assert_eq!(steps[7], Behavior::StreamError { after_tokens: 2, status: None });
+        assert_eq!(steps[8], Behavior::StreamError { after_tokens: 0, status: Some(500) });
         assert!(serde_json::from_value::<Behavior>(json!({"kind": "nope"})).is_err());
     }
 

@@ -13,10 +13,14 @@ use tokio::net::TcpStream;
 
 use super::answers::{self, DONE_EVENT, FULL_ANSWER, MALFORMED_EVENT, MODELS_BODY, StreamEvents};
 use super::behavior::{self, Behavior};
+use super::dialect::{self, Dialect, Stop, Turn};
 use super::http::{self, BodyKind, Head, Method, ParseError};
 use super::responses::{self as resp, ResponsesEvents, Stored};
 use super::surface::{self, SurfaceCall};
 use super::{SeenRequest, Shared, StreamGuard};
+use super::{anthropic, gemini};
+
+mod native;
 
 const JSON: &str = "application/json";
 
@@ -72,6 +76,25 @@ enum Endpoint {
     Images,
     Speech,
     Transcriptions,
+    /// Anthropic's `POST /v1/messages`.
+    Messages,
+    /// Gemini's `…:generateContent`.
+    GenerateContent,
+    /// Gemini's `…:streamGenerateContent` (`sse`: with `alt=sse`).
+    StreamGenerateContent {
+        sse: bool,
+    },
+}
+
+impl Endpoint {
+    fn dialect(self, azure: bool) -> Dialect {
+        match self {
+            Endpoint::Messages => Dialect::Anthropic,
+            Endpoint::GenerateContent | Endpoint::StreamGenerateContent { .. } => Dialect::Gemini,
+            _ if azure => Dialect::Azure,
+            _ => Dialect::OpenAi,
+        }
+    }
 }
 
 /// A call about a stored Responses API response.
@@ -96,12 +119,43 @@ enum ControlOp {
 }
 
 enum Route {
-    Api { endpoint: Endpoint, deployment: Option<String> },
+    Api {
+        endpoint: Endpoint,
+        deployment: Option<String>,
+    },
     Models,
-    Stored { id: String, op: StoredOp },
+    Stored {
+        id: String,
+        op: StoredOp,
+    },
     Control(ControlOp),
     AzureNotFound,
+    /// An unknown path under Gemini's `/v1beta/`.
+    GeminiNotFound,
     NotFound,
+}
+
+/// `POST /v1beta/models/{model}:generateContent` and `…:streamGenerateContent` (also under `/v1/`): the endpoint and
+/// the model.
+fn gemini_route(method: Method, path: &str, query: &str) -> Option<Route> {
+    let rest = path.strip_prefix("/v1beta/models/").or_else(|| path.strip_prefix("/v1/models/"))?;
+    let (model, op) = rest.rsplit_once(':')?;
+    let sse = query.split('&').any(|pair| pair == "alt=sse");
+    let endpoint = match op {
+        "generateContent" => Endpoint::GenerateContent,
+        "streamGenerateContent" => Endpoint::StreamGenerateContent { sse },
+        _ => return Some(Route::GeminiNotFound),
+    };
+    if method != Method::Post || model.is_empty() || model.contains('/') {
+        return Some(Route::GeminiNotFound);
+    }
+    Some(Route::Api { endpoint, deployment: Some(model.to_owned()) })
+}
+
+/// The `key` query parameter (Gemini accepts the key there too).
+fn query_key(target: &str) -> Option<String> {
+    let query = target.split_once('?')?.1;
+    query.split('&').find_map(|pair| pair.strip_prefix("key=")).filter(|k| !k.is_empty()).map(str::to_owned)
 }
 
 fn route(method: Method, target: &str) -> Route {
@@ -150,6 +204,12 @@ fn route(method: Method, target: &str) -> Route {
         }
         return Route::Stored { id: id.to_owned(), op };
     }
+    if let Some(route) = gemini_route(method, path, query) {
+        return route;
+    }
+    if path.starts_with("/v1beta/") {
+        return Route::GeminiNotFound;
+    }
     let endpoint = match (method, path) {
         (Method::Post, "/v1/responses") => Endpoint::Responses,
         (Method::Post, "/v1/chat/completions") => Endpoint::Chat,
@@ -159,6 +219,7 @@ fn route(method: Method, target: &str) -> Route {
         (Method::Post, "/v1/images/generations") => Endpoint::Images,
         (Method::Post, "/v1/audio/speech") => Endpoint::Speech,
         (Method::Post, "/v1/audio/transcriptions") => Endpoint::Transcriptions,
+        (Method::Post, "/v1/messages") => Endpoint::Messages,
         (Method::Get, "/v1/models") => return Route::Models,
         _ => return Route::NotFound,
     };
@@ -168,17 +229,20 @@ fn route(method: Method, target: &str) -> Route {
 /// What a healthy answer needs from the request.
 struct Call {
     endpoint: Endpoint,
+    dialect: Dialect,
     model: String,
     stream: bool,
     include_usage: bool,
     prompt_tokens: u32,
     last_is_assistant: bool,
     answer: &'static str,
-    embed: Option<Embed>,
+    embed: Option<Box<Embed>>,
     /// Responses API only (boxed: the other endpoints need none of it).
     responses: Option<Box<ResponsesCall>>,
     /// Moderations, images and speech ([`surface`]).
     surface: Option<Box<SurfaceCall>>,
+    /// Anthropic and Gemini: how the answer ends.
+    turn: Option<Box<Turn>>,
 }
 
 /// What a Responses API answer needs from the request.
@@ -199,7 +263,7 @@ struct Embed {
 
 /// A 400 `invalid_request_error` for a request the real API would refuse.
 struct Rejection {
-    message: &'static str,
+    message: std::borrow::Cow<'static, str>,
     param: Option<&'static str>,
     code: Option<&'static str>,
 }
@@ -214,9 +278,17 @@ impl Call {
         self.responses.as_ref().is_some_and(|r| r.store)
     }
 
-    fn new(endpoint: Endpoint, body: &Value, model: String, stream: bool, key: &str) -> Result<Call, Rejection> {
+    fn new(
+        endpoint: Endpoint,
+        dialect: Dialect,
+        body: &Value,
+        model: String,
+        stream: bool,
+        key: &str,
+    ) -> Result<Call, Rejection> {
         let mut call = Call {
             endpoint,
+            dialect,
             model,
             stream: stream && endpoint != Endpoint::Embeddings,
             include_usage: body.pointer("/stream_options/include_usage").and_then(Value::as_bool) == Some(true),
@@ -226,8 +298,27 @@ impl Call {
             embed: None,
             responses: None,
             surface: None,
+            turn: None,
         };
+        let invalid = |message| Rejection { message, param: None, code: None };
         match endpoint {
+            Endpoint::Messages => {
+                let r = anthropic::parse(body).map_err(invalid)?;
+                call.prompt_tokens = r.prompt_tokens;
+                call.last_is_assistant = r.last_is_assistant;
+                call.answer = r.answer;
+                call.turn = Some(Box::new(Turn { stop: r.stop }));
+            }
+            Endpoint::GenerateContent | Endpoint::StreamGenerateContent { .. } => {
+                if endpoint == (Endpoint::StreamGenerateContent { sse: false }) {
+                    return Err(invalid(gemini::ARRAY_STREAM_UNSUPPORTED.into()));
+                }
+                let r = gemini::parse(body).map_err(invalid)?;
+                call.prompt_tokens = r.prompt_tokens;
+                call.last_is_assistant = r.last_is_model;
+                call.answer = r.answer;
+                call.turn = Some(Box::new(Turn { stop: r.stop }));
+            }
             Endpoint::Moderations | Endpoint::Images | Endpoint::Speech | Endpoint::Transcriptions => {
                 let parsed = match endpoint {
                     Endpoint::Moderations => surface::moderation(body),
@@ -235,7 +326,8 @@ impl Call {
                     Endpoint::Transcriptions => surface::transcription(body),
                     _ => surface::speech(body),
                 };
-                let parsed = parsed.map_err(|(message, param, code)| Rejection { message, param, code })?;
+                let parsed =
+                    parsed.map_err(|(message, param, code)| Rejection { message: message.into(), param, code })?;
                 call.prompt_tokens = answers::tokens_of_chars(parsed.chars());
                 // Speech is sent in chunks, so the stream faults (cut, stall, slow first bytes) apply to it.
                 call.stream = endpoint == Endpoint::Speech;
@@ -250,14 +342,14 @@ impl Call {
                 }));
                 if r.input.is_null() && r.previous.is_none() {
                     return Err(Rejection {
-                        message: "Missing required parameter: 'input'.",
+                        message: "Missing required parameter: 'input'.".into(),
                         param: Some("input"),
                         code: Some("missing_required_parameter"),
                     });
                 }
                 if !matches!(r.input, Value::Null | Value::String(_) | Value::Array(_)) {
                     return Err(Rejection {
-                        message: "Invalid type for 'input': expected one of a string or array of input items.",
+                        message: "Invalid type for 'input': expected one of a string or array of input items.".into(),
                         param: Some("input"),
                         code: Some("invalid_type"),
                     });
@@ -267,7 +359,7 @@ impl Call {
             Endpoint::Chat => {
                 let Some(messages) = body.get("messages").and_then(Value::as_array) else {
                     return Err(Rejection {
-                        message: "Missing required parameter: 'messages'.",
+                        message: "Missing required parameter: 'messages'.".into(),
                         param: Some("messages"),
                         code: Some("missing_required_parameter"),
                     });
@@ -301,7 +393,7 @@ impl Call {
             Endpoint::Embeddings => {
                 let Some(input) = body.get("input") else {
                     return Err(Rejection {
-                        message: "Missing required parameter: 'input'.",
+                        message: "Missing required parameter: 'input'.".into(),
                         param: Some("input"),
                         code: Some("missing_required_parameter"),
                     });
@@ -309,7 +401,8 @@ impl Call {
                 let Some(seeds) = answers::embedding_seeds(input) else {
                     return Err(Rejection {
                         message: "'$.input' is invalid. Please check the API reference: \
-                                  https://platform.openai.com/docs/api-reference.",
+                                  https://platform.openai.com/docs/api-reference."
+                            .into(),
                         param: None,
                         code: None,
                     });
@@ -320,7 +413,8 @@ impl Call {
                         Some(d @ 1..=16_384) => d as usize,
                         _ => {
                             return Err(Rejection {
-                                message: "Invalid value for 'dimensions': must be an integer between 1 and 16384.",
+                                message: "Invalid value for 'dimensions': must be an integer between 1 and 16384."
+                                    .into(),
                                 param: Some("dimensions"),
                                 code: Some("invalid_value"),
                             });
@@ -329,7 +423,7 @@ impl Call {
                 };
                 let base64 = body.get("encoding_format").and_then(Value::as_str) == Some("base64");
                 call.prompt_tokens = answers::tokens_of_chars(answers::input_chars(input));
-                call.embed = Some(Embed { seeds, dims, base64 });
+                call.embed = Some(Box::new(Embed { seeds, dims, base64 }));
             }
         }
         Ok(call)
@@ -345,7 +439,18 @@ enum Mode {
     Malformed(u32),
     MissingDone,
     Burst,
+    /// After n pieces, the dialect's in-band error event for this status, then the end of the body.
+    InBandError(u32, u16),
 }
+
+/// The bytes a dialect's stream faults write.
+#[derive(Clone, Copy)]
+struct Framing {
+    malformed: &'static [u8],
+    keep_alive: &'static [u8],
+}
+
+const OPENAI_FRAMING: Framing = Framing { malformed: MALFORMED_EVENT, keep_alive: b": keep-alive\n\n" };
 
 enum Action {
     /// `out` holds a complete response: write it after `delay`.
@@ -364,6 +469,8 @@ enum Verdict {
     MissingKey,
     InvalidKey(String),
     NoQuota,
+    /// Anthropic without an `anthropic-version` header.
+    NoVersion,
     Models,
     BadJson,
     NoModel,
@@ -387,6 +494,11 @@ struct KeyBody {
 #[derive(Deserialize)]
 struct TargetBody {
     target: String,
+}
+
+/// The stock message of an error with `status` in `dialect`.
+fn stock_message(dialect: Dialect, status: u16) -> &'static str {
+    if dialect.is_native() { dialect::default_message(dialect, status) } else { behavior::default_message(status) }
 }
 
 fn unix_now() -> u64 {
@@ -524,7 +636,7 @@ impl Conn {
         let keep_alive = head.keep_alive;
         let send = Action::Send { delay: Duration::ZERO, keep_alive };
         let route = route(head.method, &head.target);
-        let routed = !matches!(route, Route::NotFound | Route::AzureNotFound);
+        let routed = !matches!(route, Route::NotFound | Route::AzureNotFound | Route::GeminiNotFound);
         let (endpoint, deployment) = match route {
             Route::Control(op) => {
                 self.control(op, head.method, body, keep_alive);
@@ -544,11 +656,22 @@ impl Conn {
                 self.reply_azure_error(404, keep_alive, "Resource not found");
                 (None, None)
             }
+            Route::GeminiNotFound => {
+                self.reply_error(Dialect::Gemini, 404, None, gemini::NOT_FOUND, None, keep_alive);
+                (None, None)
+            }
             Route::Models => (None, None),
             Route::Api { endpoint, deployment } => (Some(endpoint), deployment),
         };
-        let azure = deployment.is_some();
-        let key = if azure { head.api_key.or(head.bearer) } else { head.bearer };
+        let dialect = endpoint.map_or(Dialect::OpenAi, |e| e.dialect(deployment.is_some()));
+        let azure = dialect == Dialect::Azure;
+        let versioned = dialect != Dialect::Anthropic || head.anthropic_version.is_some();
+        let key = match dialect {
+            Dialect::OpenAi => head.bearer,
+            Dialect::Azure => head.api_key.or(head.bearer),
+            Dialect::Anthropic => head.x_api_key,
+            Dialect::Gemini => head.goog_api_key.or_else(|| query_key(&head.target)),
+        };
         let body_ok = body.is_some();
         let body = body.unwrap_or(Value::Null);
         let model = deployment.or_else(|| body.get("model").and_then(Value::as_str).map(str::to_owned)).or_else(|| {
@@ -559,11 +682,15 @@ impl Conn {
                 _ => None,
             }
         });
-        let stream = body.get("stream").and_then(Value::as_bool) == Some(true);
+        let stream = match endpoint {
+            Some(Endpoint::StreamGenerateContent { .. }) => true,
+            Some(Endpoint::GenerateContent) => false,
+            _ => body.get("stream").and_then(Value::as_bool) == Some(true),
+        };
         // Built before taking the lock; only used when the key and JSON checks pass.
         let call = match (endpoint, &model) {
             (Some(endpoint), Some(model)) if body_ok && routed => {
-                Some(Call::new(endpoint, &body, model.clone(), stream, key.as_deref().unwrap_or_default()))
+                Some(Call::new(endpoint, dialect, &body, model.clone(), stream, key.as_deref().unwrap_or_default()))
             }
             _ => None,
         };
@@ -578,6 +705,7 @@ impl Conn {
                     None => Verdict::MissingKey,
                     Some(k) if state.invalid_keys.contains(k) => Verdict::InvalidKey(answers::mask_key(k)),
                     Some(k) if state.no_quota_keys.contains(k) => Verdict::NoQuota,
+                    Some(_) if !versioned => Verdict::NoVersion,
                     Some(_) if endpoint.is_none() => Verdict::Models,
                     Some(_) if !body_ok => Verdict::BadJson,
                     Some(k) => match call {
@@ -603,6 +731,11 @@ impl Conn {
 
         match verdict {
             Verdict::Answered => send,
+            Verdict::Step(call, step) => self.behave(call, step, keep_alive),
+            verdict if dialect.is_native() => {
+                self.native_refusal(dialect, verdict, keep_alive);
+                send
+            }
             Verdict::MissingKey if azure => {
                 self.reply_azure_error(
                     401,
@@ -682,7 +815,12 @@ impl Conn {
                 send
             }
             Verdict::Rejected(r) => {
-                self.reply_openai_error(400, keep_alive, r.message, "invalid_request_error", r.param, r.code);
+                self.reply_openai_error(400, keep_alive, &r.message, "invalid_request_error", r.param, r.code);
+                send
+            }
+            Verdict::NoVersion => {
+                let message = anthropic::VERSION_REQUIRED;
+                self.reply_openai_error(400, keep_alive, message, "invalid_request_error", None, None);
                 send
             }
             Verdict::PrefillRejected => {
@@ -695,8 +833,59 @@ impl Conn {
                 self.reply_openai_error(404, keep_alive, &message, "invalid_request_error", param, code);
                 send
             }
-            Verdict::Step(call, step) => self.behave(call, step, keep_alive),
         }
+    }
+
+    /// An error in the request's dialect: a native body (see [`dialect::write_error`]) or OpenAI's, whose `type` is
+    /// `kind` (or `server_error`).
+    fn reply_error(
+        &mut self,
+        dialect: Dialect,
+        status: u16,
+        kind: Option<&str>,
+        message: &str,
+        retry_after: Option<&str>,
+        keep_alive: bool,
+    ) {
+        self.ev.clear();
+        if dialect.is_native() {
+            dialect::write_error(&mut self.ev, dialect, status, kind, message, retry_after);
+        } else {
+            answers::write_openai_error(&mut self.ev, message, kind.unwrap_or("server_error"), None, None);
+        }
+        match retry_after {
+            Some(value) => self.reply_json(status, keep_alive, &[("Retry-After", value)]),
+            None => self.reply_json(status, keep_alive, &[]),
+        }
+    }
+
+    /// A native request refused before any script step.
+    fn native_refusal(&mut self, dialect: Dialect, verdict: Verdict, keep_alive: bool) {
+        let gemini = dialect == Dialect::Gemini;
+        let (status, message): (u16, std::borrow::Cow<'static, str>) = match verdict {
+            Verdict::MissingKey if gemini => (403, gemini::MISSING_KEY.into()),
+            Verdict::MissingKey => (401, anthropic::MISSING_KEY.into()),
+            Verdict::InvalidKey(_) if gemini => {
+                self.ev.clear();
+                gemini::write_invalid_key(&mut self.ev);
+                self.reply_json(400, keep_alive, &[]);
+                return;
+            }
+            Verdict::InvalidKey(_) => (401, anthropic::INVALID_KEY.into()),
+            Verdict::NoQuota if gemini => (429, gemini::NO_QUOTA.into()),
+            Verdict::NoQuota => (400, anthropic::NO_CREDIT.into()),
+            Verdict::NoVersion => (400, anthropic::VERSION_REQUIRED.into()),
+            Verdict::BadJson if gemini => (400, gemini::BAD_JSON.into()),
+            Verdict::BadJson => (400, anthropic::BAD_JSON.into()),
+            Verdict::NoModel => (400, anthropic::MODEL_REQUIRED.into()),
+            Verdict::Rejected(r) => (400, r.message),
+            Verdict::PrefillRejected => (400, dialect::prefill_rejected_message(dialect).into()),
+            // Only OpenAI routes get these.
+            Verdict::Answered | Verdict::Models | Verdict::PreviousNotFound(_) | Verdict::Step(..) => {
+                (404, anthropic::NOT_FOUND.into())
+            }
+        };
+        self.reply_error(dialect, status, None, &message, None, keep_alive);
     }
 
     /// Turns a scripted step (none: healthy) into what to do on the socket.
@@ -717,6 +906,13 @@ impl Conn {
                 let pre = Duration::from_millis(latency_ms.saturating_add(jitter));
                 Action::Healthy { call, pre, first: Duration::ZERO, mode: Mode::Normal, keep_alive }
             }
+            Behavior::Error { status, r#type, message, retry_after, .. } if call.dialect.is_native() => {
+                let message =
+                    if message.is_empty() { dialect::default_message(call.dialect, status) } else { &message };
+                let message = message.replace("{model}", &call.model);
+                self.reply_error(call.dialect, status, Some(&r#type), &message, retry_after.as_deref(), keep_alive);
+                send
+            }
             Behavior::Error { status, code, r#type, message, param, retry_after } => {
                 let message = if message.is_empty() { behavior::default_message(status) } else { &message };
                 let message = message.replace("{model}", &call.model);
@@ -726,6 +922,13 @@ impl Conn {
                     Some(value) => self.reply_json(status, keep_alive, &[("Retry-After", &value)]),
                     None => self.reply_json(status, keep_alive, &[]),
                 }
+                send
+            }
+            Behavior::ContextLimit { max_tokens, .. }
+                if call.prompt_tokens > max_tokens && call.dialect.is_native() =>
+            {
+                let message = dialect::context_limit_message(call.dialect, call.prompt_tokens, max_tokens);
+                self.reply_error(call.dialect, 400, None, &message, None, keep_alive);
                 send
             }
             Behavior::ContextLimit { max_tokens, with_code } if call.prompt_tokens > max_tokens => {
@@ -757,6 +960,25 @@ impl Conn {
             Behavior::MalformedChunk { at_token } => healthy(call, Mode::Malformed(at_token)),
             Behavior::StreamBurst => healthy(call, Mode::Burst),
             Behavior::MissingDone => healthy(call, Mode::MissingDone),
+            Behavior::StreamError { after_tokens, status } => {
+                let status = status.unwrap_or(match call.dialect {
+                    Dialect::Anthropic => 529,
+                    Dialect::Gemini => 503,
+                    Dialect::OpenAi | Dialect::Azure => 500,
+                });
+                if stream {
+                    healthy(call, Mode::InBandError(after_tokens, status))
+                } else {
+                    let message = stock_message(call.dialect, status).replace("{model}", &call.model);
+                    self.reply_error(call.dialect, status, None, &message, None, keep_alive);
+                    send
+                }
+            }
+            Behavior::RejectPrefill if call.last_is_assistant && call.dialect.is_native() => {
+                let message = dialect::prefill_rejected_message(call.dialect);
+                self.reply_error(call.dialect, 400, None, message, None, keep_alive);
+                send
+            }
             Behavior::RejectPrefill if call.last_is_assistant => {
                 self.reply_prefill_rejected(keep_alive);
                 send
@@ -765,7 +987,11 @@ impl Conn {
             Behavior::Flapping { down_ms, up_ms } => {
                 let period = u128::from(down_ms) + u128::from(up_ms);
                 let down = period > 0 && set_at.elapsed().as_millis() % period < u128::from(down_ms);
-                if down {
+                if down && call.dialect.is_native() {
+                    let (status, message) = dialect::overloaded(call.dialect);
+                    self.reply_error(call.dialect, status, None, message, None, keep_alive);
+                    send
+                } else if down {
                     let message = behavior::OVERLOADED_MESSAGE;
                     self.reply_openai_error(503, keep_alive, message, "server_error", None, None);
                     send
@@ -910,6 +1136,14 @@ impl Conn {
                     return;
                 }
             }
+            (Endpoint::Messages, _) => {
+                let stop = call.turn.as_ref().map_or(&Stop::End, |t| &t.stop);
+                anthropic::write_message(&mut self.ev, id, &call.model, call.answer, stop, call.prompt_tokens);
+            }
+            (Endpoint::GenerateContent | Endpoint::StreamGenerateContent { .. }, _) => {
+                let stop = call.turn.as_ref().map_or(&Stop::End, |t| &t.stop);
+                gemini::write_response(&mut self.ev, id, &call.model, call.answer, stop, call.prompt_tokens);
+            }
             (Endpoint::Responses, _) => {
                 let (rid, stored) = stored_of(call, id, "completed");
                 resp::write_response(&mut self.ev, &rid, &stored);
@@ -933,11 +1167,13 @@ impl Conn {
 
     /// Before content piece number `sent`: whether a fault mode stops the pieces here (a malformed event due now is
     /// written first).
-    async fn before_piece(&mut self, mode: Mode, sent: u32) -> io::Result<bool> {
+    async fn before_piece(&mut self, mode: Mode, sent: u32, framing: Framing) -> io::Result<bool> {
         match mode {
-            Mode::Cut(n) | Mode::Stall(n) | Mode::KeepAlive(n, _) if sent >= n => return Ok(true),
+            Mode::Cut(n) | Mode::Stall(n) | Mode::KeepAlive(n, _) | Mode::InBandError(n, _) if sent >= n => {
+                return Ok(true);
+            }
             Mode::Malformed(at) if sent == at => {
-                self.ev.extend_from_slice(MALFORMED_EVENT);
+                self.ev.extend_from_slice(framing.malformed);
                 self.send_event().await?;
             }
             _ => {}
@@ -947,7 +1183,7 @@ impl Conn {
 
     /// After the content pieces (`sent` of them): a fault mode ends the stream here (`Some`); otherwise a malformed
     /// event still due is written and the stream goes on to its end (`None`).
-    async fn after_pieces(&mut self, mode: Mode, sent: u32) -> io::Result<Option<Flow>> {
+    async fn after_pieces(&mut self, mode: Mode, sent: u32, framing: Framing) -> io::Result<Option<Flow>> {
         match mode {
             Mode::Cut(_) => {
                 // Whatever `out` holds was written; the head alone when there was no token to send.
@@ -963,14 +1199,14 @@ impl Conn {
                 let _open = StreamGuard::open(&self.shared);
                 loop {
                     tokio::time::sleep(Duration::from_millis(every_ms.max(1))).await;
-                    self.ev.extend_from_slice(b": keep-alive\n\n");
+                    self.ev.extend_from_slice(framing.keep_alive);
                     if self.send_event().await.is_err() {
                         return Ok(Some(Flow::Close));
                     }
                 }
             }
             Mode::Malformed(at) if at >= sent => {
-                self.ev.extend_from_slice(MALFORMED_EVENT);
+                self.ev.extend_from_slice(framing.malformed);
                 self.send_event().await?;
                 Ok(None)
             }
@@ -985,6 +1221,9 @@ impl Conn {
         if let Some(SurfaceCall::Speech { input, voice, content_type }) = call.surface.as_deref() {
             let audio = surface::speech_audio(&call.model, input, voice);
             return self.stream_speech(&audio, content_type, first, mode, keep_alive).await;
+        }
+        if call.dialect.is_native() {
+            return self.stream_native(call, first, mode, keep_alive).await;
         }
         let keep_alive = keep_alive && mode != Mode::MissingDone;
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
@@ -1006,14 +1245,23 @@ impl Conn {
         let mut total = 0;
         for piece in answers::pieces(call.answer) {
             total += 1;
-            if self.before_piece(mode, sent).await? {
+            if self.before_piece(mode, sent, OPENAI_FRAMING).await? {
                 break;
             }
             events.content(&mut self.ev, piece);
             self.send_event().await?;
             sent += 1;
         }
-        if let Some(flow) = self.after_pieces(mode, sent).await? {
+        if let Mode::InBandError(_, status) = mode {
+            // OpenAI's mid-stream failure: an event holding an error object, and no `[DONE]`.
+            self.ev.extend_from_slice(b"data: ");
+            let message = stock_message(call.dialect, status);
+            let kind = if status >= 500 { "server_error" } else { "invalid_request_error" };
+            answers::write_openai_error(&mut self.ev, message, kind, None, None);
+            self.ev.extend_from_slice(b"\n\n");
+            return self.end_stream(keep_alive).await;
+        }
+        if let Some(flow) = self.after_pieces(mode, sent, OPENAI_FRAMING).await? {
             return Ok(flow);
         }
         events.finish(&mut self.ev);
@@ -1035,6 +1283,18 @@ impl Conn {
 }
 
 impl Conn {
+    /// Ends a streamed body: `ev` (when not empty) as the last data chunk, then the terminating chunk.
+    async fn end_stream(&mut self, keep_alive: bool) -> io::Result<Flow> {
+        if !self.ev.is_empty() {
+            http::write_chunk(&mut self.out, &self.ev);
+            self.ev.clear();
+        }
+        self.out.extend_from_slice(http::LAST_CHUNK);
+        self.burst = false;
+        self.send_out().await?;
+        Ok(if keep_alive { Flow::Continue } else { Flow::Close })
+    }
+
     /// A speech answer: chunked binary audio with its `Content-Type`; a cut or stall after `n` chunks.
     async fn stream_speech(
         &mut self,
@@ -1059,7 +1319,7 @@ impl Conn {
         }
         for (sent, chunk) in audio.chunks(surface::SPEECH_CHUNK).enumerate() {
             match mode {
-                Mode::Cut(n) if sent >= n as usize => {
+                Mode::Cut(n) | Mode::InBandError(n, _) if sent >= n as usize => {
                     self.send_out().await?;
                     return Ok(self.reset());
                 }
@@ -1119,14 +1379,19 @@ impl Conn {
         self.send_event().await?;
         let mut sent: u32 = 0;
         for piece in answers::pieces(call.answer) {
-            if self.before_piece(mode, sent).await? {
+            if self.before_piece(mode, sent, OPENAI_FRAMING).await? {
                 break;
             }
             events.delta(&mut self.ev, piece);
             self.send_event().await?;
             sent += 1;
         }
-        if let Some(flow) = self.after_pieces(mode, sent).await? {
+        if let Mode::InBandError(_, status) = mode {
+            let code = if status >= 500 { "server_error" } else { "invalid_request_error" };
+            events.error(&mut self.ev, code, stock_message(call.dialect, status));
+            return self.end_stream(keep_alive).await;
+        }
+        if let Some(flow) = self.after_pieces(mode, sent, OPENAI_FRAMING).await? {
             return Ok(flow);
         }
         events.finish(&mut self.ev);

@@ -36,6 +36,12 @@ pub(crate) struct Head {
     pub api_key: Option<String>,
     /// The `Content-Type` header (a form upload's boundary is read from it).
     pub content_type: Option<String>,
+    /// The `x-api-key` header (Anthropic).
+    pub x_api_key: Option<String>,
+    /// The `anthropic-version` header.
+    pub anthropic_version: Option<String>,
+    /// The `x-goog-api-key` header (Gemini).
+    pub goog_api_key: Option<String>,
     /// Bytes of the head including the blank line.
     pub len: usize,
 }
@@ -95,6 +101,9 @@ pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<Head>, ParseError> {
         bearer: None,
         api_key: None,
         content_type: None,
+        x_api_key: None,
+        anthropic_version: None,
+        goog_api_key: None,
         len,
     };
     let mut content_length: Option<usize> = None;
@@ -137,6 +146,12 @@ pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<Head>, ParseError> {
             if !value.is_empty() {
                 head.api_key = Some(value.to_owned());
             }
+        } else if name.eq_ignore_ascii_case("x-api-key") {
+            head.x_api_key = Some(value.to_owned()).filter(|v| !v.is_empty());
+        } else if name.eq_ignore_ascii_case("anthropic-version") {
+            head.anthropic_version = Some(value.to_owned()).filter(|v| !v.is_empty());
+        } else if name.eq_ignore_ascii_case("x-goog-api-key") {
+            head.goog_api_key = Some(value.to_owned()).filter(|v| !v.is_empty());
         } else if name.eq_ignore_ascii_case("content-type") {
             head.content_type = Some(value.to_owned());
         } else if name.eq_ignore_ascii_case("expect") {
@@ -215,6 +230,7 @@ pub(crate) fn reason(status: u16) -> &'static str {
         408 => "Request Timeout",
         409 => "Conflict",
         413 => "Payload Too Large",
+        529 => "Overloaded",
         422 => "Unprocessable Entity",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",

@@ -32,8 +32,11 @@
 //! that pass the checks consume a script step; every API request is recorded.
 
 mod answers;
+mod anthropic;
 mod behavior;
 mod conn;
+mod dialect;
+mod gemini;
 mod http;
 mod responses;
 pub mod surface;

@@ -119,6 +119,11 @@ impl ResponsesEvents {
         );
     }
 
+    /// The `error` event of a stream that fails midway.
+    pub(crate) fn error(&mut self, ev: &mut Vec<u8>, code: &str, message: &str) {
+        self.event(ev, "error", json!({"code": code, "message": message, "param": null}));
+    }
+
     /// The `.done` events and `response.completed`.
     pub(crate) fn finish(&mut self, ev: &mut Vec<u8>) {
         let text = self.stored.text.clone();
