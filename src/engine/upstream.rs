@@ -432,6 +432,10 @@ struct Translated {
     out: Vec<u8>,
     /// The provider's answer is complete (or failed): nothing more is read.
     finished: bool,
+    /// The first output was seen.
+    opened: bool,
+    /// A first output that was only the role chunk, waiting for content (see `next_event`).
+    held: Option<Bytes>,
 }
 
 impl SseReader {
@@ -452,7 +456,14 @@ impl SseReader {
     /// `data: [DONE]` once the provider's answer is complete).
     pub fn translated(mut self, translator: StreamTranslator) -> Self {
         let pending = std::collections::VecDeque::new();
-        self.translator = Some(Box::new(Translated { translator, pending, out: Vec::new(), finished: false }));
+        self.translator = Some(Box::new(Translated {
+            translator,
+            pending,
+            out: Vec::new(),
+            finished: false,
+            opened: false,
+            held: None,
+        }));
         self
     }
 
@@ -478,6 +489,8 @@ impl SseReader {
                 Ok(StreamStatus::Finished) => t.finished = true,
                 Ok(StreamStatus::Failed { class, message }) => {
                     t.finished = true;
+                    // A failure before any content: the held role chunk is not worth sending.
+                    t.held = None;
                     self.failed = Some(class);
                     t.pending.push_back(parse_event(stream_error_event(class, &message)));
                     continue;
@@ -487,6 +500,22 @@ impl SseReader {
             }
             // Complete events, each ending with a blank line: one buffer, sliced without copies.
             let mut all = Bytes::from(std::mem::take(&mut t.out));
+            if all.is_empty() {
+                continue;
+            }
+            // The provider's opening event (Anthropic `message_start`) says nothing yet: its role chunk is held back
+            // until the answer's first content, so an error right after it still falls back before the client saw a
+            // byte.
+            if !t.opened && !t.finished {
+                t.opened = true;
+                if memchr::memmem::find(&all, b"\n\n").is_some_and(|end| end + 2 == all.len()) {
+                    t.held = Some(all);
+                    continue;
+                }
+            }
+            if let Some(held) = t.held.take() {
+                t.pending.push_back(parse_event(held));
+            }
             while let Some(end) = find_blank_line(&all) {
                 t.pending.push_back(parse_event(all.split_to(end + 2)));
             }

@@ -16,6 +16,7 @@ mod logs;
 mod models;
 mod openapi;
 mod outage;
+mod providers;
 mod replicas;
 mod responses;
 mod rotation;
