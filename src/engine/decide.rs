@@ -46,12 +46,14 @@ impl Engine {
                 }
                 self.keys.mark_invalid(target.key.id);
                 let (vault, set_id, key_id) = (self.vault.clone(), cx.set.key_set_id, target.key.id);
+                let health = self.keys.clone();
                 let reason = format!("{} ({})", failure.class.as_str(), failure.detail);
                 tokio::spawn(
                     async move {
                         // On success every replica drops its cached copy of the set and reloads it with the mark.
-                        if let Err(e) = vault.mark_key_invalid(set_id, key_id, &reason).await {
-                            tracing::warn!(error = %e, "could not mark a key invalid");
+                        match vault.mark_key_invalid(set_id, key_id, &reason).await {
+                            Ok(_) => health.stored(key_id),
+                            Err(e) => tracing::warn!(error = %e, "could not mark a key invalid"),
                         }
                     }
                     .in_current_span(),

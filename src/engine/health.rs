@@ -27,7 +27,10 @@ pub struct KeyHealth {
 
 #[derive(Clone, Copy)]
 struct Mark {
-    at: Instant,
+    /// Since when the database is known to call the key invalid (its status was read so, or our write of the mark
+    /// committed); `None` while that write is on its way. A key set read after this that calls the key active was
+    /// revived by its owner.
+    stored: Option<Instant>,
     skip_until: Instant,
 }
 
@@ -52,7 +55,7 @@ impl KeyHealth {
     fn usable_at(&self, key: &ProviderKey, loaded_at: Instant, now: Instant) -> bool {
         let mut map = self.marks.lock();
         let until = match map.get_mut(&key.id, now).copied() {
-            Some(mark) if key.invalid_since.is_none() && mark.at < loaded_at => {
+            Some(mark) if key.invalid_since.is_none() && mark.stored.is_some_and(|at| at < loaded_at) => {
                 map.remove(&key.id);
                 return true;
             }
@@ -66,10 +69,10 @@ impl KeyHealth {
             },
         };
         if now < until {
-            map.get_or_insert_with(key.id, now, || Mark { at: now, skip_until: until });
+            map.get_or_insert_with(key.id, now, || Mark { stored: Some(now), skip_until: until });
             false
         } else {
-            map.insert(key.id, Mark { at: now, skip_until: now + self.retry_after }, now);
+            map.insert(key.id, Mark { stored: Some(now), skip_until: now + self.retry_after }, now);
             true
         }
     }
@@ -79,7 +82,16 @@ impl KeyHealth {
     }
 
     fn mark_invalid_at(&self, key_id: Uuid, now: Instant) {
-        self.marks.lock().insert(key_id, Mark { at: now, skip_until: now + self.retry_after }, now);
+        self.marks.lock().insert(key_id, Mark { stored: None, skip_until: now + self.retry_after }, now);
+    }
+
+    /// The mark of `key_id` is now in the database. Until then a key set read from the database still calls the key
+    /// active (a read racing the write, e.g. a reload after an unrelated change), which must not count as a revival.
+    pub fn stored(&self, key_id: Uuid) {
+        let now = Instant::now();
+        if let Some(mark) = self.marks.lock().get_mut(&key_id, now) {
+            mark.stored.get_or_insert(now);
+        }
     }
 
     /// Called on success; true if the key had been marked invalid (so the stored status must be cleared).
@@ -218,8 +230,12 @@ mod tests {
         let health = KeyHealth::new(Duration::from_secs(600));
         let k = key(None);
         health.mark_invalid(k.id);
-        assert!(!health.usable(&k, Instant::now() - Duration::from_secs(1)), "set read before the mark");
-        assert!(health.usable(&k, Instant::now()), "set read after the mark shows the owner revived it");
+        // A set read while the mark's write is on its way still calls the key active: not a revival.
+        assert!(!health.usable(&k, Instant::now()), "read racing the write");
+        health.stored(k.id);
+        assert!(!health.usable(&k, Instant::now() - Duration::from_secs(1)), "set read before the write");
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(health.usable(&k, Instant::now()), "set read after the write shows the owner revived it");
     }
 
     #[test]
