@@ -340,3 +340,55 @@ async fn in_band_stream_errors_fall_back_before_the_first_byte_and_are_rescued_a
     let last: Value = serde_json::from_str(data.last().unwrap()).unwrap();
     assert!(last.get("error").is_some(), "{}", a.text);
 }
+
+#[tokio::test]
+async fn multi_turn_images_and_sampling_fields_reach_each_provider_in_its_shape() {
+    let gw = spawn_gateway().await;
+    let token = mixed_set(&gw, &[("anthropic", CLAUDE), ("gemini", GEMINI)], &[]).await;
+    let png = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==";
+    let body = |model: &str, extra: Value| {
+        let mut b = json!({"model": model, "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi."},
+            {"role": "assistant", "content": "Hello."},
+            {"role": "user", "content": [
+                {"type": "text", "text": "What is in this picture?"},
+                {"type": "image_url", "image_url": {"url": png}}]},
+        ], "temperature": 0.5, "top_p": 0.9});
+        for (k, v) in extra.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        b
+    };
+    // `max_tokens` shorter than the answer: `length`; a stop word inside it: `stop` before the word.
+    for (model, extra, finish, text) in [
+        ("claude-sonnet-4-5", json!({"max_tokens": 3}), "length", "alpha bravo charlie"),
+        ("gemini-2.5-pro", json!({"max_completion_tokens": 3}), "length", "alpha bravo charlie"),
+        ("claude-sonnet-4-5", json!({"stop": ["charlie"]}), "stop", "alpha bravo"),
+        ("gemini-2.5-pro", json!({"stop": "charlie"}), "stop", "alpha bravo"),
+    ] {
+        gw.mock.clear_requests();
+        let a = gw.post("/v1/chat/completions", &token, body(model, extra.clone()), &[]).await;
+        assert_eq!(a.status, 200, "{model} {extra}: {}", a.text);
+        assert_eq!(a.body["choices"][0]["finish_reason"], finish, "{model} {extra}");
+        assert_eq!(a.body["choices"][0]["message"]["content"].as_str().unwrap().trim_end(), text, "{model} {extra}");
+        let sent = gw.mock.requests().pop().unwrap().body;
+        if model.starts_with("claude") {
+            assert_eq!((sent["temperature"].clone(), sent["top_p"].clone()), (json!(0.5), json!(0.9)));
+            let roles: Vec<&str> =
+                sent["messages"].as_array().unwrap().iter().map(|m| m["role"].as_str().unwrap()).collect();
+            assert_eq!(roles, ["user", "assistant", "user"]);
+            let image = &sent["messages"][2]["content"][1];
+            assert_eq!(image["type"], "image");
+            assert_eq!(image["source"]["type"], "base64");
+            assert_eq!(image["source"]["media_type"], "image/png");
+        } else {
+            let config = &sent["generationConfig"];
+            assert_eq!((config["temperature"].clone(), config["topP"].clone()), (json!(0.5), json!(0.9)));
+            let roles: Vec<&str> =
+                sent["contents"].as_array().unwrap().iter().map(|m| m["role"].as_str().unwrap()).collect();
+            assert_eq!(roles, ["user", "model", "user"]);
+            assert_eq!(sent["contents"][2]["parts"][1]["inlineData"]["mimeType"], "image/png");
+        }
+    }
+}
