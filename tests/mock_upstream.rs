@@ -7,6 +7,9 @@ use reliablegpt::mock_upstream::{ANSWER_WORDS, Behavior, MockUpstream, full_answ
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+#[path = "mock_upstream/dialects.rs"]
+mod dialects;
+
 const KEY: &str = "sk-test-0000000000000000000000000000abcd";
 
 async fn start() -> MockUpstream {

@@ -16,7 +16,9 @@ pub enum Behavior {
         #[serde(default)]
         jitter_ms: u64,
     },
-    /// An OpenAI error body `{"error":{"message","type","param","code"}}` with this status.
+    /// An OpenAI error body `{"error":{"message","type","param","code"}}` with this status (on Anthropic and Gemini
+    /// routes their own bodies: the error type or Google status of the status, or `type` when it is one of theirs;
+    /// `code` and `param` are not used there; an empty message gets their stock text).
     ///
     /// `{model}` in `message` is replaced by the request's model (or Azure deployment). An empty message is replaced
     /// by a stock text for the status. `retry_after` becomes a `Retry-After` header.
@@ -34,7 +36,9 @@ pub enum Behavior {
         retry_after: Option<String>,
     },
     /// 400 `context_length_exceeded` (or the same with a null code when `with_code` is false) when the estimated
-    /// prompt tokens (characters / 4, rounded up) exceed `max_tokens`; otherwise healthy.
+    /// prompt tokens (characters / 4, rounded up) exceed `max_tokens`; otherwise healthy. Anthropic: 400
+    /// "prompt is too long: N tokens > M maximum"; Gemini: 400 "The input token count (N) exceeds the maximum number of
+    /// tokens allowed (M)." (`with_code` unused).
     ContextLimit { max_tokens: u32, with_code: bool },
     /// Read the request, then reset the connection (RST) without writing anything.
     ResetBeforeHeaders,
@@ -48,18 +52,21 @@ pub enum Behavior {
     /// Streaming: `after_tokens` content chunks, then silence until the client leaves.
     /// Non-streaming: like [`Behavior::NoResponse`].
     StreamStall { after_tokens: u32 },
-    /// Streaming: `after_tokens` content chunks, then an SSE comment (`: keep-alive`) every `every_ms` and nothing else
+    /// Streaming: `after_tokens` content chunks, then an SSE comment (`: keep-alive`; Anthropic: its `event: ping`)
+    /// every `every_ms` and nothing else
     /// until the client leaves (a hostile or broken upstream that looks alive). Non-streaming: like
     /// [`Behavior::NoResponse`].
     StreamKeepAlive { after_tokens: u32, every_ms: u64 },
     /// Streaming: the whole stream (headers, every event, `[DONE]` and the last chunk) in one write, as events that
     /// piled up on the way arrive together. Non-streaming: healthy.
     StreamBurst,
-    /// Streaming: after `at_token` content chunks, one `data: {not json` event, then the rest as usual.
+    /// Streaming: after `at_token` content chunks, one `data: {not json` event (Anthropic: as a `content_block_delta`),
+    /// then the rest as usual.
     /// Non-streaming: healthy.
     MalformedChunk { at_token: u32 },
     /// Streaming: the whole answer and the `finish_reason: "stop"` chunk but no `data: [DONE]`; the chunked body is
-    /// ended properly. Non-streaming: healthy.
+    /// ended properly (Anthropic: no `message_delta` nor `message_stop`; Gemini: no chunk carries `finishReason`).
+    /// Non-streaming: healthy.
     MissingDone,
     /// Streaming: `after_tokens` content pieces, then the dialect's in-band error and the end of the body (the stream
     /// fails midway, as an overloaded model's does): Anthropic `event: error` with `{"type":"error","error":{..}}`
@@ -77,8 +84,8 @@ pub enum Behavior {
     /// quoting the cut-off answer). One step refuses one prefill; for a model that refuses every prefill see
     /// [`super::MockUpstream::set_rejects_prefill`].
     RejectPrefill,
-    /// From the moment the script was set: `down_ms` of 503 (as [`Behavior::overloaded`]), then `up_ms` healthy,
-    /// repeating.
+    /// From the moment the script was set: `down_ms` of 503 (as [`Behavior::overloaded`]; Anthropic 529
+    /// `overloaded_error`, Gemini 503 `UNAVAILABLE`), then `up_ms` healthy, repeating.
     Flapping { down_ms: u64, up_ms: u64 },
 }
 

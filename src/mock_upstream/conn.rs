@@ -669,7 +669,8 @@ impl Conn {
         let key = match dialect {
             Dialect::OpenAi => head.bearer,
             Dialect::Azure => head.api_key.or(head.bearer),
-            Dialect::Anthropic => head.x_api_key,
+            // Anthropic's SDKs from 2.x send the key as a bearer token.
+            Dialect::Anthropic => head.x_api_key.or(head.bearer),
             Dialect::Gemini => head.goog_api_key.or_else(|| query_key(&head.target)),
         };
         let body_ok = body.is_some();

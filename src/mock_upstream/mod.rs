@@ -1,6 +1,8 @@
-//! A fault-injecting OpenAI-compatible upstream for tests, benchmarks and the demo.
+//! A fault-injecting OpenAI-compatible (and Anthropic- and Gemini-compatible) upstream for tests, benchmarks and the
+//! demo.
 //!
-//! It speaks OpenAI's (and Azure OpenAI's) exact wire format on a minimal HTTP/1.1 server written on raw tokio TCP,
+//! It speaks OpenAI's (and Azure OpenAI's), Anthropic's Messages and Gemini's generateContent exact wire formats on a
+//! minimal HTTP/1.1 server written on raw tokio TCP,
 //! so it controls the socket: tests script per-model [`Behavior`]s to get errors, resets before the headers, silent
 //! connections, streams cut or stalled mid-answer, malformed SSE chunks and more. Healthy answers are deterministic
 //! ([`full_answer`]) so truncation is detectable.
@@ -10,7 +12,8 @@
 //! - the last message is a user turn quoting a start of [`FULL_ANSWER`] (at least 5 characters, ending before a
 //!   non-alphanumeric character or the end of the text, the longest such): the last word quoted again, then the rest.
 //!
-//! Otherwise the answer is [`FULL_ANSWER`]. A legacy completion prompt ending in a start of it gets the rest.
+//! Otherwise the answer is [`FULL_ANSWER`]. A legacy completion prompt ending in a start of it gets the rest. The same
+//! rules hold for Anthropic (a last `assistant` message is a prefill) and Gemini (a last `model` turn is).
 //!
 //! Routes: `POST /v1/chat/completions`, `POST /v1/completions`, `POST /v1/embeddings`, `GET /v1/models`,
 //! `POST /v1/moderations`, `POST /v1/images/generations`, `POST /v1/audio/speech` (binary audio in chunks; see
@@ -21,15 +24,36 @@
 //! `POST /v1/audio/transcriptions` (a `multipart/form-data` upload, recorded as the JSON of its fields),
 //! `POST /openai/deployments/{deployment}/{chat/completions,completions,embeddings,images/generations,audio/speech,
 //! audio/transcriptions}
-//! ?api-version=...`, and the control
+//! ?api-version=...`, Anthropic's `POST /v1/messages` (key from `x-api-key`, or a bearer token as Anthropic's 2.x
+//! SDKs send it; `anthropic-version` required; JSON `message` or typed SSE events; see `anthropic.rs`), Gemini's
+//! `POST /v1beta/models/{model}:generateContent` and `…:streamGenerateContent?alt=sse` (also under `/v1/`; key from
+//! `x-goog-api-key` or `?key=`; the model from the path is the script target; SSE events end in CRLF and there is no
+//! `[DONE]`; without `alt=sse` a stream is refused with 400; see `gemini.rs`), and the control
 //! endpoints `POST /_mock/script` `{"target", "steps": [Behavior]}`, `POST /_mock/invalid_key` `{"key"}`,
 //! `POST /_mock/no_quota_key` `{"key"}`, `POST /_mock/rejects_prefill` `{"target"}`, `GET /_mock/requests`,
 //! `POST /_mock/clear`, `GET /_mock/health`.
 //!
-//! Order of checks for an API request: route (unknown → 404; Azure without `api-version` → 404), key (missing or
-//! invalid → 401, no quota → 429), JSON body (→ 400), `model` (→ 400), an assistant prefill to a target set with
-//! [`MockUpstream::set_rejects_prefill`] (→ 400), then the target's next scripted step (none → healthy). Only requests
-//! that pass the checks consume a script step; every API request is recorded.
+//! Order of checks for an API request: route (unknown → 404; Azure without `api-version` → 404; unknown under
+//! `/v1beta/` → Gemini's 404), key (missing or invalid → 401, no quota → 429; Anthropic: 401 `authentication_error`,
+//! no credit → 400; Gemini: missing → 403 `PERMISSION_DENIED`, invalid → 400 `API_KEY_INVALID`, no quota → 429
+//! `RESOURCE_EXHAUSTED`), Anthropic's `anthropic-version` header (→ 400), JSON body (→ 400), `model` (→ 400), the
+//! endpoint's own fields (Anthropic: `max_tokens`, `messages`, a final assistant message without trailing whitespace;
+//! Gemini: `contents`; → 400), an assistant (model) prefill to a target set with [`MockUpstream::set_rejects_prefill`]
+//! (→ 400), then the target's next scripted step (none → healthy). Only requests that pass the checks consume a
+//! script step; every API request is recorded.
+//!
+//! Native answers also honour the request's limits and tools: Anthropic `max_tokens` and Gemini
+//! `generationConfig.maxOutputTokens` cut the answer to that many words (`max_tokens` / `MAX_TOKENS`), `stop_sequences`
+//! / `stopSequences` stop just before the first one found (`stop_sequence` / `STOP`); Anthropic `tool_choice`
+//! `{"type":"tool","name"}` or `{"type":"any"}` and Gemini `toolConfig.functionCallingConfig.mode: "ANY"` answer with
+//! one call (`tool_use` / `functionCall`, input `{"mock": true}`), except that a tool result (`tool_result` /
+//! `functionResponse`) in the last user turn gets a text answer. Other fields (temperature, JSON mode, schemas) are
+//! accepted and do not change the answer.
+//!
+//! Errors are in the request's dialect: Anthropic `{"type":"error","error":{"type","message"}}` with the type of the
+//! status (529 and 503 `overloaded_error`), Gemini `{"error":{"code","message","status"}}` with Google's status for
+//! the code (a scripted `type` that is one of the dialect's own is kept). [`Behavior::Flapping`] is down as each
+//! provider is overloaded: OpenAI 503, Anthropic 529, Gemini 503 `UNAVAILABLE`.
 
 mod answers;
 mod anthropic;
@@ -70,11 +94,12 @@ pub fn full_answer() -> String {
 pub struct SeenRequest {
     /// The request target, query included.
     pub path: String,
-    /// The body's `model`, or the Azure deployment from the path.
+    /// The body's `model`, or the Azure deployment or Gemini model from the path.
     pub model: Option<String>,
-    /// From `Authorization: Bearer X`, or on Azure routes the `api-key` header (then the bearer token).
+    /// From `Authorization: Bearer X`; on Azure routes the `api-key` header (then the bearer token); on Anthropic's
+    /// `x-api-key` (then the bearer token); on Gemini's `x-goog-api-key` (then the `key` query parameter).
     pub api_key: Option<String>,
-    /// The body's `stream` is `true`.
+    /// The body's `stream` is `true` (Gemini: the path is `…:streamGenerateContent`).
     pub stream: bool,
     /// The JSON body (`null` when absent or not JSON).
     pub body: serde_json::Value,
@@ -127,12 +152,14 @@ impl MockUpstream {
         self.shared.script(target, steps);
     }
 
-    /// Requests with this key get 401 `invalid_api_key`.
+    /// Requests with this key get 401 `invalid_api_key` (Anthropic 401 `authentication_error`, Gemini 400
+    /// `API_KEY_INVALID`).
     pub fn set_invalid_key(&self, key: &str) {
         self.shared.lock().invalid_keys.insert(key.to_owned());
     }
 
-    /// Requests with this key get 429 `insufficient_quota`.
+    /// Requests with this key get 429 `insufficient_quota` (Anthropic 400 "Your credit balance is too low…", Gemini 429
+    /// `RESOURCE_EXHAUSTED`).
     pub fn set_no_quota_key(&self, key: &str) {
         self.shared.lock().no_quota_keys.insert(key.to_owned());
     }

@@ -67,6 +67,46 @@ class Stack:
         return created["token"]
 
 
+class Mock:
+    """The mock upstream alone, at `url` (its root: the Anthropic and Gemini base URL)."""
+
+    def __init__(self, url: str):
+        self.url = url
+
+    def script(self, target: str, steps: list) -> None:
+        http_json("POST", f"{self.url}/_mock/script", {"target": target, "steps": steps})
+
+    def invalid_key(self, key: str) -> None:
+        http_json("POST", f"{self.url}/_mock/invalid_key", {"key": key})
+
+    def no_quota_key(self, key: str) -> None:
+        http_json("POST", f"{self.url}/_mock/no_quota_key", {"key": key})
+
+    def rejects_prefill(self, target: str) -> None:
+        http_json("POST", f"{self.url}/_mock/rejects_prefill", {"target": target})
+
+    def requests(self) -> list:
+        return http_json("GET", f"{self.url}/_mock/requests")
+
+    def clear(self) -> None:
+        http_json("POST", f"{self.url}/_mock/clear", {})
+
+
+@pytest.fixture(scope="session")
+def mock():
+    """The mock upstream alone (no gateway, no database), for tests that drive it directly with a provider's SDK."""
+    binary = os.environ["RELIABLEGPT_BIN"]
+    port = _free_port()
+    proc = subprocess.Popen([binary, "mock-upstream", "--listen", f"127.0.0.1:{port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(f"http://127.0.0.1:{port}/_mock/health", proc)
+        yield Mock(f"http://127.0.0.1:{port}")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 @pytest.fixture(scope="session")
 def stack():
     binary = os.environ["RELIABLEGPT_BIN"]
