@@ -91,7 +91,9 @@ async fn run() {
     }
     let gw_addr = gateways[0].addr;
     if std::env::args().any(|a| a == "--translation-only") {
-        translation_rows(mock_addr, mock_pid, &gateways[0]).await;
+        for gw in &gateways {
+            translation_rows(mock_addr, mock_pid, gw).await;
+        }
         drop(guard);
         for gw in gateways {
             gw.db.drop().await;
@@ -364,7 +366,10 @@ async fn translation_rows(mock_addr: SocketAddr, mock_pid: u32, gw: &Gateway) {
     )
     .await;
     let anthropic_headers = [("x-api-key", "sk-ant-bench-direct"), ("anthropic-version", "2023-06-01")];
-    println!("\n## Translation cost: Anthropic answers translated to chat completions vs OpenAI pass-through\n");
+    println!(
+        "\n## Translation cost ({}): Anthropic answers translated to chat completions vs OpenAI pass-through\n",
+        gw.label
+    );
     println!(
         "| answer | path | p50 1 conn (ms) | p99 1 conn (ms) | gateway p50 cost (µs) | req/s 50 conns | CPU µs / request (the target's) |"
     );

@@ -173,6 +173,8 @@ impl StreamJob {
                 Step::Skip if self.tx.is_closed() => break self.end(&mut progress, RequestOutcome::Cancelled, None),
                 Step::Skip => continue,
                 Step::Done | Step::DoneSent => {
+                    // The body's end is usually already here: read it so the connection is reused.
+                    reader.drain_ready();
                     if matches!(step, Step::Done) {
                         let _ = self.tx.send(Bytes::from_static(DONE)).await;
                     }

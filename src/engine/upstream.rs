@@ -519,6 +519,22 @@ impl SseReader {
             while let Some(end) = find_blank_line(&all) {
                 t.pending.push_back(parse_event(all.split_to(end + 2)));
             }
+            if t.finished {
+                self.drain_ready();
+            }
+        }
+    }
+
+    /// After the answer's last event: reads whatever of the body has already arrived (trailing events, the end of the
+    /// body) without waiting, so that a body that is complete is read to its end and its connection goes back to the
+    /// pool instead of being closed when the reader is dropped.
+    pub fn drain_ready(&mut self) {
+        use futures_util::FutureExt as _;
+        for _ in 0..8 {
+            match self.next_raw().now_or_never() {
+                Some(Ok(Some(_))) => {}
+                _ => return,
+            }
         }
     }
 

@@ -351,7 +351,16 @@ pub fn streamed_text(text: &str) -> String {
 pub struct RunningService {
     pub base: String,
     child: std::process::Child,
-    reader: std::thread::JoinHandle<String>,
+    reader: Option<std::thread::JoinHandle<String>>,
+}
+
+/// A test that fails before `stop` must not leave the service running (it would keep working against its database
+/// and share the machine's cores with every later test and benchmark).
+impl Drop for RunningService {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl RunningService {
@@ -385,7 +394,7 @@ impl RunningService {
                 break event["fields"]["addr"].as_str().expect("addr").to_owned();
             }
         };
-        Self { base: format!("http://{addr}"), child, reader }
+        Self { base: format!("http://{addr}"), child, reader: Some(reader) }
     }
 
     /// `POST /v1/keys` with `body`; the answer's JSON, whatever its status.
@@ -399,7 +408,7 @@ impl RunningService {
     pub fn stop(mut self) -> String {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let mut logs = self.reader.join().expect("log reader");
+        let mut logs = self.reader.take().map(|r| r.join().expect("log reader")).unwrap_or_default();
         let mut stderr = String::new();
         if let Some(mut err) = self.child.stderr.take() {
             let _ = std::io::Read::read_to_string(&mut err, &mut stderr);
