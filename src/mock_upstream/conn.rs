@@ -1230,14 +1230,7 @@ impl Conn {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let events =
             StreamEvents::new(call.endpoint == Endpoint::Chat, id, unix_now(), &call.model, call.include_usage);
-        self.out.clear();
-        self.ev.clear();
-        self.burst = mode == Mode::Burst;
-        http::write_sse_head(&mut self.out, keep_alive);
-        if !first.is_zero() {
-            self.send_out().await?;
-            tokio::time::sleep(first).await;
-        }
+        self.open_stream(first, mode, keep_alive).await?;
         events.role(&mut self.ev);
         if !self.ev.is_empty() {
             self.send_event().await?;
@@ -1273,17 +1266,25 @@ impl Conn {
         }
         if mode != Mode::MissingDone {
             self.ev.extend_from_slice(DONE_EVENT);
-            http::write_chunk(&mut self.out, &self.ev);
-            self.ev.clear();
         }
-        self.out.extend_from_slice(http::LAST_CHUNK);
-        self.burst = false;
-        self.send_out().await?;
-        Ok(if keep_alive { Flow::Continue } else { Flow::Close })
+        self.end_stream(keep_alive).await
     }
 }
 
 impl Conn {
+    /// Starts a streamed body: the SSE head, sent at once (then after `first`) when the first event is to wait.
+    async fn open_stream(&mut self, first: Duration, mode: Mode, keep_alive: bool) -> io::Result<()> {
+        self.out.clear();
+        self.ev.clear();
+        self.burst = mode == Mode::Burst;
+        http::write_sse_head(&mut self.out, keep_alive);
+        if !first.is_zero() {
+            self.send_out().await?;
+            tokio::time::sleep(first).await;
+        }
+        Ok(())
+    }
+
     /// Ends a streamed body: `ev` (when not empty) as the last data chunk, then the terminating chunk.
     async fn end_stream(&mut self, keep_alive: bool) -> io::Result<Flow> {
         if !self.ev.is_empty() {

@@ -123,6 +123,8 @@ def stack():
         "RELIABLEGPT_ALLOW_PRIVATE_UPSTREAMS": "true",
         "RELIABLEGPT_ALLOWED_UPSTREAM_HOSTS": "127.0.0.1",
         "RELIABLEGPT_RETRY_BASE_MS": "5",
+        # Every test module creates its own key sets from this one address.
+        "RELIABLEGPT_KEY_SETS_PER_MINUTE": "10000",
         "RUST_LOG": "warn",
     }
     gateway = subprocess.Popen([binary, "serve", "--migrate"], env=env,

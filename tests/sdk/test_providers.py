@@ -24,10 +24,9 @@ def client_for(stack, token):
     return openai.OpenAI(base_url=f"{stack.gateway}/v1", api_key=token, max_retries=0)
 
 
-@pytest.fixture()
-def mixed(stack):
-    stack.clear()
-    token = provider_key_set(
+@pytest.fixture(scope="module")
+def mixed_token(stack):
+    return provider_key_set(
         stack,
         [
             "sk-sdk-test-key-00000000000000000000001",
@@ -36,7 +35,12 @@ def mixed(stack):
         ],
         ["claude-sonnet-4-5", "gemini-2.5-pro"],
     )
-    return client_for(stack, token)
+
+
+@pytest.fixture()
+def mixed(stack, mixed_token):
+    stack.clear()
+    return client_for(stack, mixed_token)
 
 
 def test_openai_outage_is_answered_by_claude_then_gemini(stack, mixed):

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use super::{Call, Conn, Flow, Framing, Mode, stock_message};
 use crate::mock_upstream::dialect::{Dialect, Stop};
-use crate::mock_upstream::http;
 use crate::mock_upstream::{anthropic, gemini};
 
 const ANTHROPIC_FRAMING: Framing = Framing { malformed: anthropic::MALFORMED_EVENT, keep_alive: anthropic::PING_EVENT };
@@ -80,14 +79,7 @@ impl Conn {
         };
         let framing = events.framing();
         let pieces = events.pieces(call.answer);
-        self.out.clear();
-        self.ev.clear();
-        self.burst = mode == Mode::Burst;
-        http::write_sse_head(&mut self.out, keep_alive);
-        if !first.is_zero() {
-            self.send_out().await?;
-            tokio::time::sleep(first).await;
-        }
+        self.open_stream(first, mode, keep_alive).await?;
         events.start(&mut self.ev, pieces.len());
         if !self.ev.is_empty() {
             self.send_event().await?;
