@@ -2,7 +2,7 @@
 //! the answer, every stream event and every error on the way back, so the rest of the engine (fallback, rotation,
 //! breakers, context upgrades, stream rescue, usage) sees OpenAI chat completions only.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix_web::web::Bytes;
 use serde_json::{Value, json};
@@ -80,9 +80,11 @@ impl Translation {
         }
     }
 
-    /// An error answer: its class, and the body the client gets if it is returned (caller faults, context errors) in
-    /// OpenAI's error shape, the provider's own type or status as `code`.
-    pub fn error(&self, status: u16, body: &[u8]) -> (FailureClass, Bytes) {
+    /// An error answer: its class, the body the client gets if it is returned (caller faults, context errors) in
+    /// OpenAI's error shape, the provider's own type or status as `code`, and the wait the body asks for (Gemini's
+    /// `RetryInfo.retryDelay`; Anthropic's is the `retry-after` header, read by the caller).
+    pub fn error(&self, status: u16, body: &[u8]) -> (FailureClass, Bytes, Option<Duration>) {
+        let mut wait = None;
         let (class, kind, message) = match self.provider {
             ProviderKind::Anthropic => {
                 let error = serde_json::from_slice::<Value>(body).ok().and_then(|v| v.get("error").cloned());
@@ -97,6 +99,7 @@ impl Translation {
                     other => other.get("error"),
                 };
                 let field = |name: &str| error.and_then(|e| e.get(name)).and_then(Value::as_str).map(str::to_owned);
+                wait = error.and_then(retry_delay);
                 (classify_gemini(status, body), field("status"), field("message"))
             }
         };
@@ -105,8 +108,15 @@ impl Translation {
             _ => kind,
         };
         let message = message.unwrap_or_else(|| format!("{} answered HTTP {status}", name(self.provider)));
-        (class, openai_error(status, &message, None, code.as_deref()))
+        (class, openai_error(status, &message, None, code.as_deref()), wait)
     }
+}
+
+/// Gemini's `RetryInfo` detail (`"retryDelay": "30s"`, or with a fraction: `"1.5s"`), at most an hour.
+fn retry_delay(error: &Value) -> Option<Duration> {
+    let delay = error.get("details")?.as_array()?.iter().find_map(|d| d.get("retryDelay")?.as_str())?;
+    let seconds: f64 = delay.strip_suffix('s')?.parse().ok()?;
+    (seconds.is_finite() && (0.0..=3600.0).contains(&seconds)).then(|| Duration::from_secs_f64(seconds))
 }
 
 /// Provider stream events → `chat.completion.chunk` events.
@@ -171,5 +181,24 @@ fn not_understood(provider: ProviderKind, m: &Malformed) -> AttemptFailure {
         body: None,
         retry_after: None,
         detail: format!("{} answer not understood: {}", name(provider), m.0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gemini_retry_delays_are_read_and_bounded() {
+        let error = |delay: &str| {
+            json!({"details": [{"@type": "type.googleapis.com/google.rpc.QuotaFailure"},
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": delay}]})
+        };
+        assert_eq!(retry_delay(&error("30s")), Some(Duration::from_secs(30)));
+        assert_eq!(retry_delay(&error("1.5s")), Some(Duration::from_millis(1500)));
+        for bad in ["-1s", "7200s", "NaNs", "30", "", "infs"] {
+            assert_eq!(retry_delay(&error(bad)), None, "{bad}");
+        }
+        assert_eq!(retry_delay(&json!({"code": 429})), None);
     }
 }

@@ -197,9 +197,12 @@ pub async fn attempt(
         // An error body is only read for its code and message.
         let body =
             read_body(response, limits.max_body.min(ERROR_BODY_LIMIT), limits.deadline).await.unwrap_or_default();
-        let (class, body) = match &translation {
-            Some(t) => t.error(status, &body),
-            None => (classify_response(status, &body), body),
+        let (class, body, wait) = match &translation {
+            Some(t) => {
+                let (class, body, hint) = t.error(status, &body);
+                (class, body, wait.or(hint))
+            }
+            None => (classify_response(status, &body), body, wait),
         };
         return Err(AttemptFailure {
             class,
