@@ -361,12 +361,35 @@ const ROUND_REQUESTS: usize = 500;
 /// dialect directly. The gateway's cost is (through − direct) at p50 on one connection, and its own CPU per request
 /// at 50 connections; the translated extra is the difference between the two rows.
 async fn translation_rows(mock_addr: SocketAddr, mock_pid: u32, gw: &Gateway) {
-    let claude = harness::create_token(
+    let claude = anthropic_token(mock_addr, gw).await;
+    // `--translation-load openai|anthropic`: only 20 s of streamed answers at 50 connections through the gateway, to
+    // profile one side (e.g. `perf record -p <gateway pid>`).
+    if let Some(side) = arg("--translation-load") {
+        let (token, body) = if side == "anthropic" { (&claude, CLAUDE_STREAM) } else { (&gw.token, STREAM) };
+        let req = loadgen::request("/v1/chat/completions", gw.addr, Some(token), &[], body);
+        println!("load: {side}, gateway pid {}", gw.pid);
+        let (s, cpu) = measured(gw.pid, loadgen::max_throughput(gw.addr, req, Duration::from_secs(20), 50)).await;
+        println!(
+            "{side}: {:.0} req/s, {} errors, {:.1} CPU µs / request",
+            s.throughput(),
+            s.errors,
+            cpu.as_secs_f64() * 1e6
+        );
+        return;
+    }
+    translation_table(mock_addr, mock_pid, gw, &claude).await;
+}
+
+async fn anthropic_token(mock_addr: SocketAddr, gw: &Gateway) -> String {
+    harness::create_token(
         gw.addr,
         &json!({"user_email": "bench@example.com",
                 "keys": [{"provider": "anthropic", "key": "sk-ant-bench-00000000000000000000000", "base_url": format!("http://{mock_addr}")}]}),
     )
-    .await;
+    .await
+}
+
+async fn translation_table(mock_addr: SocketAddr, mock_pid: u32, gw: &Gateway, claude: &str) {
     let anthropic_headers = [("x-api-key", "sk-ant-bench-direct"), ("anthropic-version", "2023-06-01")];
     println!(
         "\n## Translation cost ({}): Anthropic answers translated to chat completions vs OpenAI pass-through\n",
@@ -389,7 +412,7 @@ async fn translation_rows(mock_addr: SocketAddr, mock_pid: u32, gw: &Gateway) {
             (
                 "Anthropic translated",
                 loadgen::request("/v1/messages", mock_addr, None, &anthropic_headers, native),
-                loadgen::request("/v1/chat/completions", gw.addr, Some(&claude), &[], translated),
+                loadgen::request("/v1/chat/completions", gw.addr, Some(claude), &[], translated),
             ),
         ];
         // Interleaved rounds: the machine's drift between rows is what makes two separate p50s disagree.

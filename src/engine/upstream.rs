@@ -462,7 +462,7 @@ impl SseReader {
         self.translator = Some(Box::new(Translated {
             translator,
             pending,
-            out: Vec::new(),
+            out: Vec::with_capacity(512),
             finished: false,
             opened: false,
             held: None,
@@ -502,7 +502,8 @@ impl SseReader {
                 Err(_) => continue,
             }
             // Complete events, each ending with a blank line: one buffer, sliced without copies.
-            let mut all = Bytes::from(std::mem::take(&mut t.out));
+            // One copy into a buffer of its own; `out` keeps its capacity for the next event.
+            let mut all = Bytes::copy_from_slice(&t.out);
             if all.is_empty() {
                 continue;
             }
@@ -511,16 +512,16 @@ impl SseReader {
             // byte.
             if !t.opened && !t.finished {
                 t.opened = true;
-                if memchr::memmem::find(&all, b"\n\n").is_some_and(|end| end + 2 == all.len()) {
+                if find_blank_line(&all).is_some_and(|end| end + 2 == all.len()) {
                     t.held = Some(all);
                     continue;
                 }
             }
             if let Some(held) = t.held.take() {
-                t.pending.push_back(parse_event(held));
+                t.pending.push_back(own_event(held));
             }
             while let Some(end) = find_blank_line(&all) {
-                t.pending.push_back(parse_event(all.split_to(end + 2)));
+                t.pending.push_back(own_event(all.split_to(end + 2)));
             }
             if t.finished {
                 self.drain_ready();
@@ -589,8 +590,24 @@ impl SseReader {
     }
 }
 
+/// Built once: `memmem::find` builds a searcher on every call, which showed in profiles of long streams.
+static BLANK_LINE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\n\n"));
+
 fn find_blank_line(buf: &[u8]) -> Option<usize> {
-    memchr::memmem::find(buf, b"\n\n")
+    BLANK_LINE.find(buf)
+}
+
+/// An event the translator wrote (`data: <payload>\n\n`, one line, valid UTF-8 as serde_json writes it): its payload
+/// is sliced out without scanning it again.
+fn own_event(raw: Bytes) -> SseEvent {
+    match raw.strip_prefix(b"data: ").map(|rest| rest.len()) {
+        Some(rest) if rest >= 2 && raw.ends_with(b"\n\n") && std::str::from_utf8(&raw[6..raw.len() - 2]).is_ok() => {
+            let data = SseData(raw.slice(6..raw.len() - 2));
+            SseEvent { raw, data }
+        }
+        _ => parse_event(raw),
+    }
 }
 
 /// `raw` ends with a blank line. The usual event has one `data:` line, whose payload is then a slice of `raw`; several
