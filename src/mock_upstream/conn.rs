@@ -1369,14 +1369,7 @@ impl Conn {
             self.shared.lock().store_response(rid.clone(), pending);
         }
         let mut events = ResponsesEvents::new(rid.clone(), stored);
-        self.out.clear();
-        self.ev.clear();
-        self.burst = mode == Mode::Burst;
-        http::write_sse_head(&mut self.out, keep_alive);
-        if !first.is_zero() {
-            self.send_out().await?;
-            tokio::time::sleep(first).await;
-        }
+        self.open_stream(first, mode, keep_alive).await?;
         events.start(&mut self.ev);
         self.send_event().await?;
         let mut sent: u32 = 0;
