@@ -207,6 +207,51 @@ fn data_url(url: &str) -> Option<(&str, &str)> {
     Some((media, data))
 }
 
+/// One function call of an assistant message's `tool_calls`, its arguments parsed.
+struct AssistantCall<'a> {
+    id: Option<&'a str>,
+    name: &'a str,
+    /// A JSON object (empty arguments are `{}`).
+    arguments: Value,
+    /// Where the call is in the request (`messages[1].tool_calls[0]`).
+    at: String,
+}
+
+/// An assistant message's `tool_calls` (at `at`): function calls only, each with a name and arguments that are a
+/// JSON object, as every provider takes them.
+fn assistant_calls<'a>(
+    calls: &'a Value,
+    at: &dyn Fn() -> String,
+    provider: &str,
+) -> Result<Vec<AssistantCall<'a>>, Unsupported> {
+    let calls = calls.as_array().ok_or_else(|| Unsupported::new(format!("{}.tool_calls", at()), "must be an array"))?;
+    calls
+        .iter()
+        .enumerate()
+        .map(|(j, call)| {
+            let at = || format!("{}.tool_calls[{j}]", at());
+            if call.get("type").and_then(Value::as_str).is_some_and(|t| t != "function") {
+                let message = format!("only function calls have {} {provider} equivalent", article(provider));
+                return Err(Unsupported::new(format!("{}.type", at()), message));
+            }
+            let f = call.get("function").ok_or_else(|| Unsupported::new(format!("{}.function", at()), "missing"))?;
+            let f_at = || format!("{}.function", at());
+            let text = str_field(f, "arguments", &f_at)?;
+            let arguments = match serde_json::from_str::<Value>(if text.trim().is_empty() { "{}" } else { text }) {
+                Ok(v @ Value::Object(_)) => v,
+                _ => {
+                    return Err(Unsupported::new(
+                        format!("{}.arguments", f_at()),
+                        format!("{provider} needs a tool call's arguments as a JSON object"),
+                    ));
+                }
+            };
+            let name = str_field(f, "name", &f_at)?;
+            Ok(AssistantCall { id: call.get("id").and_then(Value::as_str), name, arguments, at: at() })
+        })
+        .collect()
+}
+
 /// The name of the tool call `id` in the assistant messages before message `before` (Gemini answers by name).
 fn tool_name<'a>(messages: &'a [Value], before: usize, id: &str) -> Option<&'a str> {
     messages.get(..before)?.iter().rev().find_map(|m| {

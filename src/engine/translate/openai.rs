@@ -65,6 +65,36 @@ impl From<Usage> for UsageOut {
     }
 }
 
+/// A whole answer as a `chat.completion`: `text` absent and tool calls present means `content: null`, as OpenAI
+/// answers a turn that only calls tools.
+pub(super) fn completion(
+    id: &str,
+    created: u64,
+    model: &str,
+    text: Option<&str>,
+    tool_calls: Vec<ToolCall<'_>>,
+    finish_reason: &str,
+    usage: Usage,
+) -> Result<Vec<u8>, Malformed> {
+    let content = match (text, tool_calls.is_empty()) {
+        (None, false) => None,
+        (t, _) => Some(t.unwrap_or_default()),
+    };
+    write_json(&Completion {
+        id,
+        object: "chat.completion",
+        created,
+        model,
+        choices: [Choice {
+            index: 0,
+            message: Message { role: "assistant", content, refusal: None, tool_calls },
+            logprobs: None,
+            finish_reason,
+        }],
+        usage: usage.into(),
+    })
+}
+
 pub(super) fn write_json(value: &impl Serialize) -> Result<Vec<u8>, Malformed> {
     let mut out = Vec::with_capacity(512);
     serde_json::to_writer(&mut out, value).map_err(|e| Malformed::json(&e))?;

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::engine::classify::FailureClass;
 use crate::engine::events::Usage;
-use crate::engine::translate::openai::{Choice, ChunkWriter, Completion, Function, Message, ToolCall, write_json};
+use crate::engine::translate::openai::{ChunkWriter, Function, ToolCall, completion};
 use crate::engine::translate::{Malformed, StreamStatus};
 
 /// The fields of a Messages answer that the client sees.
@@ -104,23 +104,8 @@ pub fn anthropic_response(body: &[u8], model: &str, id: &str, created: u64) -> R
     let usage = answer.usage.unwrap_or_default();
     let usage =
         Usage { prompt_tokens: usage.prompt().unwrap_or(0), completion_tokens: usage.output_tokens.unwrap_or(0) };
-    let content = match (&text, tool_calls.is_empty()) {
-        (None, false) => None,
-        (t, _) => Some(t.as_deref().unwrap_or_default()),
-    };
-    write_json(&Completion {
-        id,
-        object: "chat.completion",
-        created,
-        model,
-        choices: [Choice {
-            index: 0,
-            message: Message { role: "assistant", content, refusal: None, tool_calls },
-            logprobs: None,
-            finish_reason: finish_reason(answer.stop_reason.as_deref()),
-        }],
-        usage: usage.into(),
-    })
+    let finish = finish_reason(answer.stop_reason.as_deref());
+    completion(id, created, model, text.as_deref(), tool_calls, finish, usage)
 }
 
 /// One Messages stream event, read for what the client sees.

@@ -347,25 +347,9 @@ fn image<'a>(url: &'a str, at: &dyn Fn() -> String) -> Result<ImageSource<'a>, U
 }
 
 fn tool_uses<'a>(calls: &'a Value, at: &dyn Fn() -> String, blocks: &mut Vec<Block<'a>>) -> Result<(), Unsupported> {
-    let calls = calls.as_array().ok_or_else(|| Unsupported::new(format!("{}.tool_calls", at()), "must be an array"))?;
-    for (j, call) in calls.iter().enumerate() {
-        let at = || format!("{}.tool_calls[{j}]", at());
-        if call.get("type").and_then(Value::as_str).is_some_and(|t| t != "function") {
-            return Err(Unsupported::new(format!("{}.type", at()), "only function calls have an Anthropic equivalent"));
-        }
-        let f = call.get("function").ok_or_else(|| Unsupported::new(format!("{}.function", at()), "missing"))?;
-        let f_at = || format!("{}.function", at());
-        let arguments = str_field(f, "arguments", &f_at)?;
-        let input = match serde_json::from_str::<Value>(if arguments.trim().is_empty() { "{}" } else { arguments }) {
-            Ok(v @ Value::Object(_)) => v,
-            _ => {
-                return Err(Unsupported::new(
-                    format!("{}.arguments", f_at()),
-                    "Anthropic needs a tool call's arguments as a JSON object",
-                ));
-            }
-        };
-        blocks.push(Block::ToolUse { id: str_field(call, "id", &at)?, name: str_field(f, "name", &f_at)?, input });
+    for call in super::super::assistant_calls(calls, at, PROVIDER)? {
+        let id = call.id.ok_or_else(|| Unsupported::new(format!("{}.id", call.at), "`id` must be a string"))?;
+        blocks.push(Block::ToolUse { id, name: call.name, input: call.arguments });
     }
     Ok(())
 }

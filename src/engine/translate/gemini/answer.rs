@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::engine::classify::FailureClass;
 use crate::engine::events::Usage;
-use crate::engine::translate::openai::{Choice, ChunkWriter, Completion, Function, Message, ToolCall, write_json};
+use crate::engine::translate::openai::{ChunkWriter, Function, ToolCall, completion};
 use crate::engine::translate::{Malformed, StreamStatus};
 
 /// The fields of a `GenerateContentResponse` (a whole answer, or one stream event) that the client sees.
@@ -150,23 +150,8 @@ pub fn gemini_response(body: &[u8], model: &str, id: &str, created: u64) -> Resu
         None if candidate.is_none() => return Err(Malformed("an answer without candidates".into())),
         None => finish_reason("STOP", !tool_calls.is_empty()),
     };
-    let content = match (&text, tool_calls.is_empty()) {
-        (None, false) => None,
-        (t, _) => Some(t.as_deref().unwrap_or_default()),
-    };
-    write_json(&Completion {
-        id,
-        object: "chat.completion",
-        created,
-        model,
-        choices: [Choice {
-            index: 0,
-            message: Message { role: "assistant", content, refusal: None, tool_calls },
-            logprobs: None,
-            finish_reason: finish,
-        }],
-        usage: Usage::from(answer.usage_metadata.unwrap_or_default()).into(),
-    })
+    let usage = Usage::from(answer.usage_metadata.unwrap_or_default());
+    completion(id, created, model, text.as_deref(), tool_calls, finish, usage)
 }
 
 /// Gemini's `alt=sse` events (each a whole `GenerateContentResponse` with the next parts) → `chat.completion.chunk`

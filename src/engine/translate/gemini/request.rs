@@ -410,28 +410,11 @@ fn mime_from_name(uri: &str) -> Option<&'static str> {
 }
 
 fn function_calls<'a>(calls: &'a Value, at: &dyn Fn() -> String, parts: &mut Parts<'a>) -> Result<(), Unsupported> {
-    let calls = calls.as_array().ok_or_else(|| Unsupported::new(format!("{}.tool_calls", at()), "must be an array"))?;
-    for (j, call) in calls.iter().enumerate() {
-        let at = || format!("{}.tool_calls[{j}]", at());
-        if call.get("type").and_then(Value::as_str).is_some_and(|t| t != "function") {
-            return Err(Unsupported::new(format!("{}.type", at()), "only function calls have a Gemini equivalent"));
-        }
-        let f = call.get("function").ok_or_else(|| Unsupported::new(format!("{}.function", at()), "missing"))?;
-        let f_at = || format!("{}.function", at());
-        let arguments = str_field(f, "arguments", &f_at)?;
-        let args = match serde_json::from_str::<Value>(if arguments.trim().is_empty() { "{}" } else { arguments }) {
-            Ok(v @ Value::Object(_)) => v,
-            _ => {
-                return Err(Unsupported::new(
-                    format!("{}.arguments", f_at()),
-                    "Gemini needs a tool call's arguments as a JSON object",
-                ));
-            }
-        };
+    for (j, call) in super::super::assistant_calls(calls, at, PROVIDER)?.into_iter().enumerate() {
         // Only the first call of a turn carries a signature.
         let thought_signature = (j == 0).then_some(FOREIGN_SIGNATURE);
         parts.push(Part {
-            function_call: Some(FunctionCall { name: str_field(f, "name", &f_at)?, args }),
+            function_call: Some(FunctionCall { name: call.name, args: call.arguments }),
             thought_signature,
             ..Part::default()
         });
