@@ -6,6 +6,7 @@
 //!     DATABASE_URL=... cargo bench --bench gateway -- [--mock-port N] [--litellm-url URL --litellm-key KEY]
 //!         [--baseline-bin PATH]...  # also measure other builds (e.g. the previous commit's) in the same run
 //!         [--wire-only]           # only the streamed / plain × 1 / 50 connections rows
+//!         [--rounds N]            # and their ratios again as N interleaved rounds (median and range)
 //!         [--translation-only]    # only the translated-Anthropic vs pass-through rows
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, clippy::panic)]
 
@@ -320,6 +321,77 @@ async fn wire_rows(mock_addr: SocketAddr, mock_pid: u32, gateways: &[Gateway]) {
                         r.throughput() / g.throughput().max(0.001)
                     );
                 }
+            }
+        }
+    }
+    if let Some(rounds) = arg("--rounds").and_then(|r| r.parse::<usize>().ok()).filter(|r| *r > 0) {
+        wire_rounds(mock_addr, gateways, &many, rounds).await;
+    }
+}
+
+/// Length of one cell of one interleaved round.
+const ROUND_RUN: Duration = Duration::from_secs(2);
+
+/// `--rounds N`: the wire rows' ratios again, as N interleaved rounds. Each round measures the mock alone and every
+/// gateway back to back (in reverse order every other round), so a ratio compares figures taken seconds apart: on a
+/// shared machine the mock's own rate drifts by a fifth between rows taken a minute apart. Prints the median and
+/// range over the rounds.
+async fn wire_rounds(mock_addr: SocketAddr, gateways: &[Gateway], many: &[Vec<String>], rounds: usize) {
+    println!(
+        "\n## Interleaved rounds: {rounds} rounds of {} s per cell; median (min – max) over the rounds\n",
+        ROUND_RUN.as_secs()
+    );
+    println!(
+        "| streamed / plain, connections | target | ratio to mock (%) | p50 added to the mock's (ms) | 1,000 tokens / one token |"
+    );
+    println!("|---|---|---|---|---|");
+    let spread = |mut v: Vec<f64>, digits: usize| -> String {
+        if v.is_empty() {
+            return String::new();
+        }
+        v.sort_by(f64::total_cmp);
+        format!("{:.digits$} ({:.digits$} – {:.digits$})", v[v.len() / 2], v[0], v[v.len() - 1])
+    };
+    let kinds = [("plain", CHAT), ("streamed", STREAM)];
+    for (kind, body) in kinds.into_iter().filter(|(k, _)| arg("--wire-kind").is_none_or(|w| w == *k)) {
+        let wanted: Option<usize> = arg("--wire-connections").and_then(|c| c.parse().ok());
+        for connections in [1, 50].into_iter().filter(|c| wanted.is_none_or(|w| w == *c)) {
+            let direct = loadgen::request("/v1/chat/completions", mock_addr, Some("sk-bench-direct"), &[], body);
+            let n = gateways.len();
+            let (mut ratio, mut added, mut rotating) = (vec![Vec::new(); n], vec![Vec::new(); n], vec![Vec::new(); n]);
+            for round in 0..rounds {
+                let d = loadgen::max_throughput(mock_addr, direct.clone(), ROUND_RUN, connections).await;
+                let order: Vec<usize> = if round % 2 == 0 { (0..n).collect() } else { (0..n).rev().collect() };
+                for i in order {
+                    let gw = &gateways[i];
+                    let one = loadgen::request("/v1/chat/completions", gw.addr, Some(&gw.token), &[], body);
+                    let g = loadgen::max_throughput(gw.addr, one, ROUND_RUN, connections).await;
+                    ratio[i].push(g.throughput() / d.throughput().max(0.001));
+                    added[i].push((g.percentile(0.5).as_secs_f64() - d.percentile(0.5).as_secs_f64()) * 1e3);
+                    if connections == 50 {
+                        let reqs: Vec<_> = many[i]
+                            .iter()
+                            .map(|t| loadgen::request("/v1/chat/completions", gw.addr, Some(t), &[], body))
+                            .collect();
+                        let r = loadgen::max_throughput_rotating(
+                            gw.addr,
+                            std::sync::Arc::new(reqs),
+                            ROUND_RUN,
+                            connections,
+                        )
+                        .await;
+                        rotating[i].push(r.throughput() / g.throughput().max(0.001));
+                    }
+                }
+            }
+            for (i, gw) in gateways.iter().enumerate() {
+                println!(
+                    "| {kind}, {connections} | {} | {} | {} | {} |",
+                    gw.label,
+                    spread(ratio[i].iter().map(|r| r * 100.0).collect(), 0),
+                    spread(added[i].clone(), 3),
+                    spread(rotating[i].clone(), 2)
+                );
             }
         }
     }

@@ -121,8 +121,6 @@ impl Application {
         let metrics_state = state.clone();
         let mut server = HttpServer::new(move || {
             App::new()
-                .wrap(from_fn(api::body_deadline))
-                .wrap(from_fn(api::head_as_get))
                 .wrap(from_fn(api::request_context))
                 .app_data(state.clone())
                 .configure(api::routes)

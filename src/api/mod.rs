@@ -51,7 +51,7 @@ pub struct AppState {
     pub cache: std::sync::Arc<crate::cache::SemanticCache>,
     pub scoped_tokens: crate::vault::scoped::ScopedTokens,
     pub alerts: crate::alerts::Alerts,
-    /// Longest a client may take to send its body (see [`body_deadline`]).
+    /// Longest a client may take to send its body (see [`bound_body_time`]).
     pub body_read_timeout: std::time::Duration,
 }
 
@@ -74,7 +74,11 @@ fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
 pub fn routes(cfg: &mut web::ServiceConfig) {
     let keys_json = json_config(KEYS_BODY_LIMIT);
     let cache_json = json_config(CACHE_BODY_LIMIT);
-    cfg.service(resource("/healthz", "GET, HEAD").route(web::get().to(health::healthz)))
+    // The router tries resources in this order, one pattern after another: the gateway's hot paths go first.
+    cfg.service(resource("/v1/chat/completions", "POST").route(web::post().to(proxy::chat)))
+        .service(resource("/v1/completions", "POST").route(web::post().to(proxy::completions)))
+        .service(resource("/v1/embeddings", "POST").route(web::post().to(proxy::embeddings)))
+        .service(resource("/healthz", "GET, HEAD").route(web::get().to(health::healthz)))
         .service(resource("/readyz", "GET, HEAD").route(web::get().to(health::readyz)))
         .service(resource("/docs", "GET, HEAD").route(web::get().to(docs_slash)))
         .service(
@@ -103,9 +107,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/v1/alerts/verify", "GET, HEAD").route(web::get().to(alerts::verify)))
         .service(resource("/v1/alerts", "GET, HEAD").route(web::get().to(alerts::list)))
         .service(resource("/v1/events", "GET, HEAD").route(web::get().to(alerts::events)))
-        .service(resource("/v1/chat/completions", "POST").route(web::post().to(proxy::chat)))
-        .service(resource("/v1/completions", "POST").route(web::post().to(proxy::completions)))
-        .service(resource("/v1/embeddings", "POST").route(web::post().to(proxy::embeddings)))
         .service(resource("/v1/moderations", "POST").route(web::post().to(surface::moderations)))
         .service(resource("/v1/images/generations", "POST").route(web::post().to(surface::image_generations)))
         .service(resource("/v1/audio/speech", "POST").route(web::post().to(surface::speech)))
@@ -139,43 +140,73 @@ async fn docs_slash() -> HttpResponse {
 
 /// HEAD is answered as GET on every route, Swagger UI's included (RFC 9110 requires it wherever GET is served). The
 /// HTTP layer remembers the method it parsed and sends the response's status and headers, Content-Length included,
-/// without the body. Register it inside the access log so the log still shows HEAD.
+/// without the body. On the main listener [`request_context`] does this after logging the method, so the log still
+/// shows HEAD; this middleware does it for the metrics listener.
 pub async fn head_as_get(
     mut req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    serve_head_as_get(&mut req);
+    next.call(req).await
+}
+
+fn serve_head_as_get(req: &mut ServiceRequest) {
     if req.method() == Method::HEAD {
         req.head_mut().method = Method::GET;
     }
-    next.call(req).await
 }
 
 /// Bounds the time a client may take to send its body: past the deadline the body stream ends in a timed-out read,
 /// which the JSON readers answer with 408 `request_timeout`. Without it, a client trickling one byte a second holds its
-/// request (and the handler's memory) for as long as it likes.
-pub async fn body_deadline(
-    mut req: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+/// request (and the handler's memory) for as long as it likes. Applied by [`request_context`].
+fn bound_body_time(req: &mut ServiceRequest) {
     let timeout = req.app_data::<web::Data<AppState>>().map(|s| s.body_read_timeout);
     if let Some(timeout) = timeout {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let payload = actix_web::HttpMessage::take_payload(&mut req);
-        let timed = futures_util::stream::unfold(Some(payload), move |payload| async move {
-            let mut payload = payload?;
-            match tokio::time::timeout_at(deadline, futures_util::StreamExt::next(&mut payload)).await {
-                Ok(Some(chunk)) => Some((chunk, Some(payload))),
-                Ok(None) => None,
-                Err(_) => Some((Err(PayloadError::Io(std::io::Error::from(std::io::ErrorKind::TimedOut))), None)),
-            }
-        });
-        let timed: actix_web::dev::Payload = actix_web::dev::Payload::Stream { payload: Box::pin(timed) };
-        req.set_payload(timed);
+        let payload = actix_web::HttpMessage::take_payload(req);
+        let timed =
+            DeadlinePayload { payload, deadline: tokio::time::Instant::now() + timeout, timer: None, ended: false };
+        req.set_payload(actix_web::dev::Payload::Stream { payload: Box::pin(timed) });
     }
-    next.call(req).await
 }
 
-/// Whether a body read failed because of [`body_deadline`].
+/// A request body that ends in a timed-out read once its deadline passes. The timer is only armed when the body is
+/// not all there yet: a small body has usually arrived with the headers, and then no timer is set at all.
+struct DeadlinePayload {
+    payload: actix_web::dev::Payload,
+    deadline: tokio::time::Instant,
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    ended: bool,
+}
+
+impl futures_util::Stream for DeadlinePayload {
+    type Item = Result<web::Bytes, PayloadError>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::future::Future;
+        use std::task::Poll;
+        let this = self.get_mut();
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        if let Poll::Ready(item) = std::pin::Pin::new(&mut this.payload).poll_next(cx) {
+            this.ended = item.is_none();
+            return Poll::Ready(item);
+        }
+        let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(this.deadline)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                this.ended = true;
+                Poll::Ready(Some(Err(PayloadError::Io(std::io::Error::from(std::io::ErrorKind::TimedOut)))))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// Whether a body read failed because of [`bound_body_time`].
 pub fn body_timed_out(e: &PayloadError) -> bool {
     matches!(e, PayloadError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut)
 }

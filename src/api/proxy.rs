@@ -20,6 +20,18 @@ use actix_web::web::Bytes;
 const MAX_FALLBACKS: usize = 16;
 const MAX_TIMEOUT_MS: u64 = 600_000;
 
+// Header names as constants: a `&str` name is parsed and validated on every lookup or insert.
+const FALLBACK: HeaderName = HeaderName::from_static("x-reliablegpt-fallback");
+const INSTANCE: HeaderName = HeaderName::from_static("x-reliablegpt-instance");
+const CACHING: HeaderName = HeaderName::from_static("x-reliablegpt-caching");
+const TIMEOUT_MS: HeaderName = HeaderName::from_static("x-reliablegpt-timeout-ms");
+const HEDGE_MS: HeaderName = HeaderName::from_static("x-reliablegpt-hedge-ms");
+const MODEL: HeaderName = HeaderName::from_static("x-reliablegpt-model");
+const PROVIDER: HeaderName = HeaderName::from_static("x-reliablegpt-provider");
+const ATTEMPTS: HeaderName = HeaderName::from_static("x-reliablegpt-attempts");
+const CACHE: HeaderName = HeaderName::from_static("x-reliablegpt-cache");
+const FALLBACK_REASON: HeaderName = HeaderName::from_static("x-reliablegpt-fallback-reason");
+
 /// Chat completions with fallbacks, key rotation, retries and stream rescue. OpenAI's request and response format.
 #[utoipa::path(
     post, path = "/v1/chat/completions", tag = "gateway", security(("token" = [])),
@@ -136,7 +148,7 @@ pub(super) fn respond(reply: Reply) -> HttpResponse {
             }
             let mut res = actix_web::ResponseError::error_response(&error);
             if let Ok(attempts) = HeaderValue::from_str(&served.attempts.to_string()) {
-                res.headers_mut().insert(HeaderName::from_static("x-reliablegpt-attempts"), attempts);
+                res.headers_mut().insert(ATTEMPTS, attempts);
             }
             (res, served.upstream_time)
         }
@@ -153,15 +165,15 @@ fn sse_headers(res: &mut HttpResponseBuilder) -> &mut HttpResponseBuilder {
 
 fn served_headers(res: &mut HttpResponseBuilder, served: &Served) {
     if let Ok(model) = HeaderValue::from_str(&served.model) {
-        res.insert_header((HeaderName::from_static("x-reliablegpt-model"), model));
+        res.insert_header((MODEL, model));
     }
     if let Some(provider) = served.provider {
-        res.insert_header(("x-reliablegpt-provider", provider.as_str()));
+        res.insert_header((PROVIDER, HeaderValue::from_static(provider.as_str())));
     }
-    res.insert_header(("x-reliablegpt-attempts", served.attempts.to_string()))
-        .insert_header(("x-reliablegpt-cache", "miss"));
+    res.insert_header((ATTEMPTS, HeaderValue::from(served.attempts)))
+        .insert_header((CACHE, HeaderValue::from_static("miss")));
     if let Some(reason) = served.fallback_reason {
-        res.insert_header(("x-reliablegpt-fallback-reason", reason.as_str()));
+        res.insert_header((FALLBACK_REASON, HeaderValue::from_static(reason.as_str())));
     }
 }
 
@@ -226,13 +238,15 @@ pub(super) fn parse(
     if stream && endpoint == Endpoint::Embeddings {
         return Err(ApiError::invalid("stream", "embeddings cannot be streamed"));
     }
-    let header = |name: &str| -> Result<Option<&str>, ApiError> {
+    let header = |name: &HeaderName| -> Result<Option<&str>, ApiError> {
         match http.headers().get(name) {
             None => Ok(None),
-            Some(v) => v.to_str().map(|s| Some(s.trim())).map_err(|_| ApiError::invalid(name, "must be ASCII")),
+            Some(v) => {
+                v.to_str().map(|s| Some(s.trim())).map_err(|_| ApiError::invalid(name.as_str(), "must be ASCII"))
+            }
         }
     };
-    let fallbacks = match header("x-reliablegpt-fallback")? {
+    let fallbacks = match header(&FALLBACK)? {
         None => None,
         Some(list) => {
             let models: Vec<String> =
@@ -246,27 +260,27 @@ pub(super) fn parse(
             Some(models)
         }
     };
-    let instance = match header("x-reliablegpt-instance")? {
+    let instance = match header(&INSTANCE)? {
         None => DEFAULT_INSTANCE.to_owned(),
         Some(id) if valid_instance(id) => id.to_owned(),
         Some(_) => {
             return Err(ApiError::invalid("x-reliablegpt-instance", "must be 1-128 letters, digits or `-_.:`"));
         }
     };
-    let caching = match header("x-reliablegpt-caching")? {
+    let caching = match header(&CACHING)? {
         None => None,
         Some("true") => Some(true),
         Some("false") => Some(false),
         Some(_) => return Err(ApiError::invalid("x-reliablegpt-caching", "must be true or false")),
     };
-    let timeout = match header("x-reliablegpt-timeout-ms")? {
+    let timeout = match header(&TIMEOUT_MS)? {
         None => None,
         Some(ms) => match ms.parse::<u64>() {
             Ok(ms) if (1..=MAX_TIMEOUT_MS).contains(&ms) => Some(Duration::from_millis(ms)),
             _ => return Err(ApiError::invalid("x-reliablegpt-timeout-ms", format!("must be 1-{MAX_TIMEOUT_MS}"))),
         },
     };
-    let hedge = match header("x-reliablegpt-hedge-ms")? {
+    let hedge = match header(&HEDGE_MS)? {
         None => None,
         Some(ms) => match ms.parse::<u64>() {
             Ok(ms) if (1..=60_000).contains(&ms) => Some(Duration::from_millis(ms)),

@@ -20,8 +20,11 @@ fn acceptable(id: &str) -> bool {
     !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
 }
 
+/// The main listener's one middleware (each `from_fn` layer costs a boxed future and a service hop per request): the
+/// request id and access log, then HEAD served as GET and the body's time limit (see [`super::head_as_get`] and
+/// [`super::bound_body_time`]).
 pub async fn request_context(
-    req: ServiceRequest,
+    mut req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let id = req
@@ -35,20 +38,25 @@ pub async fn request_context(
     let span = tracing::info_span!("request", request_id = %id);
     let method = req.method().clone();
     let started = Instant::now();
+    super::serve_head_as_get(&mut req);
+    super::bound_body_time(&mut req);
     let mut res = next.call(req).instrument(span.clone()).await?;
     if let Ok(value) = HeaderValue::from_str(&id) {
         res.headers_mut().insert(REQUEST_ID, value);
     }
-    let route = res.request().match_pattern().unwrap_or_else(|| "(unmatched)".to_owned());
     let _guard = span.enter();
     let upstream = res.response().extensions().get::<UpstreamTime>().map(|u| u.0);
-    tracing::info!(
-        method = %method,
-        route = %route,
-        status = res.status().as_u16(),
-        latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-        "request"
-    );
+    // The route pattern is looked up (and allocated) only when the line is written.
+    if tracing::enabled!(tracing::Level::INFO) {
+        let route = res.request().match_pattern().unwrap_or_else(|| "(unmatched)".to_owned());
+        tracing::info!(
+            method = %method,
+            route = %route,
+            status = res.status().as_u16(),
+            latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            "request"
+        );
+    }
     if let Some(upstream) = upstream
         && let Some(state) = res.request().app_data::<actix_web::web::Data<super::AppState>>()
     {

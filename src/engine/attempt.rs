@@ -62,13 +62,15 @@ impl Engine {
         let mut hedged: Option<(Target<'p>, Instant)> = None;
         let raced = {
             let run: &Run = run;
-            hedge::race(primary, after, || {
+            // Boxed: the race holds two calls at once, and inline it would double the size of every request's future
+            // (which is moved, byte for byte, when the handler's future is boxed), hedged or not.
+            Box::pin(hedge::race(primary, after, || {
                 let pick = self.select(cx, plan, run, plan.next_step(target.pos), AttemptRole::Hedge);
                 let hedge_target = pick.target?;
                 hedged = Some((hedge_target, Instant::now()));
                 let body = cx.req.body_for(&hedge_target.step.model);
                 Some(self.call(hedge_target, body, content_type, wire, cx.deadline))
-            })
+            }))
             .await
         };
         run.waited += started.elapsed();

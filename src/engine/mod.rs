@@ -282,7 +282,8 @@ impl Engine {
             .await
         {
             Ok(permit) => permit,
-            Err(shed) => return self.shed(&cx, shed).await,
+            // The paths off the common one are boxed, so that their futures do not add to every request's future.
+            Err(shed) => return Box::pin(self.shed(&cx, shed)).await,
         };
         // Cache-first, or busy: a cached answer before any upstream call.
         let early = if permit.load() >= BUSY_LOAD {
@@ -292,7 +293,7 @@ impl Engine {
         };
         if cx.caching
             && let Some(reason) = early
-            && let Some(answer) = self.ask_elsewhere(&cx, reason, permit.load()).await
+            && let Some(answer) = Box::pin(self.ask_elsewhere(&cx, reason, permit.load())).await
         {
             return self.substitute(&cx, &Run::default(), answer);
         }
@@ -314,7 +315,7 @@ impl Engine {
             }
             Ended::Refused(target, failure) => self.refused(&cx, run, target, failure),
             // The outcome chain.
-            Ended::Exhausted => self.after_last_target(&cx, &plan, run, permit).await,
+            Ended::Exhausted => Box::pin(self.after_last_target(&cx, &plan, run, permit)).await,
         }
     }
 
