@@ -50,9 +50,17 @@ impl Engine {
                 let reason = format!("{} ({})", failure.class.as_str(), failure.detail);
                 tokio::spawn(
                     async move {
-                        // On success every replica drops its cached copy of the set and reloads it with the mark.
-                        match vault.mark_key_invalid(set_id, key_id, &reason).await {
-                            Ok(_) => health.stored(key_id),
+                        // The stored time is noted as soon as the write commits, before the announcement: a set
+                        // read after it that calls the key active was revived by its owner (an owner can see the
+                        // mark and revive the key while the announcement is still on its way).
+                        match vault.write_key_invalid(set_id, key_id, &reason).await {
+                            Ok(marked) => {
+                                health.stored(key_id);
+                                // Then every replica drops its cached copy of the set and reloads it with the mark.
+                                if marked && let Err(e) = vault.announce_change(set_id).await {
+                                    tracing::warn!(error = %e, "could not announce a key's invalid mark");
+                                }
+                            }
                             Err(e) => tracing::warn!(error = %e, "could not mark a key invalid"),
                         }
                     }

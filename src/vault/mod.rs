@@ -251,11 +251,12 @@ impl Vault {
         let (_, hash) = self.peppers.active(&token);
         let (token, hash) = (&token, &hash);
         self.cache
+            // The database read is boxed: inline, its future would be moved with every request's, cache hit or not.
             .get_or_load(hash.0, || {
-                self.while_reachable(async move {
+                Box::pin(self.while_reachable(async move {
                     let session = self.unlock(token, hash).await?;
                     self.open_key_set(&session).await
-                })
+                }))
             })
             .await
     }
@@ -638,11 +639,17 @@ impl Vault {
     /// Takes a key out of rotation after a genuine credential error; `reason` is shown to the owner.
     /// Every replica then reloads the set and skips the key.
     pub async fn mark_key_invalid(&self, key_set_id: Uuid, key_id: Uuid, reason: &str) -> Result<bool, VaultError> {
-        let marked = queries::mark_key_invalid(&self.pool, key_set_id, key_id, reason).await?;
+        let marked = self.write_key_invalid(key_set_id, key_id, reason).await?;
         if marked {
             self.announce_change(key_set_id).await?;
         }
         Ok(marked)
+    }
+
+    /// [`Self::mark_key_invalid`] without telling anyone: the caller notes the moment the mark is stored (see
+    /// `KeyHealth::stored`), then calls [`Self::announce_change`] when this returns true.
+    pub async fn write_key_invalid(&self, key_set_id: Uuid, key_id: Uuid, reason: &str) -> Result<bool, VaultError> {
+        Ok(queries::mark_key_invalid(&self.pool, key_set_id, key_id, reason).await?)
     }
 
     /// Puts a key that answered again back into rotation, on every replica.
@@ -653,7 +660,7 @@ impl Vault {
 
     /// After a key's stored status changed: drops this replica's copy at once and tells the others. Only after a
     /// successful write, so a failed one (the database is down) leaves warm sets serving.
-    async fn announce_change(&self, key_set_id: Uuid) -> Result<(), VaultError> {
+    pub async fn announce_change(&self, key_set_id: Uuid) -> Result<(), VaultError> {
         self.cache.evict_key_set(key_set_id);
         let mut conn = self.pool.acquire().await?;
         Ok(queries::notify_change(&mut conn, key_set_id).await?)
