@@ -8,6 +8,9 @@
 //!
 //! Three guards on top:
 //! - **Single flight**: concurrent misses on one token share one database read ([`KeySetCache::get_or_load`]).
+//! - **Refresh ahead**: a set used in the last quarter of its TTL is read again in the background
+//!   ([`KeySetCache::refresh_flight`]), so a busy token never waits for a reload on its request path. The refreshed
+//!   set is a fresh database read with a fresh TTL; staleness stays bounded by the TTL as before.
 //! - **Generation**: every eviction bumps a counter; a read that began before an eviction is not cached, so a `PATCH`
 //!   or `DELETE` landing between the read and the insert cannot leave the old set alive for a TTL.
 //! - **Outage**: while the change listener has lost the database ([`KeySetCache::begin_outage`]) nobody can revoke a
@@ -16,6 +19,7 @@
 //!   notifications may have been missed.
 
 use std::collections::HashMap;
+use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -140,6 +144,27 @@ impl KeySetCache {
         }
     }
 
+    /// When the set cached for `token_hash` is in the last quarter of its TTL and nobody is reading it already: a
+    /// flight for a background read of it (the caller runs the read and lands the flight). Nothing during an outage or
+    /// with caching off.
+    pub fn refresh_flight(self: &Arc<Self>, token_hash: &[u8; 32], now: Instant) -> Option<Flight<Arc<Self>>> {
+        if self.ttl.is_zero() || self.outage.borrow().is_some() {
+            return None;
+        }
+        let expires = self.entries.lock().get_mut(token_hash, now)?.expires;
+        if now + self.ttl / 4 < expires {
+            return None;
+        }
+        let mut flights = self.flights();
+        if flights.contains_key(token_hash) {
+            return None;
+        }
+        let (tx, rx) = watch::channel(None);
+        let id = self.next_flight.fetch_add(1, Ordering::Relaxed);
+        flights.insert(*token_hash, Slot { id, landed: rx });
+        Some(Flight { cache: self.clone(), token_hash: *token_hash, id, generation: self.generation(), tx })
+    }
+
     fn flights(&self) -> MutexGuard<'_, HashMap<[u8; 32], Slot>> {
         self.flights.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -220,23 +245,28 @@ impl KeySetCache {
     }
 }
 
-/// The one read in flight for a token. Dropped without landing (its request was cancelled), it lets followers retry.
-struct Flight<'a> {
-    cache: &'a KeySetCache,
+/// The one read in flight for a token: a request's (holding `&KeySetCache`) or a background refresh's (holding the
+/// `Arc`). Dropped without landing (its request was cancelled), it lets followers retry.
+pub struct Flight<C: Deref<Target = KeySetCache>> {
+    cache: C,
     token_hash: [u8; 32],
     id: u64,
     generation: u64,
     tx: watch::Sender<Landed>,
 }
 
-impl Flight<'_> {
-    fn land(self, result: &Result<Arc<OpenKeySet>, VaultError>) {
+impl<C: Deref<Target = KeySetCache>> Flight<C> {
+    pub fn land(self, result: &Result<Arc<OpenKeySet>, VaultError>) {
         let shared = match result {
             Ok(opened) => {
                 self.cache.insert_read_at(self.token_hash, opened.clone(), self.generation, Instant::now());
                 Ok(opened.clone())
             }
-            Err(VaultError::Unauthenticated) => Err(Shared::Unauthenticated),
+            // The token is gone (a refresh learns it this way if the revocation's notification was missed).
+            Err(VaultError::Unauthenticated) => {
+                self.cache.entries.lock().remove(&self.token_hash);
+                Err(Shared::Unauthenticated)
+            }
             Err(e) if e.is_unavailable() => Err(Shared::Unavailable),
             Err(_) => Err(Shared::Retry),
         };
@@ -245,7 +275,7 @@ impl Flight<'_> {
     }
 }
 
-impl Drop for Flight<'_> {
+impl<C: Deref<Target = KeySetCache>> Drop for Flight<C> {
     fn drop(&mut self) {
         let mut flights = self.cache.flights();
         if flights.get(&self.token_hash).is_some_and(|slot| slot.id == self.id) {
@@ -470,5 +500,59 @@ mod tests {
         assert_eq!(cache.begin_outage(now), 0);
         assert_eq!(cache.entries.len(), 0);
         assert!(cache.outage().is_some());
+    }
+
+    #[test]
+    fn a_set_in_the_last_quarter_of_its_ttl_is_refreshed_once_in_the_background() {
+        let cache = Arc::new(cache(40));
+        let (now, id) = (Instant::now(), Uuid::new_v4());
+        let old = set(id);
+        insert(&cache, hash(1), old.clone(), now);
+        assert!(cache.refresh_flight(&hash(1), now + Duration::from_secs(29)).is_none(), "not due yet");
+        assert!(cache.refresh_flight(&hash(2), now + Duration::from_secs(31)).is_none(), "nothing cached to refresh");
+        let flight = cache.refresh_flight(&hash(1), now + Duration::from_secs(31)).expect("due in the last quarter");
+        assert!(cache.refresh_flight(&hash(1), now + Duration::from_secs(32)).is_none(), "one refresh at a time");
+        assert!(Arc::ptr_eq(&cache.get(&hash(1)).unwrap(), &old), "the old set serves meanwhile");
+        let fresh = set(id);
+        flight.land(&Ok(fresh.clone()));
+        assert!(Arc::ptr_eq(&cache.get(&hash(1)).unwrap(), &fresh), "the refreshed read replaced it");
+        assert!(cache.flights().is_empty());
+    }
+
+    #[test]
+    fn a_refresh_racing_an_eviction_or_finding_the_token_gone_leaves_nothing_cached() {
+        let cache = Arc::new(cache(40));
+        let (now, id) = (Instant::now(), Uuid::new_v4());
+        let due = now + Duration::from_secs(35);
+        insert(&cache, hash(1), set(id), now);
+        let flight = cache.refresh_flight(&hash(1), due).unwrap();
+        cache.evict_key_set(id);
+        flight.land(&Ok(set(id)));
+        assert!(cache.get(&hash(1)).is_none(), "a read that began before the change is not cached");
+
+        insert(&cache, hash(2), set(id), now);
+        let flight = cache.refresh_flight(&hash(2), due).unwrap();
+        flight.land(&Err(VaultError::Unauthenticated));
+        assert!(cache.get(&hash(2)).is_none(), "a revoked token's set goes at once");
+
+        insert(&cache, hash(3), set(id), now);
+        drop(cache.refresh_flight(&hash(3), due).unwrap());
+        assert!(cache.get(&hash(3)).is_some(), "a refresh that ended without landing leaves the set serving");
+        assert!(cache.refresh_flight(&hash(3), due).is_some(), "and a later request may refresh again");
+    }
+
+    #[test]
+    fn nothing_is_refreshed_during_an_outage_or_with_caching_off() {
+        let cache = Arc::new(cache(40));
+        let now = Instant::now();
+        insert(&cache, hash(1), set(Uuid::new_v4()), now);
+        cache.begin_outage(now);
+        assert!(cache.refresh_flight(&hash(1), now + Duration::from_secs(35)).is_none());
+        let off = Arc::new(cache_with_zero_ttl());
+        assert!(off.refresh_flight(&hash(1), now).is_none());
+    }
+
+    fn cache_with_zero_ttl() -> KeySetCache {
+        KeySetCache::new(Duration::ZERO, Duration::from_secs(60))
     }
 }

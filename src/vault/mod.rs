@@ -23,6 +23,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
+use tracing::Instrument;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -249,16 +250,36 @@ impl Vault {
     pub async fn open_for_request(&self, token_text: &str) -> Result<Arc<OpenKeySet>, VaultError> {
         let token = Token::parse(token_text).map_err(|_| VaultError::Unauthenticated)?;
         let (_, hash) = self.peppers.active(&token);
-        let (token, hash) = (&token, &hash);
-        self.cache
-            // The database read is boxed: inline, its future would be moved with every request's, cache hit or not.
-            .get_or_load(hash.0, || {
-                Box::pin(self.while_reachable(async move {
-                    let session = self.unlock(token, hash).await?;
-                    self.open_key_set(&session).await
-                }))
-            })
-            .await
+        let opened = {
+            let (token, hash) = (&token, &hash);
+            self.cache
+                // The database read is boxed: inline, its future would be moved with every request's, cache hit or not.
+                .get_or_load(hash.0, || Box::pin(self.read_key_set(token, hash)))
+                .await?
+        };
+        if let Some(flight) = self.cache.refresh_flight(&hash.0, Instant::now()) {
+            let vault = self.clone();
+            tokio::spawn(
+                async move {
+                    let result = vault.read_key_set(&token, &hash).await.map(Arc::new);
+                    if let Err(e) = &result {
+                        tracing::debug!(error = %e, "background refresh of a key set failed");
+                    }
+                    flight.land(&result);
+                }
+                .in_current_span(),
+            );
+        }
+        Ok(opened)
+    }
+
+    /// One database read of the key set `token` opens (see [`Self::while_reachable`]).
+    async fn read_key_set(&self, token: &Token, hash: &TokenHash) -> Result<OpenKeySet, VaultError> {
+        self.while_reachable(async move {
+            let session = self.unlock(token, hash).await?;
+            self.open_key_set(&session).await
+        })
+        .await
     }
 
     /// Runs a request's database work. While the change listener knows the database is gone, the work gets

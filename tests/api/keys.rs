@@ -291,3 +291,39 @@ async fn one_token_can_neither_read_nor_change_another_key_set() {
     assert_eq!(b_after["keys"].as_array().unwrap().len(), 2);
     assert_eq!(b_after["keys"][0]["id"], b_key);
 }
+
+#[tokio::test]
+async fn a_busy_token_is_read_again_in_the_background_before_its_set_expires() {
+    let app = spawn_app().await;
+    let token = token_of(&app.create_key_set(json!([canary_key()])).await);
+    let ring = |name: &'static str| reliablegpt::config::Keyring::parse(name, &app.env[name]).unwrap();
+    let ttl = std::time::Duration::from_secs(3);
+    let vault = reliablegpt::vault::Vault::with_cache(
+        app.pool.clone(),
+        std::sync::Arc::new(ring("RELIABLEGPT_MASTER_KEY")),
+        &ring("RELIABLEGPT_TOKEN_PEPPER"),
+        ttl,
+        std::time::Duration::ZERO,
+    );
+    let first = vault.open_for_request(&token).await.unwrap();
+    assert!(std::sync::Arc::ptr_eq(&first, &vault.open_for_request(&token).await.unwrap()), "served from memory");
+    // In the last quarter of its TTL: this request is still answered from memory and starts a background read.
+    tokio::time::sleep(ttl * 4 / 5).await;
+    let during = vault.open_for_request(&token).await.unwrap();
+    assert!(std::sync::Arc::ptr_eq(&first, &during), "the request did not wait for the read");
+    let mut refreshed = None;
+    for _ in 0..50 {
+        let now = vault.open_for_request(&token).await.unwrap();
+        if !std::sync::Arc::ptr_eq(&now, &first) {
+            refreshed = Some(now);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let refreshed = refreshed.expect("the refreshed set replaced the old one");
+    assert!(
+        refreshed.loaded_at < first.loaded_at + ttl,
+        "read before the old set expired (a reload after expiry would have been read later)"
+    );
+    assert_eq!(refreshed.key_set_id, first.key_set_id);
+}
