@@ -279,6 +279,10 @@ fn print_max(label: &str, s: &Stats) {
 
 /// Streamed and plain chat, 1 and 50 connections, one token and 1,000 tokens round-robin, each with its ratio to the
 /// mock alone measured in the same run.
+/// Every measured row follows one second of the same load (connections opened, upstream pools filled), except the
+/// "first use" row: it starts with none of the 1,000 key sets opened, so its figures include every token's first
+/// database read (the cache misses); the "warm" row that follows it measures the same tokens while their key sets are
+/// cached and refreshed in the background.
 /// The CPU column is the target process's own CPU per answered request (the mock's for "mock direct", the gateway's
 /// otherwise): unlike req/s it hardly moves when other work shares the machine.
 async fn wire_rows(mock_addr: SocketAddr, mock_pid: u32, gateways: &[Gateway]) {
@@ -286,6 +290,63 @@ async fn wire_rows(mock_addr: SocketAddr, mock_pid: u32, gateways: &[Gateway]) {
         "\n| streamed / plain, connections, tokens | target | req/s | errors | p50 (ms) | p99 (ms) | ratio to mock | CPU µs / request |"
     );
     println!("|---|---|---|---|---|---|---|---|");
+    let many = many_tokens(gateways).await;
+    // `--wire-kind plain|streamed` and `--wire-connections N` pick rows (for profiling one of them).
+    let kinds = [("plain", CHAT), ("streamed", STREAM)];
+    let mut cold_done = vec![false; gateways.len()];
+    for (kind, body) in kinds.into_iter().filter(|(k, _)| arg("--wire-kind").is_none_or(|w| w == *k)) {
+        let wanted: Option<usize> = arg("--wire-connections").and_then(|c| c.parse().ok());
+        for connections in [1, 50].into_iter().filter(|c| wanted.is_none_or(|w| w == *c)) {
+            let direct = loadgen::request("/v1/chat/completions", mock_addr, Some("sk-bench-direct"), &[], body);
+            let direct = std::sync::Arc::new(vec![direct]);
+            warm_up(mock_addr, &direct, connections).await;
+            let (d, cpu) =
+                measured(mock_pid, loadgen::max_throughput_rotating(mock_addr, direct, RUN, connections)).await;
+            print_wire(&format!("{kind}, {connections}, 1"), "mock direct", &d, &d, cpu);
+            for (i, (gw, tokens)) in gateways.iter().zip(&many).enumerate() {
+                let one = loadgen::request("/v1/chat/completions", gw.addr, Some(&gw.token), &[], body);
+                let one = std::sync::Arc::new(vec![one]);
+                warm_up(gw.addr, &one, connections).await;
+                let (g, cpu) = measured(gw.pid, loadgen::max_throughput_rotating(gw.addr, one, RUN, connections)).await;
+                print_wire(&format!("{kind}, {connections}, 1"), &gw.label, &g, &d, cpu);
+                if connections == 50 {
+                    let reqs: Vec<_> = tokens
+                        .iter()
+                        .map(|t| loadgen::request("/v1/chat/completions", gw.addr, Some(t), &[], body))
+                        .collect();
+                    let reqs = std::sync::Arc::new(reqs);
+                    let row = format!("{kind}, {connections}, {TOKENS} round-robin");
+                    if !cold_done[i] {
+                        cold_done[i] = true;
+                        let run = loadgen::max_throughput_rotating(gw.addr, reqs.clone(), RUN, connections);
+                        let (r, cpu) = measured(gw.pid, run).await;
+                        print_wire(&format!("{row}, first use"), &gw.label, &r, &d, cpu);
+                        println!(
+                            "| {kind}, {connections}: {TOKENS} tokens first use / one token | {} | {:.2} | | | | | |",
+                            gw.label,
+                            r.throughput() / g.throughput().max(0.001)
+                        );
+                    }
+                    warm_up(gw.addr, &reqs, connections).await;
+                    let run = loadgen::max_throughput_rotating(gw.addr, reqs, RUN, connections);
+                    let (r, cpu) = measured(gw.pid, run).await;
+                    print_wire(&format!("{row}, warm"), &gw.label, &r, &d, cpu);
+                    println!(
+                        "| {kind}, {connections}: {TOKENS} tokens warm / one token | {} | {:.2} | | | | | |",
+                        gw.label,
+                        r.throughput() / g.throughput().max(0.001)
+                    );
+                }
+            }
+        }
+    }
+    if let Some(rounds) = arg("--rounds").and_then(|r| r.parse::<usize>().ok()).filter(|r| *r > 0) {
+        wire_rounds(mock_addr, mock_pid, gateways, &many, rounds).await;
+    }
+}
+
+/// `TOKENS` key sets per gateway, created through its API and not used yet.
+async fn many_tokens(gateways: &[Gateway]) -> Vec<Vec<String>> {
     let mut many = Vec::new();
     for gw in gateways {
         let mut tokens = Vec::with_capacity(TOKENS);
@@ -295,38 +356,12 @@ async fn wire_rows(mock_addr: SocketAddr, mock_pid: u32, gateways: &[Gateway]) {
         }
         many.push(tokens);
     }
-    // `--wire-kind plain|streamed` and `--wire-connections N` pick rows (for profiling one of them).
-    let kinds = [("plain", CHAT), ("streamed", STREAM)];
-    for (kind, body) in kinds.into_iter().filter(|(k, _)| arg("--wire-kind").is_none_or(|w| w == *k)) {
-        let wanted: Option<usize> = arg("--wire-connections").and_then(|c| c.parse().ok());
-        for connections in [1, 50].into_iter().filter(|c| wanted.is_none_or(|w| w == *c)) {
-            let direct = loadgen::request("/v1/chat/completions", mock_addr, Some("sk-bench-direct"), &[], body);
-            let (d, cpu) = measured(mock_pid, loadgen::max_throughput(mock_addr, direct, RUN, connections)).await;
-            print_wire(&format!("{kind}, {connections}, 1"), "mock direct", &d, &d, cpu);
-            for (gw, tokens) in gateways.iter().zip(&many) {
-                let one = loadgen::request("/v1/chat/completions", gw.addr, Some(&gw.token), &[], body);
-                let (g, cpu) = measured(gw.pid, loadgen::max_throughput(gw.addr, one, RUN, connections)).await;
-                print_wire(&format!("{kind}, {connections}, 1"), &gw.label, &g, &d, cpu);
-                if connections == 50 {
-                    let reqs: Vec<_> = tokens
-                        .iter()
-                        .map(|t| loadgen::request("/v1/chat/completions", gw.addr, Some(t), &[], body))
-                        .collect();
-                    let run = loadgen::max_throughput_rotating(gw.addr, std::sync::Arc::new(reqs), RUN, connections);
-                    let (r, cpu) = measured(gw.pid, run).await;
-                    print_wire(&format!("{kind}, {connections}, {TOKENS} round-robin"), &gw.label, &r, &d, cpu);
-                    println!(
-                        "| {kind}, {connections}: {TOKENS} tokens / one token | {} | {:.2} | | | | | |",
-                        gw.label,
-                        r.throughput() / g.throughput().max(0.001)
-                    );
-                }
-            }
-        }
-    }
-    if let Some(rounds) = arg("--rounds").and_then(|r| r.parse::<usize>().ok()).filter(|r| *r > 0) {
-        wire_rounds(mock_addr, gateways, &many, rounds).await;
-    }
+    many
+}
+
+/// `WARMUP` of the load a measured row then runs (each connection cycling through `reqs`), not measured.
+async fn warm_up(addr: SocketAddr, reqs: &std::sync::Arc<Vec<std::sync::Arc<Vec<u8>>>>, connections: usize) {
+    loadgen::max_throughput_rotating(addr, reqs.clone(), WARMUP, connections).await;
 }
 
 /// Length of one cell of one interleaved round.
@@ -336,15 +371,15 @@ const ROUND_RUN: Duration = Duration::from_secs(2);
 /// gateway back to back (in reverse order every other round), so a ratio compares figures taken seconds apart: on a
 /// shared machine the mock's own rate drifts by a fifth between rows taken a minute apart. Prints the median and
 /// range over the rounds.
-async fn wire_rounds(mock_addr: SocketAddr, gateways: &[Gateway], many: &[Vec<String>], rounds: usize) {
+async fn wire_rounds(mock_addr: SocketAddr, mock_pid: u32, gateways: &[Gateway], many: &[Vec<String>], rounds: usize) {
     println!(
         "\n## Interleaved rounds: {rounds} rounds of {} s per cell; median (min – max) over the rounds\n",
         ROUND_RUN.as_secs()
     );
     println!(
-        "| streamed / plain, connections | target | ratio to mock (%) | p50 added to the mock's (ms) | 1,000 tokens / one token |"
+        "| streamed / plain, connections | target | ratio to mock (%) | p50 added to the mock's (ms) | 1,000 tokens / one token | CPU µs / request | CPU, 1,000 tokens / one token |"
     );
-    println!("|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     let spread = |mut v: Vec<f64>, digits: usize| -> String {
         if v.is_empty() {
             return String::new();
@@ -359,38 +394,54 @@ async fn wire_rounds(mock_addr: SocketAddr, gateways: &[Gateway], many: &[Vec<St
             let direct = loadgen::request("/v1/chat/completions", mock_addr, Some("sk-bench-direct"), &[], body);
             let n = gateways.len();
             let (mut ratio, mut added, mut rotating) = (vec![Vec::new(); n], vec![Vec::new(); n], vec![Vec::new(); n]);
+            let (mut cpu, mut cpu_rotating) = (vec![Vec::new(); n + 1], vec![Vec::new(); n]);
+            let rotating_reqs: Vec<_> = gateways
+                .iter()
+                .zip(many)
+                .map(|(gw, tokens)| {
+                    let reqs =
+                        tokens.iter().map(|t| loadgen::request("/v1/chat/completions", gw.addr, Some(t), &[], body));
+                    std::sync::Arc::new(reqs.collect::<Vec<_>>())
+                })
+                .collect();
+            if connections == 50 {
+                // Key sets unused for longer than their TTL were dropped: open them again before the first round.
+                for (gw, reqs) in gateways.iter().zip(&rotating_reqs) {
+                    warm_up(gw.addr, reqs, connections).await;
+                }
+            }
             for round in 0..rounds {
-                let d = loadgen::max_throughput(mock_addr, direct.clone(), ROUND_RUN, connections).await;
+                let (d, c) =
+                    measured(mock_pid, loadgen::max_throughput(mock_addr, direct.clone(), ROUND_RUN, connections))
+                        .await;
+                cpu[n].push(c.as_secs_f64() * 1e6);
                 let order: Vec<usize> = if round % 2 == 0 { (0..n).collect() } else { (0..n).rev().collect() };
                 for i in order {
                     let gw = &gateways[i];
                     let one = loadgen::request("/v1/chat/completions", gw.addr, Some(&gw.token), &[], body);
-                    let g = loadgen::max_throughput(gw.addr, one, ROUND_RUN, connections).await;
+                    let (g, c) = measured(gw.pid, loadgen::max_throughput(gw.addr, one, ROUND_RUN, connections)).await;
+                    cpu[i].push(c.as_secs_f64() * 1e6);
                     ratio[i].push(g.throughput() / d.throughput().max(0.001));
                     added[i].push((g.percentile(0.5).as_secs_f64() - d.percentile(0.5).as_secs_f64()) * 1e3);
                     if connections == 50 {
-                        let reqs: Vec<_> = many[i]
-                            .iter()
-                            .map(|t| loadgen::request("/v1/chat/completions", gw.addr, Some(t), &[], body))
-                            .collect();
-                        let r = loadgen::max_throughput_rotating(
-                            gw.addr,
-                            std::sync::Arc::new(reqs),
-                            ROUND_RUN,
-                            connections,
-                        )
-                        .await;
+                        let run =
+                            loadgen::max_throughput_rotating(gw.addr, rotating_reqs[i].clone(), ROUND_RUN, connections);
+                        let (r, rc) = measured(gw.pid, run).await;
                         rotating[i].push(r.throughput() / g.throughput().max(0.001));
+                        cpu_rotating[i].push(rc.as_secs_f64() / c.as_secs_f64().max(1e-9));
                     }
                 }
             }
+            println!("| {kind}, {connections} | mock direct | 100 | | | {} | |", spread(cpu[n].clone(), 1));
             for (i, gw) in gateways.iter().enumerate() {
                 println!(
-                    "| {kind}, {connections} | {} | {} | {} | {} |",
+                    "| {kind}, {connections} | {} | {} | {} | {} | {} | {} |",
                     gw.label,
                     spread(ratio[i].iter().map(|r| r * 100.0).collect(), 0),
                     spread(added[i].clone(), 3),
-                    spread(rotating[i].clone(), 2)
+                    spread(rotating[i].clone(), 2),
+                    spread(cpu[i].clone(), 1),
+                    spread(cpu_rotating[i].clone(), 2)
                 );
             }
         }
