@@ -73,12 +73,12 @@ pub fn bucket_of(at: DateTime<Utc>, bucket_secs: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(secs, 0).unwrap_or(at)
 }
 
-/// At most `max` characters (the table's limits), cut on a character boundary.
-fn clip(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        Some((i, _)) => text[..i].to_owned(),
-        None => text.to_owned(),
+/// At most `max` characters (the table's limits), cut on a character boundary; the event's own string, not a copy.
+fn clip(mut text: String, max: usize) -> String {
+    if let Some((i, _)) = text.char_indices().nth(max) {
+        text.truncate(i);
     }
+    text
 }
 
 impl EventConsumer for EventCounter {
@@ -89,9 +89,9 @@ impl EventConsumer for EventCounter {
                 bucket: bucket_of(a.at, self.bucket_secs),
                 kind: "attempt",
                 class: a.result.as_str(),
-                model: clip(&a.model, 256),
+                model: clip(a.model, 256),
                 provider: a.provider.as_str(),
-                instance: clip(&a.instance, 128),
+                instance: clip(a.instance, 128),
                 key_id: a.key_id,
             },
             Event::Outcome(o) => CountKey {
@@ -99,9 +99,9 @@ impl EventConsumer for EventCounter {
                 bucket: bucket_of(o.at, self.bucket_secs),
                 kind: "outcome",
                 class: o.outcome.as_str(),
-                model: clip(&o.requested_model, 256),
+                model: clip(o.requested_model, 256),
                 provider: o.served_by.map(|(_, p)| p.as_str()).unwrap_or(""),
-                instance: clip(&o.instance, 128),
+                instance: clip(o.instance, 128),
                 key_id: Uuid::nil(),
             },
         };
@@ -156,8 +156,8 @@ mod tests {
 
     #[test]
     fn clipping_respects_characters() {
-        assert_eq!(clip("ééé", 2), "éé");
-        assert_eq!(clip("ab", 5), "ab");
+        assert_eq!(clip("ééé".into(), 2), "éé");
+        assert_eq!(clip("ab".into(), 5), "ab");
     }
 
     #[test]

@@ -41,6 +41,7 @@ pub(super) fn spawn(alerts: Alerts) -> tokio::task::JoinHandle<()> {
 async fn evaluate_all(alerts: &Alerts, now: DateTime<Utc>) -> Result<(), AlertsError> {
     let bucket = TimeDelta::from_std(alerts.settings.bucket).unwrap_or(TimeDelta::minutes(1));
     for key_set_id in queries::key_sets_to_evaluate(&alerts.pool, now - LOOKBACK - bucket).await? {
+        tracing::trace!(%key_set_id, "evaluating alert rules");
         if let Err(e) = evaluate(alerts, key_set_id, now).await {
             tracing::warn!(%key_set_id, error = %e, "alert evaluation failed for a key set");
         }

@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::buckets::CountKey;
 use super::input::Thresholds;
-use super::rules::{FAILURE_CLASSES, OVERLOAD_OUTCOME};
+use super::rules::{FAILURE_CLASSES, OVERLOAD_OUTCOME, TOTAL_FAILURE_OUTCOME};
 
 // ---- event counts ---------------------------------------------------------------------------------------------------
 
@@ -134,13 +134,18 @@ pub async fn failure_history(
     .await
 }
 
-/// Key sets with counts since `since`, or with an open alert.
+/// Key sets with failures counted since `since`, or with an open alert. A key set with neither cannot open or resolve
+/// an alert (every rule needs at least one failure), so healthy tenants cost the evaluator nothing.
 pub async fn key_sets_to_evaluate(pool: &PgPool, since: DateTime<Utc>) -> sqlx::Result<Vec<Uuid>> {
     sqlx::query_scalar(
         "SELECT DISTINCT key_set_id FROM alerts_event_counts WHERE bucket > $1 \
+           AND ((kind = 'attempt' AND class = ANY($2)) OR (kind = 'outcome' AND class IN ($3, $4))) \
          UNION SELECT key_set_id FROM alerts_alerts WHERE resolved_at IS NULL",
     )
     .bind(since)
+    .bind(&FAILURE_CLASSES[..])
+    .bind(OVERLOAD_OUTCOME)
+    .bind(TOTAL_FAILURE_OUTCOME)
     .fetch_all(pool)
     .await
 }

@@ -106,6 +106,10 @@ impl KeySetCache {
     where
         Fut: Future<Output = Result<OpenKeySet, VaultError>>,
     {
+        // A hit needs neither the flights' lock nor a second look.
+        if let Some(opened) = self.get_at(&token_hash, Instant::now()) {
+            return Ok(opened);
+        }
         loop {
             let joined = {
                 let mut flights = self.flights();
@@ -142,6 +146,13 @@ impl KeySetCache {
                 Some(Err(Shared::Retry)) | None => continue,
             }
         }
+    }
+
+    /// Whether `opened` may be in the last quarter of its TTL: read at least three quarters of the TTL ago. It is
+    /// cached when its read lands, after `loaded_at`, so `false` here means [`Self::refresh_flight`] would say no; the
+    /// request path asks this first and takes no lock on a fresh set.
+    pub fn refresh_may_be_due(&self, opened: &OpenKeySet, now: Instant) -> bool {
+        !self.ttl.is_zero() && now.saturating_duration_since(opened.loaded_at) >= self.ttl - self.ttl / 4
     }
 
     /// When the set cached for `token_hash` is in the last quarter of its TTL and nobody is reading it already: a
@@ -517,6 +528,27 @@ mod tests {
         flight.land(&Ok(fresh.clone()));
         assert!(Arc::ptr_eq(&cache.get(&hash(1)).unwrap(), &fresh), "the refreshed read replaced it");
         assert!(cache.flights().is_empty());
+    }
+
+    #[test]
+    fn the_lock_free_precheck_never_hides_a_due_refresh() {
+        let cache = Arc::new(cache(40));
+        let opened = set(Uuid::new_v4());
+        let loaded = opened.loaded_at;
+        // Cached a little after its read began, as a landing read is.
+        insert(&cache, hash(1), opened.clone(), loaded + Duration::from_millis(5));
+        for secs in [0, 29, 30, 31, 39] {
+            let at = loaded + Duration::from_secs(secs);
+            if !cache.refresh_may_be_due(&opened, at) {
+                assert!(
+                    cache.refresh_flight(&hash(1), at).is_none(),
+                    "precheck said no at {secs} s, a refresh was due"
+                );
+            }
+        }
+        assert!(!cache.refresh_may_be_due(&opened, loaded + Duration::from_secs(29)), "fresh for three quarters");
+        assert!(cache.refresh_may_be_due(&opened, loaded + Duration::from_secs(30)));
+        assert!(!cache_with_zero_ttl().refresh_may_be_due(&opened, loaded + Duration::from_secs(3600)));
     }
 
     #[test]

@@ -17,6 +17,14 @@ pub struct KeySetSecretRow {
     pub format: i16,
 }
 
+/// The request path's read of a token's key set: its secret columns and its policy in one query.
+#[derive(sqlx::FromRow)]
+pub struct OpeningRow {
+    #[sqlx(flatten)]
+    pub secret: KeySetSecretRow,
+    pub policy: Json<Policy>,
+}
+
 /// A format-2 wrapped data key, for offline master key rotation.
 #[derive(sqlx::FromRow)]
 pub struct WrappedRow {
@@ -69,6 +77,17 @@ pub async fn find_by_token_hash(pool: &PgPool, token_hash: &[u8]) -> sqlx::Resul
     sqlx::query_as(&format!("SELECT {SECRET_COLUMNS} FROM vault_key_sets WHERE token_hash = $1"))
         .bind(token_hash)
         .fetch_optional(pool)
+        .await
+}
+
+/// [`find_by_token_hash`] with the policy, for opening the set on one connection.
+pub async fn find_for_opening<'c>(
+    conn: impl sqlx::PgExecutor<'c>,
+    token_hash: &[u8],
+) -> sqlx::Result<Option<OpeningRow>> {
+    sqlx::query_as(&format!("SELECT {SECRET_COLUMNS}, policy FROM vault_key_sets WHERE token_hash = $1"))
+        .bind(token_hash)
+        .fetch_optional(conn)
         .await
 }
 

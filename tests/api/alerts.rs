@@ -506,3 +506,41 @@ async fn the_owner_gets_a_link_when_the_key_set_is_created_and_alerts_need_no_se
     smtp.wait_for("new-owner@example.com", "Confirm", 10 * SECOND).await;
     assert_eq!(smtp.to(OWNER, "Confirm").len(), 1);
 }
+
+#[tokio::test]
+async fn only_key_sets_with_failures_or_an_open_alert_are_evaluated() {
+    let db = crate::helpers::TestDatabase::create().await;
+    reliablegpt::db::migrate(&db.pool().await).await.unwrap();
+    let mock = reliablegpt::mock_upstream::MockUpstream::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let mut vars = crate::helpers::base_env(&db);
+    fast(&mut vars, None);
+    vars.insert(env::OPENAI_BASE_URL.into(), mock.base_url());
+    vars.insert(env::ALLOW_PRIVATE_UPSTREAMS.into(), "true".into());
+    vars.insert(env::ALLOWED_UPSTREAM_HOSTS.into(), "127.0.0.1".into());
+    let service = crate::helpers::RunningService::start(&vars, "reliablegpt::alerts=trace,info");
+    let client = reqwest::Client::new();
+    let create =
+        |model: &str| json!({"user_email": OWNER, "keys": [canary_key()], "policy": {"fallback_strategy": [model]}});
+    let healthy = service.post_keys(&create("gpt-4o-mini")).await;
+    let failing = service.post_keys(&create("gpt-4o-mini")).await;
+    mock.script("gpt-4o", vec![Behavior::server_error()]);
+    for (created, model) in [(&healthy, "gpt-4o-mini"), (&failing, "gpt-4o")] {
+        let res = client
+            .post(format!("{}/v1/chat/completions", service.base))
+            .bearer_auth(token_of(created))
+            .json(&chat_body(model))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "answered (the failing one by its fallback)");
+    }
+    // Counts flush every 100 ms and rules run every 150 ms: a second is several evaluations of both.
+    tokio::time::sleep(SECOND).await;
+    let logs = service.stop();
+    let evaluated = |created: &Value| {
+        let id = created["key_set_id"].as_str().unwrap();
+        logs.lines().filter(|l| l.contains("evaluating alert rules") && l.contains(id)).count()
+    };
+    assert!(evaluated(&failing) >= 2, "the key set with failed attempts was not evaluated");
+    assert_eq!(evaluated(&healthy), 0, "a key set with only successes was evaluated");
+}
