@@ -7,6 +7,7 @@
 //!         [--baseline-bin PATH]...  # also measure other builds (e.g. the previous commit's) in the same run
 //!         [--wire-only]           # only the streamed / plain × 1 / 50 connections rows
 //!         [--rounds N]            # and their ratios again as N interleaved rounds (median and range)
+//!         [--wire-prompt-kib N]   # the wire rows with an N KiB conversation instead of one short message
 //!         [--translation-only]    # only the translated-Anthropic vs pass-through rows
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, clippy::panic)]
 
@@ -292,9 +293,10 @@ async fn wire_rows(mock_addr: SocketAddr, mock_pid: u32, gateways: &[Gateway]) {
     println!("|---|---|---|---|---|---|---|---|");
     let many = many_tokens(gateways).await;
     // `--wire-kind plain|streamed` and `--wire-connections N` pick rows (for profiling one of them).
-    let kinds = [("plain", CHAT), ("streamed", STREAM)];
+    let kinds = wire_bodies();
     let mut cold_done = vec![false; gateways.len()];
-    for (kind, body) in kinds.into_iter().filter(|(k, _)| arg("--wire-kind").is_none_or(|w| w == *k)) {
+    for (kind, body) in kinds.iter().filter(|(k, _)| arg("--wire-kind").is_none_or(|w| w == *k)) {
+        let body = body.as_str();
         let wanted: Option<usize> = arg("--wire-connections").and_then(|c| c.parse().ok());
         for connections in [1, 50].into_iter().filter(|c| wanted.is_none_or(|w| w == *c)) {
             let direct = loadgen::request("/v1/chat/completions", mock_addr, Some("sk-bench-direct"), &[], body);
@@ -341,6 +343,34 @@ async fn wire_rows(mock_addr: SocketAddr, mock_pid: u32, gateways: &[Gateway]) {
     }
 }
 
+/// The wire rows' plain and streamed bodies: one short message, or with `--wire-prompt-kib N` a conversation of about
+/// N KiB (real chat apps resend their history on every turn, so the per-byte costs of a request show).
+fn wire_bodies() -> [(&'static str, String); 2] {
+    let kib: usize = arg("--wire-prompt-kib").and_then(|k| k.parse().ok()).unwrap_or(0);
+    let turn = "Tell me more about the history of the alphabet, and explain each letter's origin in detail. ";
+    let mut messages = Vec::new();
+    let mut size = 0;
+    while size < kib * 1024 {
+        let role = if messages.len() % 2 == 0 { "user" } else { "assistant" };
+        let content = turn.repeat(8);
+        size += content.len() + 32;
+        messages.push(json!({"role": role, "content": content}));
+    }
+    messages.push(json!({"role": "user", "content": "Say the alphabet."}));
+    let body = |stream: bool| {
+        let mut b = json!({"model": "gpt-4o", "messages": messages});
+        if stream {
+            b["stream"] = json!(true);
+        }
+        b.to_string()
+    };
+    if kib == 0 {
+        [("plain", CHAT.to_owned()), ("streamed", STREAM.to_owned())]
+    } else {
+        [("plain", body(false)), ("streamed", body(true))]
+    }
+}
+
 /// `TOKENS` key sets per gateway, created through its API and not used yet.
 async fn many_tokens(gateways: &[Gateway]) -> Vec<Vec<String>> {
     let mut many = Vec::new();
@@ -383,8 +413,8 @@ async fn wire_rounds(mock_addr: SocketAddr, mock_pid: u32, gateways: &[Gateway],
         v.sort_by(f64::total_cmp);
         format!("{:.digits$} ({:.digits$} – {:.digits$})", v[v.len() / 2], v[0], v[v.len() - 1])
     };
-    let kinds = [("plain", CHAT), ("streamed", STREAM)];
-    for (kind, body) in kinds.into_iter().filter(|(k, _)| arg("--wire-kind").is_none_or(|w| w == *k)) {
+    for (kind, body) in wire_bodies().iter().filter(|(k, _)| arg("--wire-kind").is_none_or(|w| w == *k)) {
+        let body = body.as_str();
         let wanted: Option<usize> = arg("--wire-connections").and_then(|c| c.parse().ok());
         for connections in [1, 50].into_iter().filter(|c| wanted.is_none_or(|w| w == *c)) {
             let direct = loadgen::request("/v1/chat/completions", mock_addr, Some("sk-bench-direct"), &[], body);
