@@ -18,6 +18,8 @@ use crate::engine::{DEFAULT_INSTANCE, Endpoint, GatewayRequest, Reply, Served, v
 use actix_web::web::Bytes;
 
 const MAX_FALLBACKS: usize = 16;
+/// The top-level fields [`parse`] reads.
+const HEAD_FIELDS: &[&str] = &["model", "stream", "stream_options"];
 const MAX_TIMEOUT_MS: u64 = 600_000;
 
 // Header names as constants: a `&str` name is parsed and validated on every lookup or insert.
@@ -88,8 +90,22 @@ async fn forward(
     endpoint: Endpoint,
 ) -> Result<HttpResponse, ApiError> {
     let Gateway(set, state) = gw;
-    let (raw, body) = read_json(http, payload, GATEWAY_BODY_LIMIT).await?;
-    let request = parse(http, raw, body, endpoint)?;
+    let raw = read_body(http, payload, GATEWAY_BODY_LIMIT).await?;
+    // Write-through reads the whole conversation: build its tree now. Otherwise only the top-level fields the edge
+    // reads are built, and the rest is checked without building it (the engine builds the tree if a fallback needs it).
+    let caching = match http.headers().get(&CACHING).map(|v| v.to_str().map(str::trim)) {
+        Some(Ok(header)) => header == "true",
+        _ => set.policy.caching,
+    };
+    let request = if caching && endpoint.generates_text() {
+        let body = parse_json(&raw, GATEWAY_BODY_LIMIT)?;
+        parse(http, raw, &body, endpoint)?.with_body(body)
+    } else {
+        let head = crate::object::unique_keys_keeping(&raw, HEAD_FIELDS).map_err(|e| {
+            super::error::json_error(actix_web::error::JsonPayloadError::Deserialize(e), GATEWAY_BODY_LIMIT)
+        })?;
+        parse(http, raw, &Value::Object(head), endpoint)?
+    };
     let reply = state.engine.serve(set, request).await;
     Ok(respond(reply))
 }
@@ -184,9 +200,15 @@ pub(super) async fn read_json(
     limit: usize,
 ) -> Result<(Bytes, Value), ApiError> {
     let raw = read_body(http, payload, limit).await?;
-    let value = serde_json::from_slice::<crate::object::UniqueKeys>(&raw)
+    let value = parse_json(&raw, limit)?;
+    Ok((raw, value))
+}
+
+/// The body as a tree: a JSON object with distinct top-level keys.
+fn parse_json(raw: &[u8], limit: usize) -> Result<Value, ApiError> {
+    let value = serde_json::from_slice::<crate::object::UniqueKeys>(raw)
         .map_err(|e| super::error::json_error(actix_web::error::JsonPayloadError::Deserialize(e), limit))?;
-    Ok((raw, Value::Object(value.0)))
+    Ok(Value::Object(value.0))
 }
 
 /// Reads the body within `limit` (413 past it, 408 when the client is too slow).
@@ -216,13 +238,16 @@ pub(super) async fn read_body(http: &HttpRequest, mut payload: web::Payload, lim
     Ok(buffer.freeze())
 }
 
+/// The request from its headers and the body's top-level fields (`body` may hold only `model`, `stream` and
+/// `stream_options`). The tree of the whole body is built from `raw` when the engine needs it, unless the caller
+/// hands it over with [`GatewayRequest::with_body`].
 pub(super) fn parse(
     http: &HttpRequest,
     raw: Bytes,
-    body: Value,
+    body: &Value,
     endpoint: Endpoint,
 ) -> Result<GatewayRequest, ApiError> {
-    let Value::Object(map) = &body else {
+    let Value::Object(map) = body else {
         return Err(ApiError::bad_json("The request body must be a JSON object."));
     };
     let model = match map.get("model") {
@@ -289,7 +314,9 @@ pub(super) fn parse(
     };
     Ok(GatewayRequest {
         endpoint,
-        body,
+        tree: std::sync::OnceLock::new(),
+        estimate: std::sync::OnceLock::new(),
+        include_usage: crate::engine::include_usage(body),
         raw,
         model,
         stream,
@@ -305,4 +332,27 @@ pub(super) fn parse(
 
 fn valid_model(m: &str) -> bool {
     !m.is_empty() && m.len() <= 256 && m.chars().all(|c| !c.is_control() && c != ',')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tree_is_built_from_the_raw_body_only_when_asked_for() {
+        let http = actix_web::test::TestRequest::default().to_http_request();
+        let raw = Bytes::from_static(
+            br#"{"model": "gpt-4o", "stream": true, "stream_options": {"include_usage": true},
+                "messages": [{"role": "user", "content": "hi"}], "temperature": 0.5}"#,
+        );
+        let head = crate::object::unique_keys_keeping(&raw, HEAD_FIELDS).unwrap();
+        assert_eq!(head.len(), 3);
+        let req = parse(&http, raw, &Value::Object(head), Endpoint::Chat).unwrap();
+        assert_eq!((req.model.as_str(), req.stream, req.include_usage), ("gpt-4o", true, true));
+        assert!(req.tree.get().is_none());
+        // "hi": one token, plus four for the message.
+        assert_eq!(req.prompt_estimate(), 5);
+        assert_eq!(req.body()["messages"][0]["content"], "hi");
+        assert_eq!(req.body()["temperature"], 0.5);
+    }
 }

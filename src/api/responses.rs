@@ -51,7 +51,7 @@ pub async fn create(gw: Gateway, req: HttpRequest, body: web::Payload) -> Result
     };
     // `store: false` responses are not kept upstream: nothing to pin.
     let stored = body.get("store") != Some(&Value::Bool(false));
-    let mut request = proxy::parse(&req, raw, body, Endpoint::Responses)?;
+    let mut request = proxy::parse(&req, raw, &body, Endpoint::Responses)?.with_body(body);
     if !set.keys.iter().any(|k| k.provider == Provider::Openai) {
         return Err(ApiError::invalid(
             "model",

@@ -120,7 +120,8 @@ pub async fn transcriptions(gw: Gateway, req: HttpRequest, body: web::Payload) -
     };
     let range = part.value.clone();
     // The headers are parsed as for chat; the engine plans with the model and forwards the form.
-    let mut request = proxy::parse(&req, raw.clone(), json!({"model": model}), Endpoint::Transcriptions)?;
+    let fields = json!({"model": model});
+    let mut request = proxy::parse(&req, raw.clone(), &fields, Endpoint::Transcriptions)?.with_body(fields);
     request.form = Some(Form { content_type, model: range });
     let reply = state.engine.serve(set, request).await;
     Ok(proxy::respond(reply))
@@ -142,7 +143,8 @@ async fn forward(
              OpenAI-compatible key",
         ));
     }
-    let mut request = proxy::parse(http, raw, body, endpoint)?;
+    // `check` may have set the default model: the tree is handed over, not parsed again from the client's bytes.
+    let mut request = proxy::parse(http, raw, &body, endpoint)?.with_body(body);
     // Speech is streamed as bytes whatever the body says; the others are plain JSON answers.
     request.stream = false;
     let reply = state.engine.serve(set, request).await;

@@ -73,8 +73,8 @@ impl AnswerSource for SemanticCache {
             return;
         }
         let conversation = match done.endpoint {
-            Endpoint::Responses => Conversation::from_responses_request(&done.request.body),
-            _ => Conversation::from_request(&done.request.body),
+            Endpoint::Responses => Conversation::from_responses_request(done.request.body()),
+            _ => Conversation::from_request(done.request.body()),
         };
         let Ok(conversation) = conversation else { return };
         if !self.first_in_a_while(&done, &conversation) {

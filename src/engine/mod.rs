@@ -53,7 +53,7 @@ use crate::egress::EgressPolicy;
 use crate::vault::{OpenKeySet, Vault};
 pub use admit::Gates;
 pub use breaker::{Admission, BreakerState, Breakers, TargetKey};
-use catalog::{Catalog, estimate_prompt_tokens};
+use catalog::Catalog;
 pub use classify::FailureClass;
 use decide::Next;
 use events::{AttemptRole, EventSink, RequestOutcome};
@@ -62,7 +62,9 @@ use metrics::Metrics;
 use outcome::Ending;
 pub use plan::{Endpoint, ProviderKind, Step};
 use plan::{Plan, PlanInput};
-pub use request::{Continuation, DEFAULT_INSTANCE, Form, GatewayRequest, continuation_instruction, valid_instance};
+pub use request::{
+    Continuation, DEFAULT_INSTANCE, Form, GatewayRequest, continuation_instruction, include_usage, valid_instance,
+};
 use run::{Cx, Run};
 use select::Target;
 pub use stream::StreamEnd;
@@ -306,7 +308,7 @@ impl Engine {
             only_key: req.pinned_key,
         };
         let plan = self.plan_for(&set, &input);
-        let mut run = Run::new(estimate_prompt_tokens(&req.body));
+        let mut run = Run::default();
         // Select → attempt → decide, until a target answers or none is left.
         match self.try_targets(&cx, &plan, &mut run, 0).await {
             Ended::Answered(target, ok) => {

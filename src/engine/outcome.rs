@@ -107,7 +107,7 @@ impl Engine {
             key_set_id: cx.set.key_set_id,
             instance: &cx.req.instance,
             endpoint: cx.req.endpoint,
-            body: &cx.req.body,
+            body: cx.req.body(),
             policy: &cx.set.policy,
             reason,
             load,
@@ -131,7 +131,7 @@ impl Engine {
         for _ in 0..MAX_UPGRADE_HOPS {
             model = self.catalog.context_upgrade(model)?;
             let window = self.catalog.context_window(model).unwrap_or(0);
-            if window > floor && window >= run.estimate && !plan.steps.iter().any(|s| s.model == model) {
+            if window > floor && window >= run.estimate(cx.req) && !plan.steps.iter().any(|s| s.model == model) {
                 let none: &[String] = &[];
                 let input = PlanInput {
                     endpoint: cx.req.endpoint,

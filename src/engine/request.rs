@@ -1,5 +1,6 @@
 //! One gateway request as the engine sees it (parsed at the edge), and the bodies sent upstream for it.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use actix_web::web::Bytes;
@@ -20,12 +21,17 @@ pub fn valid_instance(id: &str) -> bool {
 #[derive(Debug)]
 pub struct GatewayRequest {
     pub endpoint: Endpoint,
-    /// The client's body, forwarded as sent except for `model` (an object with a string `model`).
-    pub body: Value,
-    /// The same body as received: sent byte for byte while the model is the requested one.
+    /// The client's body as a tree ([`GatewayRequest::body`]): built from `raw` the first time something needs it (a
+    /// fallback's `model`, stream rescue, the cache), so a request answered by its own model never builds it.
+    pub(crate) tree: OnceLock<Value>,
+    /// Pre-flight prompt token estimate, computed on first use (fallback fits, policy budgets).
+    pub(crate) estimate: OnceLock<u32>,
+    /// The body as received: sent byte for byte while the model is the requested one.
     pub raw: Bytes,
     pub model: String,
     pub stream: bool,
+    /// `stream_options.include_usage` is true: the client asked for the final usage chunk.
+    pub include_usage: bool,
     pub fallbacks: Option<Vec<String>>,
     /// Customer instance (`x-reliablegpt-instance`), [`DEFAULT_INSTANCE`] when absent.
     pub instance: String,
@@ -36,7 +42,7 @@ pub struct GatewayRequest {
     pub caching: Option<bool>,
     /// Only this provider key may serve the request (Responses continuing a response stored under its account).
     pub pinned_key: Option<uuid::Uuid>,
-    /// A `multipart/form-data` body (transcriptions): `raw` is the form, `body` is `null`.
+    /// A `multipart/form-data` body (transcriptions): `raw` is the form, the tree holds only its `model`.
     pub form: Option<Form>,
 }
 
@@ -57,7 +63,9 @@ impl GatewayRequest {
         Self {
             endpoint,
             raw: Bytes::from(serde_json::to_vec(&body).unwrap_or_default()),
-            body,
+            include_usage: include_usage(&body),
+            tree: OnceLock::from(body),
+            estimate: OnceLock::new(),
             model,
             stream,
             fallbacks: None,
@@ -68,6 +76,23 @@ impl GatewayRequest {
             pinned_key: None,
             form: None,
         }
+    }
+
+    /// The client's body as a tree: the one given at the edge, else parsed from `raw` now (the edge checked that it
+    /// parses; `null` if it somehow does not).
+    pub fn body(&self) -> &Value {
+        self.tree.get_or_init(|| serde_json::from_slice(&self.raw).unwrap_or(Value::Null))
+    }
+
+    /// The tree the edge already has (a body it changed, or a form's fields), instead of parsing `raw` later.
+    pub fn with_body(self, body: Value) -> Self {
+        let _ = self.tree.set(body);
+        self
+    }
+
+    /// Pre-flight prompt token estimate of the body (see [`super::catalog::estimate_prompt_tokens`]).
+    pub fn prompt_estimate(&self) -> u32 {
+        *self.estimate.get_or_init(|| super::catalog::estimate_prompt_tokens(self.body()))
     }
 
     /// How the upstream's answer is read.
@@ -88,7 +113,7 @@ impl GatewayRequest {
         }
         match &self.form {
             Some(form) => super::multipart::replace(&self.raw, form.model.clone(), model),
-            None => body_with(&self.body, model, None),
+            None => body_with(self.body(), model, None),
         }
     }
 
@@ -96,6 +121,11 @@ impl GatewayRequest {
     pub(super) fn content_type(&self) -> &str {
         self.form.as_ref().map_or("application/json", |f| f.content_type.as_str())
     }
+}
+
+/// `stream_options.include_usage` is true in this body (or in the top-level fields the edge kept of it).
+pub fn include_usage(body: &Value) -> bool {
+    body.pointer("/stream_options/include_usage").and_then(Value::as_bool) == Some(true)
 }
 
 /// How a stream that broke midway is continued on another target.

@@ -68,7 +68,8 @@ impl StreamJob {
         let plan = self.plan.clone();
         // A rescue gets the request's time budget again, from now: the original deadline bounded the first event.
         let deadline = Instant::now() + self.req.timeout.unwrap_or(engine.settings.request_timeout);
-        self.run.estimate = self.run.estimate.saturating_add(u32::try_from(partial.len() / 4).unwrap_or(u32::MAX));
+        let added = u32::try_from(partial.len() / 4).unwrap_or(u32::MAX);
+        self.run.estimate = Some(self.run.estimate(&self.req).saturating_add(added));
         let mut refused_prefill = false;
         let mut pos = plan.next_step(self.pos);
         loop {
@@ -100,7 +101,7 @@ impl StreamJob {
                 }
                 let continuation =
                     if instruction { Continuation::Instruction(partial) } else { Continuation::Prefill(partial) };
-                let body = body_with(&self.req.body, &target.step.model, Some(continuation));
+                let body = body_with(self.req.body(), &target.step.model, Some(continuation));
                 let started = Instant::now();
                 self.run.attempts += 1;
                 let result = engine.call(target, body, "application/json", Wire::Sse, deadline).await;

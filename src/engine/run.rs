@@ -40,15 +40,22 @@ pub(super) struct Run {
     pub deadline_hit: bool,
     /// Time spent waiting on upstreams or sleeping on purpose (excluded from the overhead metric).
     pub waited: Duration,
-    /// Pre-flight prompt token estimate.
-    pub estimate: u32,
+    /// Prompt token estimate when it differs from the request's own ([`Run::estimate`]): a rescue adds the partial
+    /// answer it sends along; tests set one.
+    pub estimate: Option<u32>,
     /// Tokens upstreams reported across all attempts.
     pub billed: Usage,
 }
 
 impl Run {
+    #[cfg(test)]
     pub fn new(estimate: u32) -> Self {
-        Self { estimate, ..Self::default() }
+        Self { estimate: Some(estimate), ..Self::default() }
+    }
+
+    /// The prompt token estimate of this run: the request's own unless something changed it.
+    pub fn estimate(&self, req: &GatewayRequest) -> u32 {
+        self.estimate.unwrap_or_else(|| req.prompt_estimate())
     }
 
     pub fn burned(&self, key: Uuid) -> bool {

@@ -66,7 +66,7 @@ impl Engine {
             let (Some(step), Some(key)) = (plan.steps.get(candidate.step), cx.set.keys.get(candidate.key)) else {
                 continue;
             };
-            if !self.fits(step, candidate.step == 0, run) {
+            if !self.fits(cx, step, candidate.step == 0, run) {
                 pos = plan.next_step(here);
                 continue;
             }
@@ -113,14 +113,14 @@ impl Engine {
     /// A fallback is skipped when the catalog says the prompt cannot fit, and after a context-length error only larger
     /// windows are tried. Unknown models are always tried, and so is the requested model: the upstream has the last
     /// word.
-    fn fits(&self, step: &Step, requested: bool, run: &Run) -> bool {
+    fn fits(&self, cx: &Cx<'_>, step: &Step, requested: bool, run: &Run) -> bool {
         let Some(window) = self.catalog.context_window(&step.model) else { return true };
         if let Some(floor) = run.context_floor
             && window <= floor
         {
             return false;
         }
-        requested || run.estimate <= window
+        requested || run.estimate(cx.req) <= window
     }
 
     /// Reserves room in the model's policy budget (`model_limits`), if it has one: `Some(wait)` before sending, `None`
@@ -130,7 +130,7 @@ impl Engine {
         let Some(limit) = cx.set.policy.model_limits.get(&step.model) else { return Some(Duration::ZERO) };
         let max_queue = if role == AttemptRole::Hedge { Duration::ZERO } else { cx.set.policy.max_queue() };
         let max_queue = max_queue.min(cx.deadline.saturating_duration_since(Instant::now()));
-        self.pacer.reserve(cx.set.key_set_id, &step.model, *limit, run.estimate, max_queue)
+        self.pacer.reserve(cx.set.key_set_id, &step.model, *limit, run.estimate(cx.req), max_queue)
     }
 }
 

@@ -133,7 +133,7 @@ impl StreamJob {
     pub async fn pump(mut self, mut reader: SseReader, first: SseEvent) {
         let mut progress = Progress::default();
         let mut overlap: Option<Overlap> = None;
-        let wants_usage = self.req.body.pointer("/stream_options/include_usage").and_then(Value::as_bool) == Some(true);
+        let wants_usage = self.req.include_usage;
         if let EventData::Json(v) = first.json()
             && let Some(piece) = progress.track(&v)
         {

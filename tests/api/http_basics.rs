@@ -80,6 +80,55 @@ async fn duplicate_model_fields_are_refused_not_guessed() {
     assert!(gw.mock.requests().is_empty());
 }
 
+/// Without caching the edge only builds the body's top-level fields and checks the rest without building it; with
+/// caching it builds the whole tree. Both refuse the same malformed bodies with the same error, and send nothing.
+#[tokio::test]
+async fn malformed_json_deep_in_the_body_is_refused_whether_or_not_its_tree_is_built() {
+    let gw = crate::helpers::spawn_gateway().await;
+    let token = gw.key_set(&["sk-deep"], &[]).await;
+    let bodies: [&[u8]; 5] = [
+        br#"{"model": "gpt-4o", "messages": [{"role": "user", "content": "\ud800"}]}"#,
+        br#"{"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "temperature": 1e400}"#,
+        br#"{"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"},]}"#,
+        b"{\"model\": \"gpt-4o\", \"messages\": [{\"role\": \"user\", \"content\": \"\xff\"}]}",
+        br#"{"model": "gpt-4o", "messages": [{"role": "user", "content": "a\qb"}]}"#,
+    ];
+    for body in bodies {
+        let mut errors = Vec::new();
+        for caching in ["false", "true"] {
+            let res = gw
+                .app
+                .client
+                .post(gw.app.url("/v1/chat/completions"))
+                .bearer_auth(&token)
+                .header("content-type", "application/json")
+                .header("x-reliablegpt-caching", caching)
+                .body(body.to_vec())
+                .send()
+                .await
+                .unwrap();
+            errors.push(error_of(res, 400).await);
+        }
+        assert_eq!(errors[0], errors[1], "{}", String::from_utf8_lossy(body));
+    }
+    assert!(gw.mock.requests().is_empty());
+    // A well-formed body still goes through on both paths.
+    for caching in ["false", "true"] {
+        let res = gw
+            .app
+            .client
+            .post(gw.app.url("/v1/chat/completions"))
+            .bearer_auth(&token)
+            .header("x-reliablegpt-caching", caching)
+            .json(&json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi \u{e9}"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+    }
+    assert_eq!(gw.mock.requests().len(), 2);
+}
+
 #[tokio::test]
 async fn oversized_bodies_get_413_in_the_error_shape() {
     let app = spawn_app().await;
