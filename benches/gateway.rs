@@ -6,7 +6,8 @@
 //!     DATABASE_URL=... cargo bench --bench gateway -- [--mock-port N] [--litellm-url URL --litellm-key KEY]
 //!         [--baseline-bin PATH]...  # also measure other builds (e.g. the previous commit's) in the same run
 //!         [--wire-only]           # only the streamed / plain × 1 / 50 connections rows
-//!         [--rounds N]            # and their ratios again as N interleaved rounds (median and range)
+//!         [--rounds N]            # and their ratios again as N interleaved rounds (median and range), with a
+//!                                 # plain TCP relay's row: what one proxy hop costs on this machine
 //!         [--wire-prompt-kib N]   # the wire rows with an N KiB conversation instead of one short message
 //!         [--translation-only]    # only the translated-Anthropic vs pass-through rows
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, clippy::panic)]
@@ -35,6 +36,10 @@ fn ms(d: Duration) -> String {
 }
 
 fn main() {
+    if let Some(to) = arg("--relay-to") {
+        relay(to.parse().unwrap());
+        return;
+    }
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
@@ -396,7 +401,8 @@ const ROUND_RUN: Duration = Duration::from_secs(2);
 /// `--rounds N`: the wire rows' ratios again, as N interleaved rounds. Each round measures the mock alone and every
 /// gateway back to back (in reverse order every other round), so a ratio compares figures taken seconds apart: on a
 /// shared machine the mock's own rate drifts by a fifth between rows taken a minute apart. Prints the median and
-/// range over the rounds.
+/// range over the rounds. Each round also measures the mock through a bare TCP relay ([`relay`]): what one proxy hop
+/// costs on this machine before any HTTP work, the floor under the gateway's added latency.
 async fn wire_rounds(mock_addr: SocketAddr, mock_pid: u32, gateways: &[Gateway], many: &[Vec<String>], rounds: usize) {
     println!(
         "\n## Interleaved rounds: {rounds} rounds of {} s per cell; median (min – max) over the rounds\n",
@@ -413,11 +419,17 @@ async fn wire_rounds(mock_addr: SocketAddr, mock_pid: u32, gateways: &[Gateway],
         v.sort_by(f64::total_cmp);
         format!("{:.digits$} ({:.digits$} – {:.digits$})", v[v.len() / 2], v[0], v[v.len() - 1])
     };
+    let (relay, relay_addr) = spawn_relay(mock_addr);
+    let relay_pid = relay.id();
+    let _relay = Guard(vec![relay]);
     for (kind, body) in wire_bodies().iter().filter(|(k, _)| arg("--wire-kind").is_none_or(|w| w == *k)) {
         let body = body.as_str();
         let wanted: Option<usize> = arg("--wire-connections").and_then(|c| c.parse().ok());
         for connections in [1, 50].into_iter().filter(|c| wanted.is_none_or(|w| w == *c)) {
             let direct = loadgen::request("/v1/chat/completions", mock_addr, Some("sk-bench-direct"), &[], body);
+            let relayed = loadgen::request("/v1/chat/completions", relay_addr, Some("sk-bench-direct"), &[], body);
+            warm_up(relay_addr, &std::sync::Arc::new(vec![relayed.clone()]), connections).await;
+            let (mut relay_ratio, mut relay_added, mut relay_cpu) = (Vec::new(), Vec::new(), Vec::new());
             let n = gateways.len();
             let (mut ratio, mut added, mut rotating) = (vec![Vec::new(); n], vec![Vec::new(); n], vec![Vec::new(); n]);
             let (mut cpu, mut cpu_rotating) = (vec![Vec::new(); n + 1], vec![Vec::new(); n]);
@@ -441,6 +453,12 @@ async fn wire_rounds(mock_addr: SocketAddr, mock_pid: u32, gateways: &[Gateway],
                     measured(mock_pid, loadgen::max_throughput(mock_addr, direct.clone(), ROUND_RUN, connections))
                         .await;
                 cpu[n].push(c.as_secs_f64() * 1e6);
+                let (r, c) =
+                    measured(relay_pid, loadgen::max_throughput(relay_addr, relayed.clone(), ROUND_RUN, connections))
+                        .await;
+                relay_cpu.push(c.as_secs_f64() * 1e6);
+                relay_ratio.push(100.0 * r.throughput() / d.throughput().max(0.001));
+                relay_added.push((r.percentile(0.5).as_secs_f64() - d.percentile(0.5).as_secs_f64()) * 1e3);
                 let order: Vec<usize> = if round % 2 == 0 { (0..n).collect() } else { (0..n).rev().collect() };
                 for i in order {
                     let gw = &gateways[i];
@@ -459,6 +477,12 @@ async fn wire_rounds(mock_addr: SocketAddr, mock_pid: u32, gateways: &[Gateway],
                 }
             }
             println!("| {kind}, {connections} | mock direct | 100 | | | {} | |", spread(cpu[n].clone(), 1));
+            println!(
+                "| {kind}, {connections} | via a TCP relay (no HTTP: one hop's floor) | {} | {} | | {} | |",
+                spread(relay_ratio, 0),
+                spread(relay_added, 3),
+                spread(relay_cpu, 1)
+            );
             for (i, gw) in gateways.iter().enumerate() {
                 println!(
                     "| {kind}, {connections} | {} | {} | {} | {} | {} | {} |",
@@ -472,6 +496,82 @@ async fn wire_rounds(mock_addr: SocketAddr, mock_pid: u32, gateways: &[Gateway],
             }
         }
     }
+}
+
+/// `--relay-to ADDR` (the wire rounds start this binary so): a TCP relay to ADDR that forwards bytes as they come and
+/// understands nothing, the floor of what any proxy hop costs on this machine. Built like the gateway's server: one
+/// single-threaded runtime per core, all accepting on one socket, `TCP_NODELAY` on both sides. Prints its port.
+fn relay(to: SocketAddr) {
+    let listener = std::net::TcpListener::bind(local(0)).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    println!("{}", listener.local_addr().unwrap().port());
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let workers: Vec<_> = (0..threads)
+        .map(|_| {
+            let listener = listener.try_clone().unwrap();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_io().build().unwrap();
+                rt.block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                    loop {
+                        let Ok((client, _)) = listener.accept().await else { continue };
+                        tokio::spawn(async move {
+                            let Ok(upstream) = tokio::net::TcpStream::connect(to).await else { return };
+                            let _ = (client.set_nodelay(true), upstream.set_nodelay(true));
+                            let ((client_in, client_out), (upstream_in, upstream_out)) =
+                                (client.into_split(), upstream.into_split());
+                            tokio::spawn(pipe(upstream_in, client_out));
+                            pipe(client_in, upstream_out).await;
+                        });
+                    }
+                });
+            })
+        })
+        .collect();
+    for w in workers {
+        let _ = w.join();
+    }
+}
+
+/// Copies `from` to `to` until either side closes.
+async fn pipe(from: tokio::net::tcp::OwnedReadHalf, to: tokio::net::tcp::OwnedWriteHalf) {
+    use std::io::ErrorKind::WouldBlock;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        if from.readable().await.is_err() {
+            return;
+        }
+        let n = match from.try_read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(e) if e.kind() == WouldBlock => continue,
+            Err(_) => return,
+        };
+        let mut sent = 0;
+        while sent < n {
+            if to.writable().await.is_err() {
+                return;
+            }
+            match to.try_write(&buf[sent..n]) {
+                Ok(k) => sent += k,
+                Err(e) if e.kind() == WouldBlock => continue,
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+/// Starts [`relay`] in front of `to` and returns it with its address.
+fn spawn_relay(to: SocketAddr) -> (std::process::Child, SocketAddr) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--relay-to", &to.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    (child, local(line.trim().parse().unwrap()))
 }
 
 /// Runs `load` and returns its figures with the CPU `pid` used per answered request meanwhile.
